@@ -1,0 +1,115 @@
+"""Training utilities: multi-network state, sharding, checkpoints, the loop, metrics, plots.
+
+Public API (import as ``from fdiv import train`` or from the submodules):
+
+State (`fdiv.train.state`)
+  ``Net.create(module, tx=None, *, ema_decay=None) -> Net``
+      one NNX module split into ``graphdef`` (static), ``params`` (nnx.Param state), ``rest``
+      (other variables), with its own optax optimiser ``tx`` (None: frozen, e.g. a teacher)
+      and optional parameter EMA. Methods: ``merge(params=None, *, ema=False) -> module``,
+      ``apply_gradients(grads) -> Net``, ``with_module(module) -> Net`` (re-read state after
+      a call that mutated batch stats / RNG counters), ``num_params()``, ``trainable``.
+  ``TrainState.create(seed, **nets) -> TrainState``
+      fields ``step`` (completed loop steps), ``rng`` (base typed key), ``nets`` (dict).
+      ``state["name"]``, ``state.apply_gradients(name=grads, ...)``,
+      ``state.replace_net(name, net)``, ``state.step_key(*tags)`` = fold_in(rng, step, tags).
+
+Loop (`fdiv.train.loop`, `fdiv.train.config`)
+  ``LoopOptions(num_steps, log_every=100, eval_every=0, checkpoint_every_steps=1000,
+  checkpoint_every_secs=600.0, keep_checkpoints=3, async_checkpoints=True)``;
+  ``LoopOptions.from_config(config)`` reads those names from the top level of a config.
+  ``fit(state, step_fn, *, workdir, options, eval_fn=None, meta=None, print_fn=None,
+  plot=True) -> (state, summary)`` with ``step_fn(state, step) -> (state, metrics)`` (host
+  side; calls jitted update functions, so networks can be updated at different rates) and
+  ``eval_fn(state) -> metrics``. Resumes from the newest readable checkpoint, logs, evaluates,
+  checkpoints, writes ``curves.png`` and ``summary.json``.
+  ``check_config(config)`` (NaN -> ValueError), ``to_dataclass(Cls, config)`` (typed config).
+
+Sharding (`fdiv.train.sharding`)
+  ``maybe_initialize_distributed()``, ``make_mesh()`` (axis ``'data'``),
+  ``replicate(tree, mesh)``, ``shard_batch(batch, mesh)``, ``data_sharding(mesh)``,
+  ``replicated_sharding(mesh)``.
+
+Checkpoints (`fdiv.train.checkpoint`)
+  ``Checkpointer(workdir, *, every_steps, every_secs, keep, async_save)`` with ``save(step,
+  state, meta)``, ``restore_latest(template) -> (state, meta | None)``, ``restore(step,
+  template)``, ``should_save(step)``, ``all_steps()``, ``wait()``, ``close()``.
+
+Metrics and plots (`fdiv.train.metrics`, `fdiv.train.plotting`)
+  ``MetricWriter(workdir, num_steps)`` (progress line, ``metrics.jsonl``, TensorBoard if
+  importable), ``read_metrics(workdir)``, ``strip_timing(records)``,
+  ``write_summary(workdir, summary)``; ``plot_curves(workdir)``, ``save_image_grid(images,
+  path)``, ``save_scatter(points, path, reference=None, centres=None)``.
+
+An experiment with several networks, e.g. f-distill (SPEC section 4)::
+
+    import jax, optax
+    from fdiv import train
+    from fdiv.train import sharding
+
+    def train_and_evaluate(config, workdir):
+        train.check_config(config)
+        mesh = sharding.make_mesh()
+        state = train.TrainState.create(
+            config.seed,
+            generator=train.Net.create(gen, optax.adam(config.lr), ema_decay=0.999),
+            fake_score=train.Net.create(fake, optax.adam(config.lr)),
+            discriminator=train.Net.create(disc, optax.adam(config.lr)),
+            teacher=train.Net.create(teacher))                 # frozen
+        state = sharding.replicate(state, mesh)
+
+        @jax.jit                                              # pure: state in, state out
+        def critic_step(state, batch):
+            key = state.step_key("critic")
+            def loss_fn(fake_params, disc_params):
+                fake = state["fake_score"].merge(fake_params)
+                ...
+            (loss, aux), (g_fake, g_disc) = jax.value_and_grad(loss_fn, (0, 1), has_aux=True)(
+                state["fake_score"].params, state["discriminator"].params)
+            return state.apply_gradients(fake_score=g_fake, discriminator=g_disc), {"critic_loss": loss}
+
+        def step_fn(state, step):
+            batch = sharding.shard_batch(batcher.host_batch(step), mesh)
+            state, metrics = critic_step(state, batch)
+            if step % config.generator_every == 0:
+                state, gen_metrics = generator_step(state, batch)
+                metrics = {**metrics, **gen_metrics}
+            return state, metrics
+
+        state, summary = train.fit(state, step_fn, workdir=workdir,
+                                   options=train.LoopOptions.from_config(config),
+                                   eval_fn=eval_fn, meta={"config": config.to_dict()})
+        return summary
+"""
+
+from fdiv.train import checkpoint, config, loop, metrics, plotting, sharding, state
+from fdiv.train.checkpoint import Checkpointer
+from fdiv.train.config import LoopOptions, check_config, to_dataclass
+from fdiv.train.loop import fit
+from fdiv.train.metrics import MetricWriter, read_metrics, strip_timing, write_summary
+from fdiv.train.plotting import plot_curves, save_image_grid, save_scatter
+from fdiv.train.state import Net, TrainState
+
+__all__ = [
+    "Checkpointer",
+    "LoopOptions",
+    "MetricWriter",
+    "Net",
+    "TrainState",
+    "check_config",
+    "checkpoint",
+    "config",
+    "fit",
+    "loop",
+    "metrics",
+    "plot_curves",
+    "plotting",
+    "read_metrics",
+    "save_image_grid",
+    "save_scatter",
+    "sharding",
+    "state",
+    "strip_timing",
+    "to_dataclass",
+    "write_summary",
+]

@@ -1,0 +1,131 @@
+"""Config checks and conversion of a config into typed dataclasses.
+
+Experiments receive an `ml_collections.ConfigDict` (or any nested mapping); networks and
+estimators never do (DESIGN.md). At the experiment boundary:
+
+- `check_config(config)` rejects NaN anywhere in the config (a NaN learning rate or weight is
+  always a mistake and would otherwise surface as a NaN loss hours later);
+- `to_dataclass(Cls, config.model)` builds a (frozen) dataclass, nested dataclass fields
+  included, rejecting unknown keys and listing the valid ones (as vdm converts its config
+  before the model sees it);
+- `LoopOptions.from_config(config)` reads the loop fields shared by all experiments.
+
+Shared top-level config fields read by `LoopOptions.from_config` (all optional):
+``num_steps``, ``log_every``, ``eval_every``, ``checkpoint_every_steps``,
+``checkpoint_every_secs``, ``keep_checkpoints``, ``async_checkpoints``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from typing import Any, Mapping
+
+
+def _as_mapping(config: Any) -> Mapping:
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    if isinstance(config, Mapping):
+        return config
+    raise ValueError(f"expected a ConfigDict or mapping, got {type(config).__name__}.")
+
+
+def _walk(x: Any, path: str):
+    if hasattr(x, "to_dict"):
+        x = x.to_dict()
+    if isinstance(x, Mapping):
+        for k, v in x.items():
+            yield from _walk(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(x, (list, tuple)):
+        for i, v in enumerate(x):
+            yield from _walk(v, f"{path}[{i}]")
+    else:
+        yield path, x
+
+
+def check_config(config: Any) -> None:
+    """Raises ValueError naming every field whose value is NaN (floats, in lists/tuples too)."""
+    bad = [p for p, v in _walk(config, "") if isinstance(v, float) and math.isnan(v)]
+    if bad:
+        raise ValueError(f"config field(s) {', '.join('config.' + b for b in bad)} are NaN; set a number.")
+
+
+def to_dataclass(cls: type, config: Any, *, name: str | None = None) -> Any:
+    """Builds dataclass `cls` from a ConfigDict/mapping; nested dataclass fields recurse.
+
+    Missing keys take the dataclass defaults; lists become tuples for tuple-typed fields.
+
+    Raises:
+      ValueError: on a key that is not a field of `cls` (the message lists the fields), or a
+        missing field without default.
+    """
+    name = name or cls.__name__
+    data = dict(_as_mapping(config))
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{name}: unknown field(s) {unknown}; valid fields: {sorted(fields)}.")
+    kwargs = {}
+    for k, v in data.items():
+        t = hints.get(k)
+        if isinstance(t, type) and dataclasses.is_dataclass(t) and (
+                isinstance(v, Mapping) or hasattr(v, "to_dict")):
+            v = to_dataclass(t, v, name=f"{name}.{k}")
+        elif isinstance(v, list) and typing.get_origin(t) is tuple:
+            v = tuple(v)
+        kwargs[k] = v
+    missing = [f.name for f in fields.values() if f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{name}: missing required field(s) {missing}.")
+    return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+    """Options of `fdiv.train.fit`.
+
+    Attributes:
+      num_steps: total loop steps.
+      log_every: steps between progress lines / ``metrics.jsonl`` records.
+      eval_every: steps between `eval_fn` calls (0: only at the end).
+      checkpoint_every_steps: save at multiples of this (0: only at the end).
+      checkpoint_every_secs: also save when this much wall time passed (checked at log steps;
+        None: never by time).
+      keep_checkpoints: most recent checkpoints kept.
+      async_checkpoints: write checkpoints in the background.
+    """
+
+    num_steps: int
+    log_every: int = 100
+    eval_every: int = 0
+    checkpoint_every_steps: int = 1000
+    checkpoint_every_secs: float | None = 600.0
+    keep_checkpoints: int = 3
+    async_checkpoints: bool = True
+
+    def __post_init__(self):
+        for f in ("num_steps", "log_every", "eval_every", "checkpoint_every_steps", "keep_checkpoints"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"LoopOptions.{f} must be an int, got {v!r}.")
+        if self.num_steps < 0:
+            raise ValueError(f"LoopOptions.num_steps must be >= 0, got {self.num_steps}.")
+        if self.log_every < 1:
+            raise ValueError(f"LoopOptions.log_every must be >= 1, got {self.log_every}.")
+        if self.eval_every < 0 or self.checkpoint_every_steps < 0:
+            raise ValueError("LoopOptions.eval_every and checkpoint_every_steps must be >= 0.")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"LoopOptions.keep_checkpoints must be >= 1, got {self.keep_checkpoints}.")
+        if self.checkpoint_every_secs is not None and not self.checkpoint_every_secs > 0:
+            raise ValueError("LoopOptions.checkpoint_every_secs must be > 0 or None, "
+                             f"got {self.checkpoint_every_secs}.")
+
+    @classmethod
+    def from_config(cls, config: Any) -> "LoopOptions":
+        """Reads the fields of this class that are present at the top level of `config`."""
+        data = _as_mapping(config)
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{k: data[k] for k in names if k in data})

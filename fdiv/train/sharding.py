@@ -1,0 +1,146 @@
+"""Device mesh and data placement for data-parallel training.
+
+One `jax.sharding.Mesh` over all devices (of all processes) with a single ``'data'`` axis
+(DESIGN.md, "Sharding"): batches are split along their leading (batch) axis, parameters and
+optimiser states are replicated. Under `jax.jit` the compiler inserts the cross-device
+reductions, so a mean over the batch inside a jitted step is the *global* mean over all
+devices, and a training step gives the same numbers on 1 or N devices (up to float
+reassociation; `tests/test_train.py` checks this with 8 simulated CPU devices).
+
+Typical use::
+
+    from fdiv.train import sharding
+    sharding.maybe_initialize_distributed()     # no-op on one host
+    mesh = sharding.make_mesh()
+    state = sharding.replicate(state, mesh)     # params, optimiser states, rng
+    batch = sharding.shard_batch(host_batch, mesh)
+
+Multi-host: `maybe_initialize_distributed` calls `jax.distributed.initialize()` only when the
+environment describes a multi-process job (see its docstring); each process then passes its
+*own* slice of the global batch to `shard_batch` (`fdiv.data.ArrayBatcher` does this).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+# Environment variables whose presence means "this process is one of several"; each maps to
+# a predicate on its value. Kept as data so the decision is easy to audit and test.
+_MULTI_PROCESS_ENV = {
+    # Explicit JAX coordinator (jax.distributed reads these itself).
+    "JAX_COORDINATOR_ADDRESS": lambda v: bool(v),
+    # SLURM launches one task per process; a single task is an ordinary local run.
+    "SLURM_NTASKS": lambda v: v.isdigit() and int(v) > 1,
+    # Open MPI / mpirun.
+    "OMPI_COMM_WORLD_SIZE": lambda v: v.isdigit() and int(v) > 1,
+    # Cloud TPU pod slices list every worker host, comma separated.
+    "TPU_WORKER_HOSTNAMES": lambda v: "," in v,
+    "MEGASCALE_COORDINATOR_ADDRESS": lambda v: bool(v),
+}
+
+
+def is_multi_process_env(environ: dict[str, str] | None = None) -> bool:
+    """Whether the environment describes a multi-process (multi-host) JAX job.
+
+    Args:
+      environ: mapping to inspect; defaults to `os.environ`.
+
+    Returns:
+      True when any of ``JAX_COORDINATOR_ADDRESS``, ``MEGASCALE_COORDINATOR_ADDRESS`` is set,
+      ``SLURM_NTASKS`` or ``OMPI_COMM_WORLD_SIZE`` is greater than one, or
+      ``TPU_WORKER_HOSTNAMES`` lists more than one host.
+    """
+    environ = os.environ if environ is None else environ
+    return any(pred(environ[k]) for k, pred in _MULTI_PROCESS_ENV.items() if k in environ)
+
+
+def maybe_initialize_distributed(environ: dict[str, str] | None = None) -> bool:
+    """Calls `jax.distributed.initialize()` when, and only when, the job is multi-process.
+
+    Safe to call more than once (a second call is a no-op). Must run before anything touches
+    the devices (before `jax.devices()`, before creating arrays).
+
+    Args:
+      environ: mapping to inspect; defaults to `os.environ`.
+
+    Returns:
+      True when the distributed runtime is initialised after the call.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    if not is_multi_process_env(environ):
+        return False
+    jax.distributed.initialize()
+    return True
+
+
+def make_mesh(devices: Any = None) -> Mesh:
+    """A one-dimensional mesh with axis ``'data'`` over `devices` (default: all devices)."""
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding that keeps a full copy of an array on every device of `mesh`."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding that splits an array's leading axis over the ``'data'`` axis of `mesh`."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places every array leaf of `tree` replicated on all devices of `mesh`.
+
+    Typed PRNG keys and integer/float leaves alike; non-array static parts of the pytree
+    (graph definitions, optimiser functions) are untouched.
+    """
+    return jax.device_put(tree, replicated_sharding(mesh))
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+    """Places a host batch on `mesh`, split along the leading (batch) axis.
+
+    Args:
+      batch: pytree of numpy/JAX arrays with a common leading axis. In a single-process run
+        this is the global batch; in a multi-process run it is this process's slice (all
+        processes call `shard_batch` with slices of equal size, in process order).
+      mesh: mesh from `make_mesh`.
+
+    Returns:
+      Pytree of global `jax.Array`s with sharding `data_sharding(mesh)`.
+
+    Raises:
+      ValueError: if a leaf is a scalar, or its leading axis is not divisible by the number
+        of local devices of the mesh (choose a batch size that is a multiple of
+        ``jax.local_device_count()``).
+    """
+    sharding = data_sharding(mesh)
+    n_local = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
+
+    def place(path, x):
+        x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        if x.ndim == 0:
+            raise ValueError(
+                f"shard_batch: leaf {jax.tree_util.keystr(path)} is a scalar; every batch leaf needs "
+                "a leading batch axis."
+            )
+        if x.shape[0] % n_local:
+            raise ValueError(
+                f"shard_batch: leaf {jax.tree_util.keystr(path)} has leading axis {x.shape[0]} "
+                f"(shape {tuple(x.shape)}), not divisible by the {n_local} local devices; use a "
+                f"batch size that is a multiple of {n_local}."
+            )
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree_util.tree_map_with_path(place, batch)
