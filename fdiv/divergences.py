@@ -1,0 +1,968 @@
+"""The f-divergence family: generators, derivatives, conjugates and perspectives in log space.
+
+Convention (SPEC section 1): ``P`` is the target (teacher, data), ``Q`` the model (student,
+generator), ``u = r = p / q`` the density ratio and
+
+    D_f(P || Q) = E_Q[ f(p / q) ] = sum_x q(x) f(p(x) / q(x)),   f convex, f(1) = 0.
+
+Every method of :class:`FDivergence` takes its argument in log space, ``log_u = log p - log q``,
+so that ratios spanning hundreds of orders of magnitude (logits up to +-1e4) stay finite.
+
+How the numerics work
+---------------------
+Each divergence is described by two one-sided functions that are only ever evaluated on
+``log_u <= 0`` (``u`` in ``[0, 1]``), where nothing can overflow:
+
+* ``f_nonpos(l)     = f(e^l)``                  for ``l <= 0``,
+* ``dual_nonpos(l)  = e^l f(e^-l) = f^dagger(e^l)`` for ``l <= 0``.
+
+``f^dagger(u) = u f(1/u)`` is the generator of the reversed divergence, ``D_f(P||Q) =
+D_{f^dagger}(Q||P)``. The perspective ``q f(p/q)`` then never multiplies a huge ratio by a tiny
+probability:
+
+    q f(p/q) = q f_nonpos(log p - log q)       if p <= q,
+             = p dual_nonpos(log q - log p)    if p >  q,
+
+and its limits at zero probabilities are the limits of these one-sided functions at ``-inf``:
+``f_nonpos(-inf) = f(0)`` and ``dual_nonpos(-inf) = lim_{u->inf} f(u)/u`` (SPEC section 1). Both
+branches are computed on "safe" inputs (the double-``where`` pattern) so that the branch not
+taken can never leak NaN into gradients.
+
+References:
+  Ali & Silvey (1966); Csiszar (1967). Nowozin, Cseke & Tomioka, "f-GAN" (2016) for conjugates.
+  TensorFlow Probability, ``tfp.vi`` Csiszar functions, for the members listed by
+  :func:`names` beyond SPEC section 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+ArrayLike = Any
+
+__all__ = [
+    "FDivergence",
+    "get",
+    "names",
+    "resolve",
+    "from_generator",
+    "dual",
+]
+
+_LOG2 = math.log(2.0)
+_INF = float("inf")
+
+
+# ----------------------------------------------------------------------------------------------
+# Small numerically careful helpers.
+
+
+def _as_float(x: ArrayLike) -> Array:
+  """Returns ``x`` as an array computed in at least float32 (bf16/f16 are upcast)."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    return x.astype(jnp.float32)
+  if jnp.finfo(x.dtype).bits < 32:
+    return x.astype(jnp.float32)
+  return x
+
+
+def _expm1_over(c: float, x: Array) -> Array:
+  """``expm1(c x) / c`` with its limit ``x`` at ``c = 0`` (``c`` is a static float)."""
+  if c == 0.0:
+    return x
+  return jnp.expm1(c * x) / c
+
+
+def _log1p_over(c: float, x: Array) -> Array:
+  """``log1p(c x) / c`` with its limit ``x`` at ``c = 0`` (``c`` is a static float)."""
+  if c == 0.0:
+    return x
+  return jnp.log1p(c * x) / c
+
+
+def _x_exp_x(l: Array) -> Array:
+  """``l e^l = u log u``, equal to 0 at ``l = -inf`` with a zero gradient there."""
+  neg_inf = jnp.isneginf(l)
+  safe = jnp.where(neg_inf, 0.0, l)
+  return jnp.where(neg_inf, 0.0, safe * jnp.exp(safe))
+
+
+def _neg(l: Array) -> Array:
+  """``-l = -log u``."""
+  return -l
+
+
+def _full_range(f_nonpos, dual_nonpos):
+  """``f(e^l)`` for any ``l`` from the one-sided forms (see the module docstring)."""
+  def f(l):
+    nonpos = l <= 0
+    l_lo = jnp.where(nonpos, l, 0.0)
+    l_hi = jnp.where(nonpos, 0.0, l)
+    return jnp.where(nonpos, f_nonpos(l_lo), jnp.exp(l_hi) * dual_nonpos(-l_hi))
+  return f
+
+
+def _bisect_conjugate(
+    t: Array,
+    f_prime: Callable[[Array], Array],
+    f: Callable[[Array], Array],
+    f_at_zero: float,
+    slope_at_infinity: float,
+    *,
+    log_u_range: float = 40.0,
+    iterations: int = 64,
+) -> Array:
+  """Numerical convex conjugate ``f*(t) = sup_u u t - f(u)``.
+
+  ``f'`` is non-decreasing in ``log u`` (f is convex), so the maximiser ``log u*`` solving
+  ``f'(u*) = t`` is found by bisection on ``[-log_u_range, log_u_range]``. Outside the range of
+  ``f'`` the supremum is at the boundary of the domain: ``+inf`` for ``t`` above the slope of f at
+  infinity and ``-f(0)`` for ``t`` at or below ``f'(0+)``. The gradient with respect to ``t`` is
+  ``u*`` (envelope theorem), which the final expression carries because the bisection's
+  comparisons pass no gradient.
+  """
+  t = _as_float(t)
+  lo = jnp.full(t.shape, -log_u_range, t.dtype)
+  hi = jnp.full(t.shape, log_u_range, t.dtype)
+
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    right = f_prime(mid) < t
+    return jnp.where(right, mid, lo), jnp.where(right, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, iterations, body, (lo, hi))
+  log_u = jax.lax.stop_gradient(0.5 * (lo + hi))
+  value = jnp.exp(log_u) * t - f(log_u)
+  below = t <= f_prime(jnp.full_like(t, -log_u_range))
+  value = jnp.where(below, -f_at_zero, value)
+  return jnp.where(t >= slope_at_infinity, _INF, value)
+
+
+# ----------------------------------------------------------------------------------------------
+# The dataclass.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FDivergence:
+  """An f-divergence ``D_f(P || Q) = E_Q[f(p/q)]`` with everything computed in log space.
+
+  Instances are immutable and hashable (by name and parameters) and registered as static
+  pytrees, so they can be passed as arguments to jitted functions (without retracing for an
+  equal instance) or closed over. Build them with :func:`get`, :func:`from_generator` or
+  :func:`dual`; the fields are implementation detail.
+
+  Every method is elementwise, accepts any array shape, computes in at least float32
+  (bfloat16/float16 inputs are upcast) and takes ``log_u = log p - log q`` (P target, Q model):
+
+  * ``f(log_u)``: the generator ``f(u)``.
+  * ``f_over_u(log_u)``: ``f(u) / u``, the integrand of ``D_f`` under samples from ``P``.
+  * ``f_prime(log_u)``: ``f'(u)``; the optimal variational critic (SPEC section 3).
+  * ``weight(log_u)``: ``h(u) = u^2 f''(u)``, the f-distill weight (SPEC section 4).
+  * ``conjugate(t)``: the convex conjugate ``f*(t) = sup_{u >= 0} u t - f(u)`` (+inf outside
+    its domain).
+  * ``conjugate_at_derivative(log_u)``: ``f*(f'(u)) = u f'(u) - f(u)``, the Q-side integrand
+    of the variational bound with a log-ratio critic; ``-(...)`` is the f-DPG pseudo-reward.
+  * ``perspective(log_p, log_q)``: ``q f(p/q)`` with the limits of SPEC section 1 where
+    ``p = 0`` or ``q = 0``; finite gradients wherever the value is finite.
+
+  Attributes:
+    name: registry name.
+    params: ``((key, value), ...)`` parameters, e.g. ``(("alpha", 0.5),)``.
+    f_at_zero: ``f(0) = lim_{u->0} f(u)``, the cost per unit of model mass where ``p = 0``.
+    slope_at_infinity: ``lim_{u->inf} f(u)/u``, the cost per unit of target mass where ``q =
+      0``; infinite for mass-covering divergences (forward KL).
+    symmetric: ``D_f(P||Q) = D_f(Q||P)`` for all P, Q.
+    bounded: ``D_f`` is bounded (both limits above finite), e.g. JS, Hellinger, TV.
+    mode_seeking: a model can drop target mass at finite cost (``slope_at_infinity`` finite),
+      so minimising ``D_f`` over Q may ignore modes of P (reverse KL is the extreme, slope 0).
+    has_weight: ``f`` is twice differentiable on ``(0, inf)`` so :meth:`weight` exists (false
+      for total variation and log1p-abs, whose f has a kink at ``u = 1``).
+  """
+
+  name: str
+  params: tuple[tuple[str, float], ...]
+  f_nonpos: Callable[[Array], Array]
+  dual_nonpos: Callable[[Array], Array]
+  f_prime_fn: Callable[[Array], Array]
+  weight_fn: Callable[[Array], Array] | None
+  conjugate_fn: Callable[[Array], Array] | None
+  conjugate_at_derivative_fn: Callable[[Array], Array]
+  f_at_zero: float
+  slope_at_infinity: float
+  symmetric: bool
+  perspective_fn: Callable[[Array, Array], Array] | None = None
+  key: Any = None
+  description: str = ""
+
+  # -- identity ------------------------------------------------------------------------------
+  def _identity(self):
+    return (self.name, self.params) if self.key is None else self.key
+
+  def __eq__(self, other):
+    return isinstance(other, FDivergence) and self._identity() == other._identity()
+
+  def __hash__(self):
+    return hash(self._identity())
+
+  def __repr__(self):
+    args = ", ".join(f"{k}={v!r}" for k, v in self.params)
+    return f"FDivergence({self.name}{', ' + args if args else ''})"
+
+  # -- properties ----------------------------------------------------------------------------
+  @property
+  def bounded(self) -> bool:
+    return math.isfinite(self.f_at_zero) and math.isfinite(self.slope_at_infinity)
+
+  @property
+  def mode_seeking(self) -> bool:
+    return math.isfinite(self.slope_at_infinity)
+
+  @property
+  def has_weight(self) -> bool:
+    return self.weight_fn is not None
+
+  @property
+  def has_conjugate(self) -> bool:
+    return self.conjugate_fn is not None
+
+  # -- functions of log u --------------------------------------------------------------------
+  def f(self, log_u: ArrayLike) -> Array:
+    """``f(u)`` for ``u = exp(log_u)``; ``log_u = -inf`` gives ``f(0)``."""
+    return _full_range(self.f_nonpos, self.dual_nonpos)(_as_float(log_u))
+
+  def f_over_u(self, log_u: ArrayLike) -> Array:
+    """``f(u) / u``; ``log_u = +inf`` gives ``lim f(u)/u`` (the slope at infinity)."""
+    l = _as_float(log_u)
+    nonneg = l >= 0
+    l_hi = jnp.where(nonneg, l, 0.0)
+    l_lo = jnp.where(nonneg, 0.0, l)
+    return jnp.where(nonneg, self.dual_nonpos(-l_hi), jnp.exp(-l_lo) * self.f_nonpos(l_lo))
+
+  def f_prime(self, log_u: ArrayLike) -> Array:
+    """``f'(u)``: for ``u = p/q`` the optimal f-GAN critic ``T*`` (SPEC section 3)."""
+    return self.f_prime_fn(_as_float(log_u))
+
+  def weight(self, log_u: ArrayLike) -> Array:
+    """``h(u) = u^2 f''(u)``, the f-distill score weight (SPEC section 4; h = 1 is reverse KL).
+
+    Raises:
+      ValueError: when ``f`` is not twice differentiable (total variation, log1p-abs).
+    """
+    if self.weight_fn is None:
+      raise ValueError(
+          f"divergence {self.name!r} has no weight h(u) = u^2 f''(u): its generator has a kink"
+          " at u = 1 (f'' is a point mass there). Choose a divergence with has_weight=True, e.g."
+          f" {', '.join(n for n in _WEIGHTED_EXAMPLES)}.")
+    return self.weight_fn(_as_float(log_u))
+
+  def conjugate(self, t: ArrayLike) -> Array:
+    """Convex conjugate ``f*(t) = sup_{u >= 0} (u t - f(u))``; ``+inf`` outside its domain."""
+    if self.conjugate_fn is None:
+      raise ValueError(
+          f"divergence {self.name!r} has no conjugate; pass conjugate=... to from_generator or"
+          " use conjugate_at_derivative, which needs none.")
+    return self.conjugate_fn(_as_float(t))
+
+  def conjugate_at_derivative(self, log_u: ArrayLike) -> Array:
+    """``f*(f'(u)) = u f'(u) - f(u)`` without evaluating the conjugate (SPEC section 3)."""
+    return self.conjugate_at_derivative_fn(_as_float(log_u))
+
+  def perspective(self, log_p: ArrayLike, log_q: ArrayLike) -> Array:
+    """Elementwise ``q f(p/q)`` from log-probabilities (SPEC section 1).
+
+    Args:
+      log_p: log target probabilities (or densities), any shape; ``-inf`` for ``p = 0``.
+      log_q: log model probabilities, broadcastable with ``log_p``; ``-inf`` for ``q = 0``.
+
+    Returns:
+      ``q f(p/q)`` with ``p = 0`` giving ``q f(0)``, ``q = 0 < p`` giving ``p lim f(u)/u`` and
+      ``p = q = 0`` giving 0. NaN inputs give NaN.
+    """
+    log_p = _as_float(log_p)
+    log_q = _as_float(log_q)
+    dtype = jnp.result_type(log_p, log_q)
+    log_p, log_q = log_p.astype(dtype), log_q.astype(dtype)
+    if self.perspective_fn is not None:
+      return self.perspective_fn(log_p, log_q)
+    return _perspective_by_branches(self.f_nonpos, self.dual_nonpos, log_p, log_q,
+                                    self.symmetric_generator)
+
+  @property
+  def symmetric_generator(self) -> bool:
+    return self.f_nonpos is self.dual_nonpos
+
+
+def _perspective_by_branches(f_nonpos, dual_nonpos, log_p, log_q, self_dual):
+  both_zero = jnp.isneginf(log_p) & jnp.isneginf(log_q)
+  p_le_q = log_p <= log_q
+  diff = jnp.where(both_zero, 0.0, log_p - log_q)
+  # x = -|log p - log q| as a selection (not abs) so the one-sided derivative at p = q is exact.
+  x = jnp.where(p_le_q, diff, -diff)
+  log_scale = jnp.where(p_le_q, log_q, log_p)
+  if self_dual:
+    inner = f_nonpos(x)
+  else:
+    # Each branch sees a harmless input where it is not selected, so it cannot leak NaN.
+    inner = jnp.where(p_le_q, f_nonpos(jnp.where(p_le_q, x, 0.0)),
+                      dual_nonpos(jnp.where(p_le_q, 0.0, x)))
+  scale = jnp.exp(log_scale)
+  # An infinite inner value times a zero scale is a point where both probabilities vanish.
+  return jnp.where(both_zero, 0.0, scale * inner)
+
+
+jax.tree_util.register_static(FDivergence)
+
+
+# ----------------------------------------------------------------------------------------------
+# The members. Each constructor returns an FDivergence; `_REGISTRY` maps names to them.
+
+
+def _forward_kl_perspective(log_p, log_q):
+  p_zero = jnp.isneginf(log_p)
+  safe_lp = jnp.where(p_zero, 0.0, log_p)
+  return jnp.where(p_zero, 0.0, jnp.exp(safe_lp) * (safe_lp - log_q))
+
+
+def _reverse_kl_perspective(log_p, log_q):
+  return _forward_kl_perspective(log_q, log_p)
+
+
+def forward_kl() -> FDivergence:
+  """KL(P||Q) = sum p log(p/q), f(u) = u log u; mass covering (SPEC section 2)."""
+  return FDivergence(
+      name="forward_kl", params=(),
+      f_nonpos=_x_exp_x,
+      dual_nonpos=_neg,
+      f_prime_fn=lambda l: l + 1.0,
+      weight_fn=jnp.exp,
+      conjugate_fn=lambda t: jnp.exp(t - 1.0),
+      conjugate_at_derivative_fn=jnp.exp,
+      f_at_zero=0.0, slope_at_infinity=_INF, symmetric=False,
+      perspective_fn=_forward_kl_perspective,
+      description="KL(P||Q), f(u) = u log u")
+
+
+def reverse_kl() -> FDivergence:
+  """KL(Q||P) = sum q log(q/p), f(u) = -log u; mode seeking, h = 1 (VSD/DMD)."""
+  return FDivergence(
+      name="reverse_kl", params=(),
+      f_nonpos=_neg,
+      dual_nonpos=_x_exp_x,
+      f_prime_fn=lambda l: -jnp.exp(-l),
+      weight_fn=jnp.ones_like,
+      conjugate_fn=lambda t: jnp.where(t < 0, -1.0 - jnp.log(jnp.where(t < 0, -t, 1.0)), _INF),
+      conjugate_at_derivative_fn=lambda l: l - 1.0,
+      f_at_zero=_INF, slope_at_infinity=0.0, symmetric=False,
+      perspective_fn=_reverse_kl_perspective,
+      description="KL(Q||P), f(u) = -log u")
+
+
+def _gkl(s: Array) -> Array:
+  """``e^s s - e^s + 1 = phi(e^s)``, phi(t) = t log t - t + 1 >= 0, accurate near s = 0.
+
+  The series sum_k (k-1)/k! s^k is used for |s| < 0.1 where the direct form cancels.
+  """
+  neg_inf = jnp.isneginf(s)
+  s = jnp.where(neg_inf, 0.0, s)
+  small = jnp.abs(s) < 0.1
+  s_small = jnp.where(small, s, 0.0)
+  s_big = jnp.where(small, 1.0, s)
+  series = s_small * s_small * (
+      0.5 + s_small * (1 / 3 + s_small * (1 / 8 + s_small * (1 / 30 + s_small * (
+          1 / 144 + s_small * (1 / 840 + s_small * (1 / 5760)))))))
+  direct = jnp.exp(s_big) * (s_big - 1.0) + 1.0
+  return jnp.where(neg_inf, 1.0, jnp.where(small, series, direct))
+
+
+def _js_nonpos(l: Array) -> Array:
+  # 1/2 [u log(u/m) - u + m + log(1/m) - 1 + m], m = (1 + u)/2: two non-negative pieces, so
+  # values near u = 1 keep their relative precision.
+  log_m = jnp.logaddexp(l, 0.0) - _LOG2
+  m = jnp.exp(log_m)
+  return 0.5 * m * (_gkl(l - log_m) + _gkl(-log_m))
+
+
+def jensen_shannon() -> FDivergence:
+  """JSD = 1/2 KL(P||M) + 1/2 KL(Q||M), M = (P+Q)/2; bounded by log 2, symmetric."""
+  return FDivergence(
+      name="js", params=(),
+      f_nonpos=_js_nonpos, dual_nonpos=_js_nonpos,
+      # f'(u) = 1/2 log(2u/(1+u)) = 1/2 (log 2 - softplus(-l))
+      f_prime_fn=lambda l: 0.5 * (_LOG2 - jax.nn.softplus(-l)),
+      weight_fn=lambda l: 0.5 * jax.nn.sigmoid(l),
+      conjugate_fn=lambda t: jnp.where(
+          t < 0.5 * _LOG2, -0.5 * jnp.log(jnp.where(t < 0.5 * _LOG2, 2.0 - jnp.exp(2.0 * t), 1.0)),
+          _INF),
+      # u f' - f = -1/2 log((1+u)/2) = 1/2 (log 2 - softplus(l))
+      conjugate_at_derivative_fn=lambda l: 0.5 * (_LOG2 - jax.nn.softplus(l)),
+      f_at_zero=0.5 * _LOG2, slope_at_infinity=0.5 * _LOG2, symmetric=True,
+      description="Jensen-Shannon, JSD <= log 2")
+
+
+def _hellinger_nonpos(l: Array) -> Array:
+  return 0.5 * jnp.square(jnp.expm1(0.5 * l))
+
+
+def squared_hellinger() -> FDivergence:
+  """H^2 = 1/2 sum (sqrt p - sqrt q)^2 <= 1, f(u) = 1/2 (sqrt u - 1)^2."""
+  return FDivergence(
+      name="squared_hellinger", params=(),
+      f_nonpos=_hellinger_nonpos, dual_nonpos=_hellinger_nonpos,
+      f_prime_fn=lambda l: -0.5 * jnp.expm1(-0.5 * l),
+      weight_fn=lambda l: 0.25 * jnp.exp(0.5 * l),
+      conjugate_fn=lambda t: jnp.where(t < 0.5, t / jnp.where(t < 0.5, 1.0 - 2.0 * t, 1.0), _INF),
+      conjugate_at_derivative_fn=lambda l: 0.5 * jnp.expm1(0.5 * l),
+      f_at_zero=0.5, slope_at_infinity=0.5, symmetric=True,
+      description="squared Hellinger, 1/2 sum (sqrt p - sqrt q)^2")
+
+
+def _tv_nonpos(l: Array) -> Array:
+  return -0.5 * jnp.expm1(l)
+
+
+def total_variation() -> FDivergence:
+  """TV = 1/2 sum |p - q| <= 1, f(u) = 1/2 |u - 1|; no f-distill weight (kink at u = 1)."""
+  return FDivergence(
+      name="total_variation", params=(),
+      f_nonpos=_tv_nonpos, dual_nonpos=_tv_nonpos,
+      f_prime_fn=lambda l: 0.5 * jnp.sign(l),
+      weight_fn=None,
+      conjugate_fn=lambda t: jnp.where(t > 0.5, _INF, jnp.maximum(t, -0.5)),
+      conjugate_at_derivative_fn=lambda l: 0.5 * jnp.sign(l),
+      f_at_zero=0.5, slope_at_infinity=0.5, symmetric=True,
+      description="total variation, 1/2 sum |p - q|")
+
+
+def _pearson_nonpos(l):
+  return jnp.square(jnp.expm1(l))
+
+
+def _neyman_nonpos(l):
+  # (1 - u)^2 / u = expm1(l) * (-expm1(-l)); -expm1(-l) = +inf at l = -inf (q f(0) = inf).
+  return -jnp.expm1(l) * jnp.expm1(-l)
+
+
+def pearson() -> FDivergence:
+  """Pearson chi^2 = sum (p - q)^2 / q, f(u) = (u - 1)^2."""
+  return FDivergence(
+      name="pearson", params=(),
+      f_nonpos=_pearson_nonpos, dual_nonpos=_neyman_nonpos,
+      f_prime_fn=lambda l: 2.0 * jnp.expm1(l),
+      weight_fn=lambda l: 2.0 * jnp.exp(2.0 * l),
+      conjugate_fn=lambda t: jnp.where(t >= -2.0, 0.25 * t * t + t, -1.0),
+      # u f' - f = 2u(u-1) - (u-1)^2 = u^2 - 1
+      conjugate_at_derivative_fn=lambda l: jnp.expm1(2.0 * l),
+      f_at_zero=1.0, slope_at_infinity=_INF, symmetric=False,
+      description="Pearson chi-square, sum (p-q)^2/q")
+
+
+def neyman() -> FDivergence:
+  """Neyman chi^2 = sum (p - q)^2 / p, f(u) = (1 - u)^2 / u."""
+  return FDivergence(
+      name="neyman", params=(),
+      f_nonpos=_neyman_nonpos, dual_nonpos=_pearson_nonpos,
+      f_prime_fn=lambda l: -jnp.expm1(-2.0 * l),
+      weight_fn=lambda l: 2.0 * jnp.exp(-l),
+      conjugate_fn=lambda t: jnp.where(
+          t <= 1.0, 2.0 - 2.0 * jnp.sqrt(jnp.where(t <= 1.0, 1.0 - t, 0.0)), _INF),
+      # u f' - f = u - 1/u - (u - 2 + 1/u) = 2 - 2/u
+      conjugate_at_derivative_fn=lambda l: -2.0 * jnp.expm1(-l),
+      f_at_zero=_INF, slope_at_infinity=1.0, symmetric=False,
+      description="Neyman chi-square, sum (p-q)^2/p")
+
+
+def _jeffreys_nonpos(l):
+  # (u - 1) log u; at l = -inf: (-1)(-inf) = +inf.
+  return jnp.expm1(l) * l
+
+
+def _jeffreys_f_prime(l):
+  return l - jnp.expm1(-l)  # log u + 1 - 1/u
+
+
+def jeffreys() -> FDivergence:
+  """Jeffreys = KL(P||Q) + KL(Q||P), f(u) = (u - 1) log u; symmetric, unbounded."""
+  f = _full_range(_jeffreys_nonpos, _jeffreys_nonpos)
+  conjugate_at_derivative = lambda l: jnp.exp(l) + l - 1.0  # u + log u - 1
+  return FDivergence(
+      name="jeffreys", params=(),
+      f_nonpos=_jeffreys_nonpos, dual_nonpos=_jeffreys_nonpos,
+      f_prime_fn=_jeffreys_f_prime,
+      weight_fn=lambda l: jnp.exp(l) + 1.0,
+      conjugate_fn=lambda t: _bisect_conjugate(t, _jeffreys_f_prime, f, _INF, _INF),
+      conjugate_at_derivative_fn=conjugate_at_derivative,
+      f_at_zero=_INF, slope_at_infinity=_INF, symmetric=True,
+      description="Jeffreys, KL(P||Q) + KL(Q||P)")
+
+
+def _softened_rkl_nonpos(l):
+  # (u + 1) log((u + 1) / (2u)) = (u + 1)(softplus(-l) - log 2)
+  return (jnp.exp(l) + 1.0) * (jax.nn.softplus(-l) - _LOG2)
+
+
+def _softened_rkl_dual_nonpos(l):
+  # f^dagger(v) = (1 + v) log((1 + v)/2)
+  return (jnp.exp(l) + 1.0) * (jax.nn.softplus(l) - _LOG2)
+
+
+def _softened_rkl_f_prime(l):
+  # log((u+1)/(2u)) + 1 - (u+1)/u = softplus(-l) - log 2 - 1/u
+  return jax.nn.softplus(-l) - _LOG2 - jnp.exp(-l)
+
+
+def softened_reverse_kl() -> FDivergence:
+  """Softened reverse KL (f-distill), f(u) = (u + 1) log((u + 1)/(2u)), h = 1/(u + 1).
+
+  ``D_f(P||Q) = sum (p + q) log((p + q)/(2p)) = 2 KL(M || P)`` with ``M = (P + Q)/2``: the
+  reverse KL of the mixture, mode seeking like reverse KL but with a weight bounded by 1.
+  """
+  f = _full_range(_softened_rkl_nonpos, _softened_rkl_dual_nonpos)
+  return FDivergence(
+      name="softened_reverse_kl", params=(),
+      f_nonpos=_softened_rkl_nonpos, dual_nonpos=_softened_rkl_dual_nonpos,
+      f_prime_fn=_softened_rkl_f_prime,
+      weight_fn=lambda l: jax.nn.sigmoid(-l),
+      conjugate_fn=lambda t: _bisect_conjugate(t, _softened_rkl_f_prime, f, _INF, -_LOG2),
+      # u f' - f = -(softplus(-l) - log 2) - 1
+      conjugate_at_derivative_fn=lambda l: _LOG2 - jax.nn.softplus(-l) - 1.0,
+      f_at_zero=_INF, slope_at_infinity=-_LOG2, symmetric=False,
+      description="softened reverse KL, f(u) = (u+1) log((u+1)/(2u))")
+
+
+# -- the alpha (Amari) family ------------------------------------------------------------------
+
+
+def _alpha_nonpos(a: float):
+  """``(u^a - 1 - a(u - 1)) / (a(a - 1))`` for ``l = log u <= 0``, stable for all real a.
+
+  Two exact rewrites avoid dividing a cancelling numerator by a vanishing ``a`` or ``a - 1``:
+  with ``E(c, x) = expm1(c x)/c`` (limit x at c = 0),
+    a >= 1/2:  [u E(a - 1, l) - expm1(l)] / a
+    a <  1/2:  [expm1(l) - E(a, l)] / (1 - a).
+  """
+  if a >= 0.5:
+    eps = a - 1.0
+
+    def fn(l):
+      if eps == 0.0:
+        return _gkl(l)
+      if eps > 0.0:
+        # u expm1(eps l) / eps: both factors bounded for l <= 0.
+        scaled = jnp.exp(l) * jnp.expm1(eps * l) / eps
+      else:
+        # u (u^eps - 1)/eps = -u^a expm1(-eps l)/eps, bounded for l <= 0 (u^eps may overflow).
+        scaled = -jnp.exp(a * l) * jnp.expm1(-eps * l) / eps
+      return (scaled - jnp.expm1(l)) / a
+  else:
+
+    def fn(l):
+      return (jnp.expm1(l) - _expm1_over(a, l)) / (1.0 - a)
+  return fn
+
+
+def alpha(alpha: float = 0.5) -> FDivergence:  # pylint: disable=redefined-outer-name
+  """Amari alpha-divergence, f(u) = (u^a - 1 - a(u - 1)) / (a(a - 1)), h = u^a.
+
+  ``alpha -> 1`` is forward KL and ``alpha -> 0`` reverse KL (the generators become
+  ``u log u - u + 1`` and ``u - 1 - log u``: the same divergences with the self-normalised
+  generator); both limits and values near them are computed without cancellation. ``alpha = 2``
+  is half Pearson, ``alpha = 1/2`` four times squared Hellinger; ``alpha`` and ``1 - alpha`` are
+  reversed versions of each other.
+  """
+  a = float(alpha)
+  if not math.isfinite(a):
+    raise ValueError(f"alpha must be a finite number, got {alpha!r}.")
+  eps = a - 1.0
+  f_prime = lambda l: _expm1_over(eps, l)  # (u^(a-1) - 1)/(a - 1)
+
+  def conjugate(t):
+    # f*(t) = E(a, m), m = log1p((a-1) t)/(a-1) = log(base)/(a-1), base = 1 + (a-1) t.
+    base = 1.0 + eps * t
+    ok = base > 0
+    m = _log1p_over(eps, jnp.where(ok, t, 0.0))
+    value = _expm1_over(a, m)
+    if a > 1.0:
+      return jnp.where(ok, value, -1.0 / a)
+    if a == 1.0:
+      return value
+    return jnp.where(ok, value, _INF)
+
+  return FDivergence(
+      name="alpha", params=(("alpha", a),),
+      f_nonpos=_alpha_nonpos(a), dual_nonpos=_alpha_nonpos(1.0 - a),
+      f_prime_fn=f_prime,
+      weight_fn=lambda l: jnp.exp(a * l),
+      conjugate_fn=conjugate,
+      conjugate_at_derivative_fn=lambda l: _expm1_over(a, l),  # (u^a - 1)/a
+      f_at_zero=(1.0 / a) if a > 0 else _INF,
+      slope_at_infinity=(1.0 / (1.0 - a)) if a < 1 else _INF,
+      symmetric=(a == 0.5),
+      description=f"alpha-divergence, alpha={a}")
+
+
+# -- TensorFlow Probability's remaining Csiszar functions -------------------------------------
+
+
+def _triangular_nonpos(l):
+  return jnp.square(jnp.expm1(l)) * jax.nn.sigmoid(-l)  # (u-1)^2/(u+1)
+
+
+def triangular() -> FDivergence:
+  """Triangular discrimination, sum (p - q)^2 / (p + q), f(u) = (u - 1)^2 / (u + 1).
+
+  Symmetric, bounded by 2. Same as ``tfp.vi.triangular``.
+  """
+  def conjugate(t):
+    # f'(u) = 1 - 4/(u+1)^2 = t  =>  f*(t) = 4 - t - 4 sqrt(1 - t) for -3 <= t <= 1.
+    value = 4.0 - t - 4.0 * jnp.sqrt(jnp.clip(1.0 - t, 0.0, None))
+    return jnp.where(t > 1.0, _INF, jnp.where(t < -3.0, -1.0, value))
+
+  return FDivergence(
+      name="triangular", params=(),
+      f_nonpos=_triangular_nonpos, dual_nonpos=_triangular_nonpos,
+      f_prime_fn=lambda l: 1.0 - 4.0 * jnp.square(jax.nn.sigmoid(-l)),
+      weight_fn=lambda l: 8.0 * jnp.square(jax.nn.sigmoid(l)) * jax.nn.sigmoid(-l),
+      conjugate_fn=conjugate,
+      # u f' - f = 3 - 4(2u + 1)/(u + 1)^2 = 3 - 4 s (1 + s'), s = 1/(u+1), s' = u/(u+1)
+      conjugate_at_derivative_fn=lambda l: 3.0 - 4.0 * jax.nn.sigmoid(-l) * (
+          1.0 + jax.nn.sigmoid(l)),
+      f_at_zero=1.0, slope_at_infinity=1.0, symmetric=True,
+      description="triangular discrimination, sum (p-q)^2/(p+q)")
+
+
+def _log_cosh_half(l):
+  # log cosh(l/2) = |l|/2 + log1p(e^-|l|) - log 2
+  a = jnp.abs(l)
+  return 0.5 * a + jnp.log1p(jnp.exp(-a)) - _LOG2
+
+
+def _ag_nonpos(l):
+  # (1 + u) log((1 + u)/(2 sqrt u)) = (1 + u) log cosh(l/2); at l = -inf: +inf.
+  return (jnp.exp(l) + 1.0) * _log_cosh_half(l)
+
+
+def _ag_f_prime(l):
+  return _log_cosh_half(l) - 0.5 * jnp.expm1(-l)
+
+
+def arithmetic_geometric() -> FDivergence:
+  """Arithmetic-geometric divergence as in ``tfp.vi.arithmetic_geometric``.
+
+  ``f(u) = (1 + u) log((1 + u) / (2 sqrt u))``, i.e. ``sum (p + q) log((p + q)/(2 sqrt(pq)))``:
+  twice Taneja's arithmetic-geometric mean divergence. Symmetric, unbounded.
+  """
+  f = _full_range(_ag_nonpos, _ag_nonpos)
+  return FDivergence(
+      name="arithmetic_geometric", params=(),
+      f_nonpos=_ag_nonpos, dual_nonpos=_ag_nonpos,
+      f_prime_fn=_ag_f_prime,
+      # u^2 f'' = (u^2 + 1)/(2(u + 1)) = cosh(l) sigmoid(l)
+      weight_fn=lambda l: jnp.cosh(l) * jax.nn.sigmoid(l),
+      conjugate_fn=lambda t: _bisect_conjugate(t, _ag_f_prime, f, _INF, _INF),
+      conjugate_at_derivative_fn=lambda l: 0.5 * jnp.expm1(l) - _log_cosh_half(l),
+      f_at_zero=_INF, slope_at_infinity=_INF, symmetric=True,
+      description="arithmetic-geometric, sum (p+q) log((p+q)/(2 sqrt(pq)))")
+
+
+def t_power(t: float = 2.0) -> FDivergence:
+  """The t-power divergence of ``tfp.vi.t_power``, ``f(u) = s (u^t - 1)``.
+
+  ``s = -1`` for ``0 < t < 1`` and ``+1`` otherwise (so f is convex); ``t`` in ``{0, 1}`` gives
+  a zero divergence and is rejected. As a divergence it is ``|t (t - 1)|`` times the alpha
+  divergence with ``alpha = t`` (the generators differ by an affine term).
+  """
+  tt = float(t)
+  if not math.isfinite(tt) or tt in (0.0, 1.0):
+    raise ValueError(
+        f"t_power needs a finite t not in {{0, 1}} (those give a zero divergence), got t={t!r}.")
+  s = -1.0 if 0.0 < tt < 1.0 else 1.0
+  f_prime = lambda l: s * tt * jnp.exp((tt - 1.0) * l)
+  f = lambda l: s * jnp.expm1(tt * l)
+  return FDivergence(
+      name="t_power", params=(("t", tt),),
+      f_nonpos=lambda l: s * jnp.expm1(tt * l),
+      # f^dagger(v) = s (v^(1-t) - v)
+      dual_nonpos=lambda l: s * (jnp.exp((1.0 - tt) * l) - jnp.exp(l)),
+      f_prime_fn=f_prime,
+      weight_fn=lambda l: abs(tt * (tt - 1.0)) * jnp.exp(tt * l),
+      conjugate_fn=lambda x: _bisect_conjugate(
+          x, f_prime, f, -s if tt > 0 else _INF, _INF if tt > 1 else 0.0),
+      conjugate_at_derivative_fn=lambda l: s * ((tt - 1.0) * jnp.exp(tt * l) + 1.0),
+      f_at_zero=(-s if tt > 0 else _INF),
+      slope_at_infinity=(_INF if tt > 1 else 0.0),
+      symmetric=False,
+      description=f"t-power, t={tt}")
+
+
+def log1p_abs() -> FDivergence:
+  """The log1p-abs divergence of ``tfp.vi.log1p_abs``, ``f(u) = u^sign(u - 1) - 1``.
+
+  ``log(1 + f(u)) = |log u|``: ``1/u - 1`` below 1 and ``u - 1`` above. The kink at ``u = 1``
+  means there is no f-distill weight.
+  """
+  def conjugate(t):
+    # f*(t) = t on [-1, 1]; 1 - 2 sqrt(-t) below -1; +inf above 1.
+    below = 1.0 - 2.0 * jnp.sqrt(jnp.maximum(-t, 1.0))
+    return jnp.where(t > 1.0, _INF, jnp.where(t < -1.0, below, t))
+
+  def conjugate_at_derivative(l):
+    # u > 1: u - (u - 1) = 1;  u < 1: -1/u - (1/u - 1) = 1 - 2/u.
+    return jnp.where(l > 0, 1.0, 1.0 - 2.0 * jnp.exp(-jnp.minimum(l, 0.0)))
+
+  return FDivergence(
+      name="log1p_abs", params=(),
+      f_nonpos=lambda l: jnp.expm1(-l),
+      dual_nonpos=lambda l: -jnp.expm1(l),
+      f_prime_fn=lambda l: jnp.where(l > 0, 1.0, -jnp.exp(-2.0 * jnp.minimum(l, 0.0))),
+      weight_fn=None,
+      conjugate_fn=conjugate,
+      conjugate_at_derivative_fn=conjugate_at_derivative,
+      f_at_zero=_INF, slope_at_infinity=1.0, symmetric=False,
+      description="log1p-abs, f(u) = u^sign(u-1) - 1")
+
+
+def _mgan_f_prime(l):
+  # 1/(1+u) - 1/u + 1/2
+  return jax.nn.sigmoid(-l) - jnp.exp(-l) + 0.5
+
+
+def modified_gan() -> FDivergence:
+  """The modified-GAN divergence, ``f(u) = log((1 + u)/(2u)) + (u - 1)/2``.
+
+  ``tfp.vi.modified_gan(self_normalized=True)`` is ``log(1 + u) - log u + (u - 1)/2``, which
+  has ``f(1) = log 2`` and so is not an f-divergence as TFP notes; subtracting ``log 2`` makes
+  it one without changing gradients. ``h(u) = 1 - (u/(1 + u))^2``.
+  """
+  f_nonpos = lambda l: jax.nn.softplus(-l) - _LOG2 + 0.5 * jnp.expm1(l)
+  # f^dagger(v) = v log((1 + v)/2) + (1 - v)/2
+  dual_nonpos = lambda l: jnp.exp(l) * (jax.nn.softplus(l) - _LOG2) - 0.5 * jnp.expm1(l)
+  f = _full_range(f_nonpos, dual_nonpos)
+  return FDivergence(
+      name="modified_gan", params=(),
+      f_nonpos=f_nonpos,
+      dual_nonpos=dual_nonpos,
+      f_prime_fn=_mgan_f_prime,
+      weight_fn=lambda l: 1.0 - jnp.square(jax.nn.sigmoid(l)),
+      conjugate_fn=lambda t: _bisect_conjugate(t, _mgan_f_prime, f, _INF, 0.5),
+      # u f' - f = u/(1+u) - 1 + u/2 - log((1+u)/(2u)) - (u-1)/2 = sigmoid(l) - 1/2 - (softplus(-l) - log 2)
+      conjugate_at_derivative_fn=lambda l: jax.nn.sigmoid(l) - 0.5 - jax.nn.softplus(-l) + _LOG2,
+      f_at_zero=_INF, slope_at_infinity=0.5, symmetric=False,
+      description="modified GAN, f(u) = log((1+u)/(2u)) + (u-1)/2")
+
+
+# ----------------------------------------------------------------------------------------------
+# Derived divergences.
+
+
+def dual(divergence: "FDivergence | str") -> FDivergence:
+  """The reversed divergence, generator ``f^dagger(u) = u f(1/u)``: ``D(P||Q) = D_f(Q||P)``.
+
+  As ``tfp.vi.dual_csiszar_function``. ``dual(get("forward_kl"))`` is reverse KL; the alpha
+  family maps ``alpha`` to ``1 - alpha``. The weight becomes ``h^dagger(u) = u h(1/u)``.
+  """
+  d = resolve(divergence)
+  weight = None
+  if d.weight_fn is not None:
+    weight = lambda l: jnp.exp(l) * d.weight_fn(-l)
+  # f^dagger'(u) = f(1/u) - f'(1/u)/u = -(f*(f'))(1/u);  u f^dagger' - f^dagger = -f'(1/u).
+  f_prime = lambda l: -d.conjugate_at_derivative_fn(-l)
+  f_nonpos, f_at_zero, slope = d.dual_nonpos, d.slope_at_infinity, d.f_at_zero
+  dual_nonpos = d.f_nonpos
+
+  f = _full_range(f_nonpos, dual_nonpos)
+  return FDivergence(
+      name=f"dual({d.name})", params=d.params,
+      f_nonpos=f_nonpos, dual_nonpos=dual_nonpos,
+      f_prime_fn=f_prime, weight_fn=weight,
+      conjugate_fn=lambda t: _bisect_conjugate(t, f_prime, f, f_at_zero, slope),
+      conjugate_at_derivative_fn=lambda l: -d.f_prime_fn(-l),
+      f_at_zero=f_at_zero, slope_at_infinity=slope, symmetric=d.symmetric,
+      perspective_fn=(None if d.perspective_fn is None else
+                      (lambda lp, lq: d.perspective_fn(lq, lp))),
+      key=("dual", d._identity()),  # pylint: disable=protected-access
+      description=f"reversed {d.description}")
+
+
+def from_generator(
+    f: Callable[[Array], Array],
+    *,
+    name: str,
+    conjugate: Callable[[Array], Array] | None = None,
+    f_at_zero: float | None = None,
+    slope_at_infinity: float | None = None,
+    symmetric: bool = False,
+    check: bool = True,
+) -> FDivergence:
+  """Builds a divergence from a user's generator ``f(u)`` alone.
+
+  ``f'`` and the weight ``u^2 f''`` come from ``jax.grad``; the perspective from the
+  one-sided forms of the module docstring; the conjugate, unless given, from a bisection on
+  ``f'`` (accurate for ``log u*`` within ``[-40, 40]``).
+
+  Args:
+    f: elementwise convex function of ``u >= 0`` (a jnp expression) with ``f(1) = 0``; it must
+      accept ``u = 0`` if ``f(0)`` is finite.
+    name: a name for reprs, plots and equality (two generators with the same name and function
+      object are equal).
+    conjugate: optional closed form ``f*(t)``.
+    f_at_zero: ``f(0)``; evaluated from ``f(0.0)`` if not given (non-finite values are treated
+      as ``+inf``).
+    slope_at_infinity: ``lim f(u)/u``; estimated as ``f(u)/u`` at ``u = 1e15`` in float64 NumPy
+      semantics of ``f`` (values above 1e6 are treated as ``+inf``) if not given.
+    symmetric: whether ``D_f(P||Q) = D_f(Q||P)`` (documentation only).
+    check: verify ``f(1) = 0`` and convexity on a grid, raising ValueError otherwise.
+
+  Returns:
+    An FDivergence.
+  """
+  if not callable(f):
+    raise ValueError(f"f must be a callable f(u), got {type(f).__name__}.")
+
+  def f_u(u):
+    return jnp.asarray(f(u))
+
+  def f_of_l(l):
+    return f_u(jnp.exp(l))
+
+  f_prime_u = jax.grad(lambda u: jnp.sum(f_u(u)))
+  f_second_u = jax.grad(lambda u: jnp.sum(f_prime_u(u)))
+
+  if check:
+    with jax.ensure_compile_time_eval():
+      at_one = float(f_u(jnp.float32(1.0)))
+      grid = jnp.exp(jnp.linspace(-8.0, 8.0, 161, dtype=jnp.float32))
+      curvature = f_second_u(grid)
+    if not abs(at_one) < 1e-5:
+      raise ValueError(f"f(1) must be 0 for an f-divergence, got f(1) = {at_one:.6g}; subtract"
+                       " the constant.")
+    if bool(jnp.any(curvature < -1e-4 * (1.0 + jnp.abs(curvature)))):
+      raise ValueError("f must be convex: f''(u) < 0 somewhere on u in [e^-8, e^8].")
+  if f_at_zero is None:
+    with jax.ensure_compile_time_eval():
+      value = float(f_u(jnp.float32(0.0)))
+    f_at_zero = value if math.isfinite(value) else _INF
+  if slope_at_infinity is None:
+    with jax.ensure_compile_time_eval():
+      big = 1e15
+      value = float(f_u(jnp.float32(big))) / big
+    slope_at_infinity = value if abs(value) < 1e6 else _INF
+  f_at_zero = float(f_at_zero)
+  slope = float(slope_at_infinity)
+
+  def f_nonpos(l):
+    neg_inf = jnp.isneginf(l)
+    value = f_of_l(jnp.where(neg_inf, 0.0, l))
+    return jnp.where(neg_inf, f_at_zero, value)
+
+  def dual_nonpos(l):
+    neg_inf = jnp.isneginf(l)
+    safe = jnp.where(neg_inf, 0.0, l)
+    return jnp.where(neg_inf, slope, jnp.exp(safe) * f_of_l(-safe))
+
+  f_prime = lambda l: f_prime_u(jnp.exp(l))
+  conj = conjugate
+  if conj is None:
+    conj = lambda t: _bisect_conjugate(t, f_prime, f_of_l, f_at_zero, slope)
+  return FDivergence(
+      name=name, params=(),
+      f_nonpos=f_nonpos, dual_nonpos=dual_nonpos,
+      f_prime_fn=f_prime,
+      weight_fn=lambda l: jnp.exp(2.0 * l) * f_second_u(jnp.exp(l)),
+      conjugate_fn=conj,
+      conjugate_at_derivative_fn=lambda l: jnp.exp(l) * f_prime(l) - f_of_l(l),
+      f_at_zero=f_at_zero, slope_at_infinity=slope, symmetric=symmetric,
+      key=("from_generator", name, f),
+      description=f"user generator {name}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The registry: a literal dict, name -> (constructor, allowed parameters).
+
+_REGISTRY: Mapping[str, tuple[Callable[..., FDivergence], tuple[str, ...]]] = {
+    "forward_kl": (forward_kl, ()),
+    "reverse_kl": (reverse_kl, ()),
+    "js": (jensen_shannon, ()),
+    "squared_hellinger": (squared_hellinger, ()),
+    "total_variation": (total_variation, ()),
+    "pearson": (pearson, ()),
+    "neyman": (neyman, ()),
+    "jeffreys": (jeffreys, ()),
+    "softened_reverse_kl": (softened_reverse_kl, ()),
+    "alpha": (alpha, ("alpha",)),
+    "triangular": (triangular, ()),
+    "arithmetic_geometric": (arithmetic_geometric, ()),
+    "t_power": (t_power, ("t",)),
+    "log1p_abs": (log1p_abs, ()),
+    "modified_gan": (modified_gan, ()),
+}
+_ALIASES: Mapping[str, str] = {
+    "kl": "forward_kl",
+    "jensen_shannon": "js",
+    "hellinger": "squared_hellinger",
+    "tv": "total_variation",
+    "chi2": "pearson",
+}
+_WEIGHTED_EXAMPLES = ("reverse_kl", "js", "squared_hellinger", "forward_kl")
+
+
+def names() -> tuple[str, ...]:
+  """The registered divergence names (aliases excluded), in registry order."""
+  return tuple(_REGISTRY)
+
+
+def get(name: str, **params: float) -> FDivergence:
+  """Returns the registered divergence ``name`` with parameters ``params``.
+
+  Names: ``forward_kl`` (alias ``kl``), ``reverse_kl``, ``js``, ``squared_hellinger``,
+  ``total_variation``, ``pearson``, ``neyman``, ``jeffreys``, ``softened_reverse_kl``,
+  ``alpha`` (``alpha=``), ``triangular``, ``arithmetic_geometric``, ``t_power`` (``t=``),
+  ``log1p_abs``, ``modified_gan``. SPEC section 2 gives the generators and test values.
+
+  Raises:
+    ValueError: unknown name (the message lists the valid names), unknown or invalid
+      parameters.
+  """
+  if not isinstance(name, str):
+    raise ValueError(f"divergence name must be a str, got {type(name).__name__}: {name!r}.")
+  key = _ALIASES.get(name, name)
+  if key not in _REGISTRY:
+    raise ValueError(
+        f"unknown divergence {name!r}; valid names are {', '.join(_REGISTRY)} "
+        f"(aliases: {', '.join(f'{a}={b}' for a, b in _ALIASES.items())}).")
+  constructor, allowed = _REGISTRY[key]
+  unexpected = sorted(set(params) - set(allowed))
+  if unexpected:
+    raise ValueError(
+        f"divergence {key!r} takes parameters {list(allowed) or 'none'}, got unexpected"
+        f" {unexpected}.")
+  for param, value in params.items():
+    if isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) != 0:
+      raise ValueError(f"parameter {param} of {key!r} must be a scalar, got shape"
+                       f" {np.shape(value)}.")
+    try:
+      params[param] = float(value)
+    except (TypeError, jax.errors.ConcretizationTypeError) as e:
+      raise ValueError(
+          f"parameter {param} of {key!r} must be a concrete Python number (it selects the"
+          f" formula at trace time), got {value!r}.") from e
+  return constructor(**params)
+
+
+def resolve(divergence: "FDivergence | str") -> FDivergence:
+  """Accepts a registered name or an FDivergence; returns the FDivergence."""
+  if isinstance(divergence, FDivergence):
+    return divergence
+  if isinstance(divergence, str):
+    return get(divergence)
+  raise ValueError(
+      "divergence must be a registered name (one of "
+      f"{', '.join(_REGISTRY)}) or an FDivergence, got {type(divergence).__name__}.")
