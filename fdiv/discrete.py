@@ -1,0 +1,504 @@
+"""Exact divergences between categorical distributions given by logits.
+
+Convention (SPEC section 1): ``P`` is the target (teacher) and ``Q`` the model
+(student); ``D_f(P || Q) = sum_x q(x) f(p(x) / q(x))``. Every function here
+takes ``target_logits`` (for ``P``) and ``model_logits`` (for ``Q``) of the same
+shape, normalises both with ``log_softmax`` along ``axis`` (after dividing by
+``temperature``) and reduces only that axis: the result has the logits' shape
+without ``axis``, one value per position (SPEC section 3, "Exact
+(categorical)"). There is no hidden mean over positions and no ``tau**2``
+factor; knowledge-distillation losses apply both themselves.
+
+Numerics:
+
+* Everything is computed from log-probabilities. f-divergences go through
+  ``FDivergence.perspective(log_p, log_q)``, which carries the limits at zero
+  probabilities (``-inf`` logits): ``p = 0`` contributes ``q f(0)``, ``q = 0 < p``
+  contributes ``p * lim f(u)/u`` (``+inf`` for forward KL, finite for JS,
+  total variation, squared Hellinger).
+* Mixtures such as ``a P + (1 - a) Q`` are formed with ``logaddexp`` of
+  log-probabilities, never by taking the log of a sum of probabilities, so
+  they stay accurate where the probabilities underflow.
+* ``bfloat16`` and ``float16`` logits are upcast and the computation and result
+  are ``float32``; ``float32`` stays ``float32`` and ``float64`` stays
+  ``float64``. Mixed input dtypes are promoted first.
+* ``where`` masks positions with the double-``where`` trick: masked rows are
+  replaced by zeros before any arithmetic, so NaN or ``inf`` in them cannot
+  reach the value or the gradient; their output is exactly ``0``.
+* NaN in an unmasked row propagates: that row's result is NaN.
+* Argument errors (shapes, dtypes, ranges of Python-number parameters, unknown
+  divergence names) raise ``ValueError`` at trace time.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fdiv import divergences as _divergences
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+DivergenceLike = Union[str, "_divergences.FDivergence"]
+
+__all__ = [
+    "categorical_divergence",
+    "skew_kl",
+    "skew_reverse_kl",
+    "generalized_jsd",
+    "cauchy_schwarz",
+]
+
+
+# ---------------------------------------------------------------------------
+# Validation and preparation shared by every estimator.
+# ---------------------------------------------------------------------------
+
+
+def _resolve_divergence(divergence):
+  # Raises a ValueError listing the valid names.
+  return _divergences.resolve(divergence)
+
+
+def _check_floating(x, name):
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(
+        f"{name} must be floating point, got {x.dtype}; cast with"
+        " .astype(jnp.float32)"
+    )
+  return x
+
+
+def _compute_dtype(*dtypes):
+  dtype = jnp.result_type(*dtypes)
+  # Half precision cannot hold log-probabilities of large vocabularies to the
+  # accuracy the sums need, so the arithmetic is done in float32.
+  if jnp.finfo(dtype).bits < 32:
+    dtype = jnp.dtype(jnp.float32)
+  return dtype
+
+
+def _is_python_number(x):
+  if isinstance(x, np.ndarray):
+    return x.ndim == 0
+  return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _check_temperature(temperature):
+  if _is_python_number(temperature):
+    value = float(temperature)
+    if not value > 0.0:
+      raise ValueError(
+          f"temperature must be > 0, got {temperature}; the usual"
+          " distillation temperatures are 1 to 10."
+      )
+  else:
+    temperature = jnp.asarray(temperature)
+    if temperature.ndim != 0:
+      raise ValueError(
+          "temperature must be a scalar, got an array of shape"
+          f" {temperature.shape}."
+      )
+
+
+def _check_unit_interval(value, name, *, closed, fix):
+  if not _is_python_number(value):
+    return
+  value = float(value)
+  inside = (0.0 <= value <= 1.0) if closed else (0.0 < value < 1.0)
+  if not inside:
+    interval = "[0, 1]" if closed else "(0, 1)"
+    raise ValueError(f"{name} must be in {interval}, got {value}; {fix}")
+
+
+def _prepare(target_logits, model_logits, temperature, where, axis):
+  """Validates the arguments and returns log-probabilities and the mask.
+
+  Returns:
+    ``(log_p, log_q, mask, axis)`` where ``log_p`` and ``log_q`` have the
+    logits' shape in the compute dtype, ``mask`` is ``None`` or a boolean
+    array broadcastable to the output shape and ``axis`` is non-negative.
+  """
+  target_logits = _check_floating(target_logits, "target_logits")
+  model_logits = _check_floating(model_logits, "model_logits")
+  if target_logits.shape != model_logits.shape:
+    raise ValueError(
+        "target_logits and model_logits must have the same shape, got"
+        f" target_logits.shape={target_logits.shape} and"
+        f" model_logits.shape={model_logits.shape}."
+    )
+  shape = target_logits.shape
+  if not shape:
+    raise ValueError(
+        "target_logits and model_logits must have at least one axis (the"
+        " class axis), got scalars."
+    )
+  if not isinstance(axis, numbers.Integral) or not -len(shape) <= axis < len(
+      shape
+  ):
+    raise ValueError(
+        f"axis must be an integer in [-{len(shape)}, {len(shape)}) for logits"
+        f" of shape {shape}, got {axis!r}."
+    )
+  axis = int(axis) % len(shape)
+  _check_temperature(temperature)
+
+  dtype = _compute_dtype(target_logits.dtype, model_logits.dtype)
+  target_logits = target_logits.astype(dtype)
+  model_logits = model_logits.astype(dtype)
+
+  mask = None
+  if where is not None:
+    mask = jnp.asarray(where)
+    out_shape = shape[:axis] + shape[axis + 1 :]
+    if mask.dtype != jnp.bool_:
+      raise ValueError(
+          f"where must be a boolean mask, got dtype {mask.dtype}; pass e.g."
+          " `lengths_mask > 0` or `.astype(bool)`."
+      )
+    try:
+      broadcast = np.broadcast_shapes(mask.shape, out_shape)
+    except ValueError:
+      broadcast = None
+    if broadcast != tuple(out_shape):
+      raise ValueError(
+          f"where must be broadcastable to the output shape {out_shape} (the"
+          f" logits shape {shape} without axis {axis}), got where.shape="
+          f"{mask.shape}."
+      )
+    # Double-where, first half: masked rows become zeros before any
+    # arithmetic so NaN/inf there cannot poison the gradients.
+    keep = jnp.expand_dims(mask, axis - len(shape))
+    target_logits = jnp.where(keep, target_logits, 0)
+    model_logits = jnp.where(keep, model_logits, 0)
+
+  if not (_is_python_number(temperature) and float(temperature) == 1.0):
+    temperature = jnp.asarray(temperature, dtype)
+    target_logits = target_logits / temperature
+    model_logits = model_logits / temperature
+  log_p = jax.nn.log_softmax(target_logits, axis=axis)
+  log_q = jax.nn.log_softmax(model_logits, axis=axis)
+  return log_p, log_q, mask, axis
+
+
+def _finish(values, mask):
+  # Double-where, second half: masked outputs are exactly 0 with 0 gradient.
+  if mask is None:
+    return values
+  return jnp.where(mask, values, jnp.zeros((), values.dtype))
+
+
+def _log_mix(log_a, log_b, weight_a):
+  """``log(w a + (1 - w) b)`` from ``log a`` and ``log b``, elementwise.
+
+  Where both ``a`` and ``b`` are zero the result is ``-inf``; the inputs of
+  ``logaddexp`` are replaced there because its derivative at
+  ``(-inf, -inf)`` is NaN, which a zero cotangent would not cancel.
+  """
+  dtype = log_a.dtype
+  weight_a = jnp.asarray(weight_a, dtype)
+  log_wa = log_a + jnp.log(weight_a)
+  log_wb = log_b + jnp.log1p(-weight_a)
+  both_zero = jnp.isneginf(log_wa) & jnp.isneginf(log_wb)
+  safe_a = jnp.where(both_zero, jnp.zeros((), dtype), log_wa)
+  safe_b = jnp.where(both_zero, jnp.zeros((), dtype), log_wb)
+  return jnp.where(
+      both_zero, jnp.full((), -jnp.inf, dtype), jnp.logaddexp(safe_a, safe_b)
+  )
+
+
+def _kl_terms(log_a, log_b):
+  return _divergences.get("forward_kl").perspective(log_a, log_b)
+
+
+# ---------------------------------------------------------------------------
+# Public estimators.
+# ---------------------------------------------------------------------------
+
+
+def categorical_divergence(
+    target_logits: ArrayLike,
+    model_logits: ArrayLike,
+    divergence: DivergenceLike,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: Optional[ArrayLike] = None,
+    axis: int = -1,
+) -> Array:
+  r"""Exact f-divergence ``D_f(P || Q)`` between two categorical distributions.
+
+  ``P = softmax(target_logits / temperature)`` is the target (teacher) and
+  ``Q = softmax(model_logits / temperature)`` the model (student), both along
+  ``axis``. The result is
+
+  .. math::
+    D_f(P \| Q) = \sum_x q(x) f(p(x) / q(x))
+
+  for every position (SPEC sections 1 and 3), computed as the sum over
+  ``axis`` of ``divergence.perspective(log_p, log_q)``, so zero probabilities
+  (``-inf`` logits) take the limits of SPEC section 1: forward KL is ``+inf``
+  when ``q = 0 < p``, Jensen-Shannon, total variation and squared Hellinger
+  stay finite. Names follow SPEC section 2: ``"forward_kl"`` is
+  ``KL(P || Q) = KL(teacher || student)``, ``"reverse_kl"`` is ``KL(Q || P)``.
+
+  Args:
+    target_logits: Logits of the target ``P``, shape ``[..., num_classes, ...]``
+      (classes along ``axis``), floating point.
+    model_logits: Logits of the model ``Q``, same shape as ``target_logits``.
+    divergence: A registered divergence name (``"forward_kl"``, ``"js"``, ...,
+      looked up with ``fdiv.divergences.get``) or an ``FDivergence`` such as
+      ``fdiv.divergences.get("alpha", alpha=0.5)``.
+    temperature: Softmax temperature applied to both logit arrays; a positive
+      Python number (checked) or a scalar array. The result is *not*
+      multiplied by ``temperature**2``.
+    where: Optional boolean mask over positions, broadcastable to the output
+      shape (the logits shape without ``axis``). Masked positions give exactly
+      ``0`` and receive zero gradient, whatever their logits contain.
+    axis: The class axis.
+
+  Returns:
+    The divergence per position, shape ``target_logits.shape`` without
+    ``axis``; ``float32`` for ``bfloat16``/``float16``/``float32`` inputs and
+    ``float64`` for ``float64`` inputs. Values may be ``+inf`` where the
+    divergence is infinite; NaN in an unmasked row gives NaN for that row.
+
+  Raises:
+    ValueError: On mismatched shapes, non-floating logits, an invalid
+      ``axis``, a non-positive Python ``temperature``, a ``where`` of the wrong
+      shape or dtype, or an unknown divergence name.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from fdiv.discrete import categorical_divergence
+    >>> p, q = jnp.log(jnp.array([0.2, 0.5, 0.3])), jnp.log(jnp.array([0.1, 0.6, 0.3]))
+    >>> float(categorical_divergence(p, q, "forward_kl"))  # doctest: +ELLIPSIS
+    0.04746...
+
+  References:
+    Csiszar, `Information-type measures of difference of probability
+    distributions and indirect observations
+    <https://static.renyi.hu/~csiszar/Publications/Information_Type_Measures.pdf>`_,
+    1967.
+
+    Ali and Silvey, `A General Class of Coefficients of Divergence of One
+    Distribution from Another <https://www.jstor.org/stable/2984279>`_, 1966.
+
+    Hinton, Vinyals and Dean, `Distilling the Knowledge in a Neural Network
+    <https://arxiv.org/abs/1503.02531>`_, 2015 (temperature).
+  """
+  divergence = _resolve_divergence(divergence)
+  log_p, log_q, mask, axis = _prepare(
+      target_logits, model_logits, temperature, where, axis
+  )
+  values = jnp.sum(divergence.perspective(log_p, log_q), axis=axis)
+  return _finish(values, mask)
+
+
+def skew_kl(
+    target_logits: ArrayLike,
+    model_logits: ArrayLike,
+    *,
+    alpha: ArrayLike = 0.1,
+    temperature: ArrayLike = 1.0,
+    where: Optional[ArrayLike] = None,
+    axis: int = -1,
+) -> Array:
+  r"""Skew KL divergence ``KL(P || alpha P + (1 - alpha) Q)`` (DistiLLM).
+
+  With ``P`` the target (teacher) and ``Q`` the model (student) as in
+  :func:`categorical_divergence` (SPEC section 2, non-f table):
+
+  .. math::
+    \mathrm{SKL}_\alpha(P, Q) = \mathrm{KL}(P \| \alpha P + (1 - \alpha) Q).
+
+  ``alpha = 0`` is forward KL; larger ``alpha`` bounds the value by
+  ``-log(alpha)`` and keeps the gradient finite when ``Q`` has no mass where
+  ``P`` does. The mixture is formed in log space.
+
+  Args:
+    target_logits: Logits of ``P``, shape ``[..., num_classes, ...]``.
+    model_logits: Logits of ``Q``, same shape.
+    alpha: Weight of ``P`` in the mixture, in ``[0, 1]`` (checked when it is a
+      Python number). DistiLLM uses ``0.1``.
+    temperature: Softmax temperature for both logit arrays (no ``tau**2``).
+    where: Optional boolean mask over positions, broadcastable to the output.
+    axis: The class axis.
+
+  Returns:
+    Shape ``target_logits.shape`` without ``axis``, ``float32`` or ``float64``
+    as in :func:`categorical_divergence`.
+
+  References:
+    Ko, Kim, Chen and Yun, `DistiLLM: Towards Streamlined Distillation for
+    Large Language Models <https://arxiv.org/abs/2402.03898>`_, ICML 2024.
+  """
+  _check_unit_interval(
+      alpha, "alpha", closed=True, fix="DistiLLM uses alpha=0.1."
+  )
+  log_p, log_q, mask, axis = _prepare(
+      target_logits, model_logits, temperature, where, axis
+  )
+  log_m = _log_mix(log_p, log_q, alpha)
+  return _finish(jnp.sum(_kl_terms(log_p, log_m), axis=axis), mask)
+
+
+def skew_reverse_kl(
+    target_logits: ArrayLike,
+    model_logits: ArrayLike,
+    *,
+    alpha: ArrayLike = 0.1,
+    temperature: ArrayLike = 1.0,
+    where: Optional[ArrayLike] = None,
+    axis: int = -1,
+) -> Array:
+  r"""Skew reverse KL ``KL(Q || (1 - alpha) P + alpha Q)`` (DistiLLM).
+
+  With ``P`` the target (teacher) and ``Q`` the model (student) as in
+  :func:`categorical_divergence` (SPEC section 2, non-f table):
+
+  .. math::
+    \mathrm{SRKL}_\alpha(P, Q) = \mathrm{KL}(Q \| (1 - \alpha) P + \alpha Q).
+
+  ``alpha = 0`` is reverse KL. The mixture is formed in log space.
+
+  Args:
+    target_logits: Logits of ``P``, shape ``[..., num_classes, ...]``.
+    model_logits: Logits of ``Q``, same shape.
+    alpha: Weight of ``Q`` in the mixture, in ``[0, 1]`` (checked when it is a
+      Python number). DistiLLM uses ``0.1``.
+    temperature: Softmax temperature for both logit arrays (no ``tau**2``).
+    where: Optional boolean mask over positions, broadcastable to the output.
+    axis: The class axis.
+
+  Returns:
+    Shape ``target_logits.shape`` without ``axis``, ``float32`` or ``float64``
+    as in :func:`categorical_divergence`.
+
+  References:
+    Ko, Kim, Chen and Yun, `DistiLLM: Towards Streamlined Distillation for
+    Large Language Models <https://arxiv.org/abs/2402.03898>`_, ICML 2024.
+  """
+  _check_unit_interval(
+      alpha, "alpha", closed=True, fix="DistiLLM uses alpha=0.1."
+  )
+  log_p, log_q, mask, axis = _prepare(
+      target_logits, model_logits, temperature, where, axis
+  )
+  log_m = _log_mix(log_q, log_p, alpha)
+  return _finish(jnp.sum(_kl_terms(log_q, log_m), axis=axis), mask)
+
+
+def generalized_jsd(
+    target_logits: ArrayLike,
+    model_logits: ArrayLike,
+    *,
+    beta: ArrayLike = 0.5,
+    temperature: ArrayLike = 1.0,
+    where: Optional[ArrayLike] = None,
+    axis: int = -1,
+) -> Array:
+  r"""Generalised Jensen-Shannon divergence of GKD.
+
+  With ``P`` the target (teacher), ``Q`` the model (student) and
+  ``M = beta P + (1 - beta) Q`` (SPEC section 2, non-f table):
+
+  .. math::
+    \mathrm{JSD}_\beta(P, Q) = \beta\,\mathrm{KL}(P \| M)
+        + (1 - \beta)\,\mathrm{KL}(Q \| M).
+
+  ``beta = 0.5`` is the Jensen-Shannon divergence (``<= log 2``), equal to
+  ``categorical_divergence(..., "js")``. The value is bounded by the binary
+  entropy of ``beta``, so it is finite for any supports.
+
+  Args:
+    target_logits: Logits of ``P``, shape ``[..., num_classes, ...]``.
+    model_logits: Logits of ``Q``, same shape.
+    beta: Mixture weight of ``P``, in ``(0, 1)`` (checked when it is a Python
+      number); the endpoints make the value identically zero.
+    temperature: Softmax temperature for both logit arrays (no ``tau**2``).
+    where: Optional boolean mask over positions, broadcastable to the output.
+    axis: The class axis.
+
+  Returns:
+    Shape ``target_logits.shape`` without ``axis``, ``float32`` or ``float64``
+    as in :func:`categorical_divergence`.
+
+  References:
+    Agarwal, Vieillard, Zhou, Stanczyk, Ramos, Geist and Bachem, `On-Policy
+    Distillation of Language Models: Learning from Self-Generated Mistakes
+    <https://arxiv.org/abs/2306.13649>`_, ICLR 2024.
+
+    Lin, `Divergence measures based on the Shannon entropy
+    <https://doi.org/10.1109/18.61115>`_, 1991.
+  """
+  _check_unit_interval(
+      beta,
+      "beta",
+      closed=False,
+      fix=(
+          "for the limits use categorical_divergence with 'forward_kl' or"
+          " 'reverse_kl'."
+      ),
+  )
+  log_p, log_q, mask, axis = _prepare(
+      target_logits, model_logits, temperature, where, axis
+  )
+  log_m = _log_mix(log_p, log_q, beta)
+  beta = jnp.asarray(beta, log_p.dtype)
+  terms = beta * _kl_terms(log_p, log_m) + (1 - beta) * _kl_terms(log_q, log_m)
+  return _finish(jnp.sum(terms, axis=axis), mask)
+
+
+def cauchy_schwarz(
+    target_logits: ArrayLike,
+    model_logits: ArrayLike,
+    *,
+    temperature: ArrayLike = 1.0,
+    where: Optional[ArrayLike] = None,
+    axis: int = -1,
+) -> Array:
+  r"""Cauchy-Schwarz divergence between two categorical distributions.
+
+  With ``P`` the target and ``Q`` the model (SPEC section 2, non-f table):
+
+  .. math::
+    D_{CS}(P, Q) = -\log \frac{(\sum_x p q)^2}{\sum_x p^2 \sum_x q^2},
+
+  computed as ``-2 lse(log p + log q) + lse(2 log p) + lse(2 log q)``. It is
+  symmetric, zero iff ``P = Q`` and ``+inf`` for disjoint supports. It is not
+  an f-divergence.
+
+  Args:
+    target_logits: Logits of ``P``, shape ``[..., num_classes, ...]``.
+    model_logits: Logits of ``Q``, same shape.
+    temperature: Softmax temperature for both logit arrays (no ``tau**2``).
+    where: Optional boolean mask over positions, broadcastable to the output.
+    axis: The class axis.
+
+  Returns:
+    Shape ``target_logits.shape`` without ``axis``, ``float32`` or ``float64``
+    as in :func:`categorical_divergence`.
+
+  References:
+    Principe, Xu and Fisher, `Information Theoretic Learning
+    <https://www.cnel.ufl.edu/files/1439227059.pdf>`_, in Unsupervised
+    Adaptive Filtering, 2000.
+
+    Jenssen, Principe, Erdogmus and Eltoft, `The Cauchy-Schwarz divergence and
+    Parzen windowing <https://doi.org/10.1016/j.jfranklin.2005.10.001>`_, 2006.
+  """
+  log_p, log_q, mask, axis = _prepare(
+      target_logits, model_logits, temperature, where, axis
+  )
+  lse = jax.nn.logsumexp
+  values = (
+      -2 * lse(log_p + log_q, axis=axis)
+      + lse(2 * log_p, axis=axis)
+      + lse(2 * log_q, axis=axis)
+  )
+  return _finish(values, mask)

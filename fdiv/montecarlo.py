@@ -1,0 +1,368 @@
+"""Monte Carlo estimates of f-divergences from samples with log-densities.
+
+Convention (SPEC section 1): ``P`` is the target, ``Q`` the model,
+``u = p / q`` and ``D_f(P || Q) = E_Q[f(u)]``. Every estimator takes the
+log-densities of both distributions evaluated at the samples, ``log_p[i] =
+log p(x_i)`` and ``log_q[i] = log q(x_i)``, and returns ``(estimate,
+standard_error)`` (SPEC section 3, "Monte Carlo with densities"):
+
+* :func:`mc_divergence_from_model_samples`: ``x_i ~ Q``, mean of ``f(u_i)``.
+* :func:`mc_divergence_from_target_samples`: ``x_i ~ P``, mean of
+  ``f(u_i) / u_i`` (since ``E_P[f(u)/u] = E_Q[f(u)]``).
+* :func:`mc_divergence_self_normalized`: ``x_i ~ Q`` and ``p`` known only up
+  to a constant; the ratios are normalised by the importance-sampling estimate
+  of the constant (:func:`mc_log_normalizer`). Biased for finite ``n``,
+  consistent as ``n -> inf``.
+
+The standard error is ``std / sqrt(n)`` with the unbiased (``ddof=1``) sample
+standard deviation of the per-sample terms; for the self-normalised estimator
+the terms are the delta-method influence values (see its docstring).
+Reductions are over ``axis`` (all axes by default), so a batch of independent
+problems can share one call. ``where`` masks samples out: they count neither
+in the mean nor in ``n`` and receive zero gradient (double-``where``).
+Half-precision inputs are computed in ``float32``.
+
+A sample whose term is infinite (e.g. ``p(x) = 0`` for reverse KL, where
+``f(0) = inf``) makes the estimate ``+inf`` and the standard error NaN; NaN
+inputs propagate.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Sequence, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fdiv import divergences as _divergences
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+Axis = Union[int, Sequence[int], None]
+
+__all__ = [
+    "mc_divergence_from_model_samples",
+    "mc_divergence_from_target_samples",
+    "mc_divergence_self_normalized",
+    "mc_log_normalizer",
+]
+
+
+def _resolve_divergence(divergence):
+  # Raises a ValueError listing the valid names.
+  return _divergences.resolve(divergence)
+
+
+def _check_floating(x, name):
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise ValueError(
+        f"{name} must be floating point, got {x.dtype}; cast with"
+        " .astype(jnp.float32)"
+    )
+  return x
+
+
+def _normalize_axis(axis, ndim, name_shape):
+  if axis is None:
+    return tuple(range(ndim))
+  axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+  out = []
+  for a in axes:
+    if not isinstance(a, numbers.Integral) or not -ndim <= a < ndim:
+      raise ValueError(
+          f"axis must be None, an integer or a tuple of integers in [-{ndim},"
+          f" {ndim}) for samples of shape {name_shape}, got {axis!r}."
+      )
+    out.append(int(a) % ndim)
+  if len(set(out)) != len(out):
+    raise ValueError(f"axis contains repeated axes: {axis!r}.")
+  return tuple(sorted(out))
+
+
+def _prepare(log_p, log_q, where, axis, names):
+  """Validates and returns ``(log_u, mask, axes)`` in the compute dtype."""
+  name_p, name_q = names
+  log_p = _check_floating(log_p, name_p)
+  log_q = _check_floating(log_q, name_q)
+  if log_p.shape != log_q.shape:
+    raise ValueError(
+        f"{name_p} and {name_q} must have the same shape (one entry per"
+        f" sample), got {name_p}.shape={log_p.shape} and"
+        f" {name_q}.shape={log_q.shape}."
+    )
+  shape = log_p.shape
+  axes = _normalize_axis(axis, len(shape), shape)
+  n_static = int(np.prod([shape[a] for a in axes], dtype=np.int64))
+  if n_static < 2:
+    raise ValueError(
+        "at least 2 samples along axis are needed for a standard error, got"
+        f" {n_static} (samples shape {shape}, axis {axis!r})."
+    )
+  dtype = jnp.result_type(log_p.dtype, log_q.dtype)
+  if jnp.finfo(dtype).bits < 32:
+    dtype = jnp.dtype(jnp.float32)
+  log_p = log_p.astype(dtype)
+  log_q = log_q.astype(dtype)
+
+  mask = None
+  if where is not None:
+    mask = jnp.asarray(where)
+    if mask.dtype != jnp.bool_:
+      raise ValueError(
+          f"where must be a boolean mask, got dtype {mask.dtype}; use"
+          " `.astype(bool)`."
+      )
+    try:
+      broadcast = np.broadcast_shapes(mask.shape, shape)
+    except ValueError:
+      broadcast = None
+    if broadcast != tuple(shape):
+      raise ValueError(
+          f"where must be broadcastable to the samples shape {shape}, got"
+          f" where.shape={mask.shape}."
+      )
+    mask = jnp.broadcast_to(mask, shape)
+    # Double-where, first half: masked samples get log_u = 0 (u = 1) before
+    # any arithmetic, so inf/NaN there cannot reach values or gradients.
+    zero = jnp.zeros((), dtype)
+    log_p = jnp.where(mask, log_p, zero)
+    log_q = jnp.where(mask, log_q, zero)
+  return log_p - log_q, mask, axes
+
+
+def _count(mask, shape, axes, dtype):
+  if mask is None:
+    return jnp.asarray(np.prod([shape[a] for a in axes]), dtype)
+  return jnp.sum(mask, axis=axes).astype(dtype)
+
+
+def _masked(values, mask):
+  if mask is None:
+    return values
+  return jnp.where(mask, values, jnp.zeros((), values.dtype))
+
+
+def _mean_and_se(values, mask, axes):
+  """Masked mean and ``std(ddof=1) / sqrt(n)`` over ``axes``."""
+  n = _count(mask, values.shape, axes, values.dtype)
+  mean = jnp.sum(_masked(values, mask), axis=axes) / n
+  centred = _masked(values - jnp.expand_dims(mean, axes), mask)
+  var = jnp.sum(centred * centred, axis=axes) / (n - 1)
+  return mean, jnp.sqrt(var / n)
+
+
+def mc_divergence_from_model_samples(
+    log_p: ArrayLike,
+    log_q: ArrayLike,
+    divergence: Union[str, "_divergences.FDivergence"],
+    *,
+    where: Optional[ArrayLike] = None,
+    axis: Axis = None,
+) -> Tuple[Array, Array]:
+  r"""Monte Carlo ``D_f(P || Q)`` from samples of the model ``Q``.
+
+  With ``x_i ~ Q`` and ``u_i = p(x_i) / q(x_i)`` (SPEC section 3):
+
+  .. math::
+    \hat D = \frac{1}{n} \sum_i f(u_i), \qquad
+    \mathrm{se} = \mathrm{std}_i(f(u_i)) / \sqrt{n}.
+
+  Unbiased. Its variance is finite only when ``E_Q[f(u)^2]`` is; for
+  forward KL with a heavy-tailed ratio prefer
+  :func:`mc_divergence_from_target_samples`.
+
+  Args:
+    log_p: ``log p(x_i)`` of the (normalised) target, shape ``[n]`` or any
+      shape whose ``axis`` axes index samples.
+    log_q: ``log q(x_i)`` of the model at the same samples, same shape.
+    divergence: A registered divergence name or an ``FDivergence``.
+    where: Optional boolean mask over samples, broadcastable to ``log_p``;
+      masked samples count neither in the mean nor in ``n``.
+    axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
+
+  Returns:
+    ``(estimate, standard_error)``, each of shape ``log_p.shape`` without
+    ``axis`` (scalars by default).
+
+  References:
+    Owen, `Monte Carlo theory, methods and examples
+    <https://artowen.su.domains/mc/>`_, 2013, chapter 2.
+  """
+  divergence = _resolve_divergence(divergence)
+  log_u, mask, axes = _prepare(log_p, log_q, where, axis, ("log_p", "log_q"))
+  return _mean_and_se(divergence.f(log_u), mask, axes)
+
+
+def mc_divergence_from_target_samples(
+    log_p: ArrayLike,
+    log_q: ArrayLike,
+    divergence: Union[str, "_divergences.FDivergence"],
+    *,
+    where: Optional[ArrayLike] = None,
+    axis: Axis = None,
+) -> Tuple[Array, Array]:
+  r"""Monte Carlo ``D_f(P || Q)`` from samples of the target ``P``.
+
+  With ``x_i ~ P`` and ``u_i = p(x_i) / q(x_i)``, using
+  ``E_Q[f(u)] = E_P[f(u) / u]`` (SPEC section 3):
+
+  .. math::
+    \hat D = \frac{1}{n} \sum_i \frac{f(u_i)}{u_i}, \qquad
+    \mathrm{se} = \mathrm{std}_i(f(u_i)/u_i) / \sqrt{n}.
+
+  Unbiased when ``Q`` is positive wherever ``P`` is. ``f(u)/u`` is computed by
+  ``divergence.f_over_u`` in log space (for forward KL it is ``log u``).
+
+  Args:
+    log_p: ``log p(x_i)`` of the (normalised) target at ``x_i ~ P``, shape
+      ``[n]`` or any shape whose ``axis`` axes index samples.
+    log_q: ``log q(x_i)`` of the model at the same samples, same shape.
+    divergence: A registered divergence name or an ``FDivergence``.
+    where: Optional boolean mask over samples, broadcastable to ``log_p``.
+    axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
+
+  Returns:
+    ``(estimate, standard_error)``, each of shape ``log_p.shape`` without
+    ``axis`` (scalars by default).
+
+  References:
+    Owen, `Monte Carlo theory, methods and examples
+    <https://artowen.su.domains/mc/>`_, 2013, chapters 2 and 9.
+  """
+  divergence = _resolve_divergence(divergence)
+  log_u, mask, axes = _prepare(log_p, log_q, where, axis, ("log_p", "log_q"))
+  return _mean_and_se(divergence.f_over_u(log_u), mask, axes)
+
+
+def _masked_logsumexp(x, mask, axes):
+  if mask is None:
+    return jax.nn.logsumexp(x, axis=axes)
+  # `b=mask` drops masked samples without touching their (already safe) value.
+  return jax.nn.logsumexp(x, axis=axes, b=mask.astype(x.dtype))
+
+
+def _self_normalize(log_p_unnormalized, log_q, where, axis):
+  log_w, mask, axes = _prepare(
+      log_p_unnormalized, log_q, where, axis, ("log_p_unnormalized", "log_q")
+  )
+  n = _count(mask, log_w.shape, axes, log_w.dtype)
+  log_z = _masked_logsumexp(log_w, mask, axes) - jnp.log(n)
+  log_u = log_w - jnp.expand_dims(log_z, axes)
+  return log_u, log_z, n, mask, axes
+
+
+def mc_log_normalizer(
+    log_p_unnormalized: ArrayLike,
+    log_q: ArrayLike,
+    *,
+    where: Optional[ArrayLike] = None,
+    axis: Axis = None,
+) -> Tuple[Array, Array]:
+  r"""Importance-sampling estimate of ``log Z`` for ``p = p_tilde / Z``.
+
+  With ``x_i ~ Q`` and ``w_i = p_tilde(x_i) / q(x_i)``:
+
+  .. math::
+    \log \hat Z = \mathrm{logsumexp}_i(\log w_i) - \log n, \qquad
+    \mathrm{se} = \mathrm{std}_i(w_i / \hat Z) / \sqrt{n}.
+
+  ``hat Z`` is unbiased for ``Z``; ``log hat Z`` is biased low (Jensen) and
+  consistent. The standard error is the delta method's
+  ``se(hat Z) / hat Z``.
+
+  Args:
+    log_p_unnormalized: ``log p_tilde(x_i)`` at ``x_i ~ Q``, shape ``[n]`` or
+      any shape whose ``axis`` axes index samples.
+    log_q: ``log q(x_i)`` of the (normalised) proposal, same shape.
+    where: Optional boolean mask over samples, broadcastable to the samples.
+    axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
+
+  Returns:
+    ``(log_z, standard_error)``, each of shape ``log_q.shape`` without ``axis``.
+
+  References:
+    Owen, `Monte Carlo theory, methods and examples
+    <https://artowen.su.domains/mc/>`_, 2013, chapter 9.
+  """
+  log_u, log_z, _, mask, axes = _self_normalize(
+      log_p_unnormalized, log_q, where, axis
+  )
+  _, se = _mean_and_se(jnp.exp(log_u), mask, axes)
+  return log_z, se
+
+
+def mc_divergence_self_normalized(
+    log_p_unnormalized: ArrayLike,
+    log_q: ArrayLike,
+    divergence: Union[str, "_divergences.FDivergence"],
+    *,
+    where: Optional[ArrayLike] = None,
+    axis: Axis = None,
+) -> Tuple[Array, Array]:
+  r"""Self-normalised ``D_f(P || Q)`` from model samples, ``p`` unnormalised.
+
+  With ``x_i ~ Q``, ``p = p_tilde / Z`` and ``w_i = p_tilde(x_i) / q(x_i)``,
+  the normaliser is estimated by importance sampling (SPEC section 3), and the
+  ratios are normalised by it:
+
+  .. math::
+    \hat Z = \frac{1}{n}\sum_i w_i, \quad \hat u_i = w_i / \hat Z, \quad
+    \hat D = \frac{1}{n} \sum_i f(\hat u_i).
+
+  The estimate is **biased** for finite ``n`` (``hat Z`` sits inside the
+  nonlinear ``f``) and **consistent**: it converges to ``D_f(P || Q)`` as
+  ``n -> inf``, with bias ``O(1/n)``. It does not depend on the constant in
+  ``p_tilde``.
+
+  The standard error is the delta method's: ``hat D`` is the plug-in estimate
+  of ``T(Q) = E_Q[f(w / E_Q w)]``, whose influence function at ``x_i`` is
+  ``f(u_i) - D - c (u_i - 1)`` with ``c = E_Q[u f'(u)]``; the reported value
+  is the sample standard deviation of ``f(hat u_i) - hat c (hat u_i - 1)``
+  over ``sqrt(n)``.
+
+  Args:
+    log_p_unnormalized: ``log p_tilde(x_i)``, the target's log-density up to
+      an additive constant, at ``x_i ~ Q``; shape ``[n]`` or any shape whose
+      ``axis`` axes index samples.
+    log_q: ``log q(x_i)`` of the (normalised) model, same shape.
+    divergence: A registered divergence name or an ``FDivergence``.
+    where: Optional boolean mask over samples, broadcastable to the samples.
+    axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
+
+  Returns:
+    ``(estimate, standard_error)``, each of shape ``log_q.shape`` without
+    ``axis`` (scalars by default).
+
+  References:
+    Owen, `Monte Carlo theory, methods and examples
+    <https://artowen.su.domains/mc/>`_, 2013, chapter 9 (self-normalised
+    importance sampling and its delta-method variance).
+
+    Go, Korbak, Kruszewski, Rozen and Dymetman, `Aligning Language Models
+    with Preferences through f-divergence Minimization
+    <https://arxiv.org/abs/2302.08215>`_, ICML 2023 (partition function by
+    importance sampling).
+  """
+  divergence = _resolve_divergence(divergence)
+  log_u, _, _, mask, axes = _self_normalize(
+      log_p_unnormalized, log_q, where, axis
+  )
+  f_u = divergence.f(log_u)
+  estimate, _ = _mean_and_se(f_u, mask, axes)
+  # u f'(u) -> 0 as u -> 0 whenever f(0) is finite (f' is monotone and
+  # integrable near 0); where f(0) = inf the estimate is inf regardless.
+  zero_u = jnp.isneginf(log_u)
+  safe_log_u = jnp.where(zero_u, jnp.zeros((), log_u.dtype), log_u)
+  u = jnp.exp(safe_log_u)
+  u_f_prime = jnp.where(
+      zero_u, jnp.zeros((), u.dtype), u * divergence.f_prime(safe_log_u)
+  )
+  u = jnp.where(zero_u, jnp.zeros((), u.dtype), u)
+  n = _count(mask, log_u.shape, axes, log_u.dtype)
+  c = jnp.sum(_masked(u_f_prime, mask), axis=axes) / n
+  influence = f_u - jnp.expand_dims(c, axes) * (u - 1)
+  _, se = _mean_and_se(influence, mask, axes)
+  return estimate, se
