@@ -402,8 +402,8 @@ def jensen_shannon() -> FDivergence:
       conjugate_fn=lambda t: jnp.where(
           t < 0.5 * _LOG2, -0.5 * jnp.log(jnp.where(t < 0.5 * _LOG2, 2.0 - jnp.exp(2.0 * t), 1.0)),
           _INF),
-      # u f' - f = -1/2 log((1+u)/2) = 1/2 (log 2 - softplus(l))
-      conjugate_at_derivative_fn=lambda l: 0.5 * (_LOG2 - jax.nn.softplus(l)),
+      # u f' - f = 1/2 log((1+u)/2)
+      conjugate_at_derivative_fn=lambda l: 0.5 * (jax.nn.softplus(l) - _LOG2),
       f_at_zero=0.5 * _LOG2, slope_at_infinity=0.5 * _LOG2, symmetric=True,
       description="Jensen-Shannon, JSD <= log 2")
 
@@ -816,8 +816,8 @@ def from_generator(
     conjugate: optional closed form ``f*(t)``.
     f_at_zero: ``f(0)``; evaluated from ``f(0.0)`` if not given (non-finite values are treated
       as ``+inf``).
-    slope_at_infinity: ``lim f(u)/u``; estimated as ``f(u)/u`` at ``u = 1e15`` in float64 NumPy
-      semantics of ``f`` (values above 1e6 are treated as ``+inf``) if not given.
+    slope_at_infinity: ``lim f(u)/u``; if not given, ``f(u)/u`` at ``u = 1e10`` and ``1e20``:
+      their common value when they agree to 1e-3, else ``+inf``.
     symmetric: whether ``D_f(P||Q) = D_f(Q||P)`` (documentation only).
     check: verify ``f(1) = 0`` and convexity on a grid, raising ValueError otherwise.
 
@@ -852,9 +852,10 @@ def from_generator(
     f_at_zero = value if math.isfinite(value) else _INF
   if slope_at_infinity is None:
     with jax.ensure_compile_time_eval():
-      big = 1e15
-      value = float(f_u(jnp.float32(big))) / big
-    slope_at_infinity = value if abs(value) < 1e6 else _INF
+      slopes = [float(f_u(jnp.float32(big))) / big for big in (1e10, 1e20)]
+    # A finite limit has settled by 1e10; log-like growth (forward KL) has not.
+    settled = abs(slopes[1] - slopes[0]) <= 1e-3 * (1.0 + abs(slopes[1]))
+    slope_at_infinity = slopes[1] if settled and math.isfinite(slopes[1]) else _INF
   f_at_zero = float(f_at_zero)
   slope = float(slope_at_infinity)
 
