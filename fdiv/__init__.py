@@ -1,0 +1,59 @@
+"""fdiv: training generative models by minimising f-divergences, in JAX.
+
+Convention everywhere (SPEC section 1): P is the target (teacher, data), Q the model (student,
+generator); ``D_f(P || Q) = E_Q[f(p/q)]`` and every function works with log-probabilities.
+
+The top level re-exports the divergence family and the estimators, which are pure functions of
+arrays. Training code lives in submodules that are imported explicitly:
+
+* ``fdiv.divergences``: :class:`FDivergence`, :func:`get`, :func:`names`, :func:`from_generator`.
+* ``fdiv.discrete``: exact divergences between categorical distributions given by logits.
+* ``fdiv.montecarlo``: estimates from samples with log-densities, with standard errors.
+* ``fdiv.distill``: f-distill weights and losses (SPEC section 4).
+* ``fdiv.diffusion``: EDM preconditioning, denoising score matching, Heun/Euler samplers.
+* ``fdiv.metrics``: sample-quality metrics (mode coverage, energy distance, MMD, Frechet).
+* ``fdiv.nets`` (Flax NNX networks), ``fdiv.data`` (offline data sets), ``fdiv.train``
+  (sharded multi-network training, Orbax checkpoints, metric writers): import them directly.
+"""
+
+from fdiv import diffusion
+from fdiv import distill
+from fdiv import divergences
+from fdiv import metrics
+from fdiv.discrete import categorical_divergence
+from fdiv.discrete import cauchy_schwarz
+from fdiv.discrete import generalized_jsd
+from fdiv.discrete import skew_kl
+from fdiv.discrete import skew_reverse_kl
+from fdiv.divergences import dual
+from fdiv.divergences import FDivergence
+from fdiv.divergences import from_generator
+from fdiv.divergences import get
+from fdiv.divergences import names
+from fdiv.montecarlo import mc_divergence_from_model_samples
+from fdiv.montecarlo import mc_divergence_from_target_samples
+from fdiv.montecarlo import mc_divergence_self_normalized
+from fdiv.montecarlo import mc_log_normalizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FDivergence",
+    "categorical_divergence",
+    "cauchy_schwarz",
+    "diffusion",
+    "distill",
+    "divergences",
+    "dual",
+    "from_generator",
+    "generalized_jsd",
+    "get",
+    "mc_divergence_from_model_samples",
+    "mc_divergence_from_target_samples",
+    "mc_divergence_self_normalized",
+    "mc_log_normalizer",
+    "metrics",
+    "names",
+    "skew_kl",
+    "skew_reverse_kl",
+]
