@@ -93,7 +93,7 @@ class LoopOptions:
       eval_every: steps between `eval_fn` calls (0: only at the end).
       checkpoint_every_steps: save at multiples of this (0: only at the end).
       checkpoint_every_secs: also save when this much wall time passed (checked at log steps;
-        None: never by time).
+        0 or None: never by time).
       keep_checkpoints: most recent checkpoints kept.
       async_checkpoints: write checkpoints in the background.
     """
@@ -119,8 +119,8 @@ class LoopOptions:
             raise ValueError("LoopOptions.eval_every and checkpoint_every_steps must be >= 0.")
         if self.keep_checkpoints < 1:
             raise ValueError(f"LoopOptions.keep_checkpoints must be >= 1, got {self.keep_checkpoints}.")
-        if self.checkpoint_every_secs is not None and not self.checkpoint_every_secs > 0:
-            raise ValueError("LoopOptions.checkpoint_every_secs must be > 0 or None, "
+        if self.checkpoint_every_secs is not None and not self.checkpoint_every_secs >= 0:
+            raise ValueError("LoopOptions.checkpoint_every_secs must be >= 0 (0: never) or None, "
                              f"got {self.checkpoint_every_secs}.")
 
     @classmethod

@@ -37,7 +37,7 @@ from jax.experimental import multihost_utils
 
 from fdiv.train.checkpoint import Checkpointer
 from fdiv.train.config import LoopOptions
-from fdiv.train.metrics import MeanAccumulator, MetricWriter, write_summary
+from fdiv.train.metrics import TIMING_KEYS, MeanAccumulator, MetricWriter, write_summary
 from fdiv.train import plotting
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def fit(state: Any, step_fn: StepFn, *, workdir: str, options: LoopOptions,
     t_start = time.perf_counter()
     writer = MetricWriter(workdir, options.num_steps, print_fn=print_fn)
     ckpt = Checkpointer(workdir, every_steps=options.checkpoint_every_steps,
-                        every_secs=options.checkpoint_every_secs, keep=options.keep_checkpoints,
+                        every_secs=options.checkpoint_every_secs or None, keep=options.keep_checkpoints,
                         async_save=options.async_checkpoints)
     meta = dict(meta or {})
     summary: dict[str, Any] = {}
@@ -150,8 +150,9 @@ def fit(state: Any, step_fn: StepFn, *, workdir: str, options: LoopOptions,
         summary = {
             "num_steps": options.num_steps,
             "resumed_from": resumed_from,
-            "train": {k: v for k, v in last_train.items() if k != "step"},
-            "eval": None if last_eval is None else {k: v for k, v in last_eval.items() if k != "step"},
+            "train": {k: v for k, v in last_train.items() if k != "step" and k not in TIMING_KEYS},
+            "eval": None if last_eval is None else {k: v for k, v in last_eval.items()
+                                                    if k != "step" and k not in TIMING_KEYS},
             "first_step_sec": first_step_sec,
             "steps_per_sec": (steady_steps / steady_time) if steady_steps and steady_time > 0 else None,
             "wall_time_sec": time.perf_counter() - t_start,

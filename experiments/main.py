@@ -1,0 +1,51 @@
+r"""Runs an experiment from a config file.
+
+    python -m experiments.main --config=configs/NAME.py[:ARG] --workdir=DIR [--config.a.b=VALUE]
+
+``config.experiment`` picks the experiment module from `experiments.EXPERIMENTS`
+(classifier, fdistill). Overrides of fields that do not exist in the config are errors (the
+config is locked). Running again with the same workdir resumes from the latest checkpoint.
+
+Examples:
+    python -m experiments.main --config=configs/classifier_digits.py:quick --workdir=/tmp/digits
+    python -m experiments.main --config=configs/classifier_digits.py --workdir=/tmp/digits \
+        --config.num_steps=500 --config.seed=1
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments import EXPERIMENTS, get_experiment
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None,
+    "Config file, `configs/NAME.py[:ARG]` (ARG e.g. `quick`); config.experiment selects the experiment, "
+    f"one of: {', '.join(sorted(EXPERIMENTS))}.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, plots, summary.json.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected positional arguments: {argv[1:]}")
+    from fdiv.train.config import check_config  # heavy (jax): not needed for --help
+
+    # Orbax logs every save step at INFO; progress lines are printed by the loop instead.
+    logging.set_verbosity(logging.WARNING)
+    config = _CONFIG.value
+    try:
+        if "experiment" not in config:
+            raise ValueError(f"the config has no 'experiment' field; set it to one of {sorted(EXPERIMENTS)}.")
+        module = get_experiment(config.experiment)
+        check_config(config)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    module.train_and_evaluate(config, _WORKDIR.value)
+    print(f"done; results in {_WORKDIR.value}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
