@@ -366,29 +366,58 @@ def reverse_kl() -> FDivergence:
       description="KL(Q||P), f(u) = -log u")
 
 
+def _gkl_series(s: Array) -> Array:
+  """``phi(e^s)`` by its series sum_k (k-1)/k! s^k, accurate to float64 for |s| < 0.1."""
+  return s * s * (0.5 + s * (1 / 3 + s * (1 / 8 + s * (1 / 30 + s * (
+      1 / 144 + s * (1 / 840 + s * (1 / 5760)))))))
+
+
 def _gkl(s: Array) -> Array:
   """``e^s s - e^s + 1 = phi(e^s)``, phi(t) = t log t - t + 1 >= 0, accurate near s = 0.
 
-  The series sum_k (k-1)/k! s^k is used for |s| < 0.1 where the direct form cancels.
+  The series is used for |s| < 0.1, where the direct form cancels.
   """
   neg_inf = jnp.isneginf(s)
   s = jnp.where(neg_inf, 0.0, s)
   small = jnp.abs(s) < 0.1
   s_small = jnp.where(small, s, 0.0)
   s_big = jnp.where(small, 1.0, s)
-  series = s_small * s_small * (
-      0.5 + s_small * (1 / 3 + s_small * (1 / 8 + s_small * (1 / 30 + s_small * (
-          1 / 144 + s_small * (1 / 840 + s_small * (1 / 5760)))))))
   direct = jnp.exp(s_big) * (s_big - 1.0) + 1.0
-  return jnp.where(neg_inf, 1.0, jnp.where(small, series, direct))
+  return jnp.where(neg_inf, 1.0, jnp.where(small, _gkl_series(s_small), direct))
+
+
+def _js_terms(ratio_min: Array, log_ratio_min: Array) -> Array:
+  """``f_JS(v)`` for ``v = e^x <= 1`` given both ``v`` and ``x = log v`` (``x > -inf``).
+
+  f_JS(v) = m/2 [phi(v/m) + phi(1/m)], m = (1 + v)/2, phi(t) = t log t - t + 1: two non-negative
+  terms, so values near v = 1 keep their relative precision. Only log1p is transcendental here.
+  """
+  v = ratio_min
+  m = 0.5 * (1.0 + v)
+  log_m = jnp.log1p(v) - _LOG2
+  s1 = log_m - log_ratio_min  # log(m / v) >= 0
+  s2 = log_m  # log m <= 0
+  near = jnp.abs(s1) < 0.1  # then |s2| < 0.1 too
+  t1, t2 = v / m, 1.0 / m
+  direct = t1 * (-jnp.where(near, 1.0, s1) - 1.0) + t2 * (-jnp.where(near, 1.0, s2) - 1.0) + 2.0
+  series = _gkl_series(jnp.where(near, -s1, 0.0)) + _gkl_series(jnp.where(near, -s2, 0.0))
+  return 0.5 * m * jnp.where(near, series, direct)
 
 
 def _js_nonpos(l: Array) -> Array:
-  # 1/2 [u log(u/m) - u + m + log(1/m) - 1 + m], m = (1 + u)/2: two non-negative pieces, so
-  # values near u = 1 keep their relative precision.
-  log_m = jnp.logaddexp(l, 0.0) - _LOG2
-  m = jnp.exp(log_m)
-  return 0.5 * m * (_gkl(l - log_m) + _gkl(-log_m))
+  neg_inf = jnp.isneginf(l)
+  safe = jnp.where(neg_inf, 0.0, l)
+  return jnp.where(neg_inf, 0.5 * _LOG2, _js_terms(jnp.exp(safe), safe))
+
+
+def _js_perspective(log_p, log_q):
+  # q f(p/q) = max(p, q) f_JS(min/max), from the log-probabilities (both may underflow).
+  log_larger, log_smaller = jnp.maximum(log_p, log_q), jnp.minimum(log_p, log_q)
+  one_zero = jnp.isneginf(log_smaller)
+  both_zero = jnp.isneginf(log_larger)
+  x = jnp.where(one_zero, 0.0, log_smaller - jnp.where(both_zero, 0.0, log_larger))
+  inner = jnp.where(one_zero, 0.5 * _LOG2, _js_terms(jnp.exp(x), x))
+  return jnp.exp(log_larger) * inner
 
 
 def jensen_shannon() -> FDivergence:
@@ -405,6 +434,7 @@ def jensen_shannon() -> FDivergence:
       # u f' - f = 1/2 log((1+u)/2)
       conjugate_at_derivative_fn=lambda l: 0.5 * (jax.nn.softplus(l) - _LOG2),
       f_at_zero=0.5 * _LOG2, slope_at_infinity=0.5 * _LOG2, symmetric=True,
+      perspective_fn=_js_perspective,
       description="Jensen-Shannon, JSD <= log 2")
 
 
