@@ -14,6 +14,8 @@ Examples:
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -47,5 +49,21 @@ def main(argv):
     print(f"done; results in {_WORKDIR.value}", flush=True)
 
 
+def parse_flags(argv):
+    """absl flag parsing, with mistyped config overrides reported in one line instead of a traceback."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        # ml_collections raises AttributeError/KeyError for unknown fields, TypeError for values
+        # of the wrong type, ValueError from get_config for unknown variants.
+        msg = str(e)
+        while len(msg) > 1 and msg[0] == msg[-1] and msg[0] in "'\"":
+            msg = msg[1:-1]
+        msg = msg.replace("\\n", " ").replace("\\'", "'").replace("\n", " ")
+        sys.stderr.write(f"FATAL bad --config or --config.* flag: {type(e).__name__}: {msg}\n"
+                         "Overrides must name existing fields of the config (it is locked); see --help.\n")
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -141,9 +141,10 @@ class GaussianMixture2D:
         x = self._check(x)
         s2 = self.std ** 2 + jnp.square(jnp.asarray(sigma, x.dtype))
         s2 = jnp.asarray(s2)[..., None]
-        c = jnp.asarray(self.centres_array, x.dtype)
+        # Constants from the float64 tuples, so float64 inputs get float64 accuracy.
+        c = jnp.asarray(np.asarray(self.centres), x.dtype)
         d2 = jnp.sum(jnp.square(x[..., None, :] - c), axis=-1)
-        logw = jnp.log(jnp.asarray(self.weights_array, x.dtype))
+        logw = jnp.asarray(np.log(np.asarray(self.weights)), x.dtype)
         return logw - 0.5 * d2 / s2 - jnp.log(2.0 * jnp.pi * s2), s2, c
 
     def log_prob(self, x: jax.Array, sigma: jax.Array | float = 0.0) -> jax.Array:
@@ -174,7 +175,7 @@ class GaussianMixture2D:
     def nearest_mode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Index int32 [...] of the nearest centre and the distance to it [...]."""
         x = self._check(x)
-        d2 = jnp.sum(jnp.square(x[..., None, :] - jnp.asarray(self.centres_array, x.dtype)), axis=-1)
+        d2 = jnp.sum(jnp.square(x[..., None, :] - jnp.asarray(np.asarray(self.centres), x.dtype)), axis=-1)
         idx = jnp.argmin(d2, axis=-1)
         return idx.astype(jnp.int32), jnp.sqrt(jnp.take_along_axis(d2, idx[..., None], axis=-1)[..., 0])
 
