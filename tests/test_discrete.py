@@ -177,8 +177,10 @@ def _spec_values(target_logits, model_logits):
 _spec_values_jit = jax.jit(_spec_values)
 
 
-@pytest.mark.parametrize("use_jit", [False, True], ids=["eager", "jit"])
-@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-6), ("float32", 1e-5)])
+@pytest.mark.parametrize(
+    "dtype,rtol,use_jit",
+    [("float64", 1e-6, False), ("float64", 1e-6, True), ("float32", 1e-5, False)],
+    ids=["float64-eager", "float64-jit", "float32-eager"])
 def test_spec_table(dtype, rtol, use_jit):
   fn = _spec_values_jit if use_jit else _spec_values
   with jax.enable_x64(dtype == "float64"):
@@ -389,24 +391,24 @@ def _value_and_grads(d):
 def test_finite_at_extreme_logits(name, params, dtype):
   d = get(name, **params)
   rng = np.random.default_rng(3)
-  shape = (6, 7)
+  shape = (3, 5)  # the shape of the finite-difference tests: shared compilations
   t = rng.uniform(-1e4, 1e4, shape)
   m = rng.uniform(-1e4, 1e4, shape)
-  # Rows where one logit dominates by 1e4 and rows with near-ties.
+  # A row of ties and a row where each side's top logit leads by 1e4.
   t[0], m[0] = 0.0, 0.0
   t[1, 0], m[1, 1] = 1e4, 1e4
   zeros_t, zeros_m = _neg_inf_pattern(d, shape, 4)
   t_inf = np.where(zeros_t, -np.inf, t)
   m_inf = np.where(zeros_m, -np.inf, m)
-  fn = _value_and_grads(d)
   with jax.enable_x64(dtype == "float64"):
-    for tt, mm in ((t, m), (t_inf, m_inf)):
-      tt, mm = jnp.asarray(tt, dtype), jnp.asarray(mm, dtype)
-      values = discrete.categorical_divergence(tt, mm, d)
-      assert np.all(np.isfinite(values)), values
-      assert np.all(values >= -1e-6 * (1 + np.abs(values))), values
-      _, (gt, gm) = fn(tt, mm)
-      assert np.all(np.isfinite(gt)) and np.all(np.isfinite(gm)), (gt, gm)
+    # Rows 0-2 without, rows 3-5 with -inf logits.
+    tt = jnp.asarray(np.concatenate([t, t_inf]), dtype)
+    mm = jnp.asarray(np.concatenate([m, m_inf]), dtype)
+    values = discrete.categorical_divergence(tt, mm, d)
+    assert np.all(np.isfinite(values)), values
+    assert np.all(values >= -1e-6 * (1 + np.abs(values))), values
+    _, (gt, gm) = _value_and_grads(d)(tt, mm)
+    assert np.all(np.isfinite(gt)) and np.all(np.isfinite(gm)), (gt, gm)
 
 
 def _fd_check(value_fn, t, m, *, eps=1e-6, rtol=1e-6, atol=1e-8):
@@ -445,9 +447,10 @@ def test_gradient_finite_differences(name, params):
   t, m = _random_logits(5, (3, 5), 1.0)
   with jax.enable_x64(True):
     fn = lambda tt, mm: discrete.categorical_divergence(tt, mm, d, temperature=1.5)
-    _fd_check(fn, t, m)
+    # Rows 0-2 without, rows 3-5 with -inf logits, in one batch.
     zeros_t, zeros_m = _neg_inf_pattern(d, t.shape, 6)
-    _fd_check(fn, np.where(zeros_t, -np.inf, t), np.where(zeros_m, -np.inf, m))
+    _fd_check(fn, np.concatenate([t, np.where(zeros_t, -np.inf, t)]),
+              np.concatenate([m, np.where(zeros_m, -np.inf, m)]))
 
 
 @pytest.mark.parametrize(
@@ -460,11 +463,11 @@ def test_non_f_gradient_finite_differences(name, params):
   zeros_t, zeros_m = _neg_inf_pattern(get("js"), t.shape, 8)
   with jax.enable_x64(True):
     fn = lambda tt, mm: _non_f_fn(name)(tt, mm, temperature=0.7, **params)
-    _fd_check(fn, t, m)
-    _fd_check(fn, np.where(zeros_t, -np.inf, t), np.where(zeros_m, -np.inf, m))
+    _fd_check(fn, np.concatenate([t, np.where(zeros_t, -np.inf, t)]),
+              np.concatenate([m, np.where(zeros_m, -np.inf, m)]))
     # Extreme logits: finite values and gradients.
     rng = np.random.default_rng(9)
-    te, me = rng.uniform(-1e4, 1e4, (2,) + t.shape)
+    te, me = rng.uniform(-1e4, 1e4, (2, 2 * t.shape[0], t.shape[1]))
     value, grads = jax.value_and_grad(
         lambda a, b: jnp.sum(fn(a, b)), argnums=(0, 1))(te, me)
     if name != "cauchy_schwarz":  # CS of near-disjoint supports is ~1e4
@@ -589,7 +592,7 @@ def test_vmap_axis_and_grad():
 
 @pytest.mark.parametrize("low", ["bfloat16", "float16"])
 def test_half_precision_inputs(low):
-  t, m = _random_logits(3, (8, 33), 2.0)
+  t, m = _random_logits(3, (6, 5), 2.0)
   t_low, m_low = jnp.asarray(t, low), jnp.asarray(m, low)
   # The exact answer for the rounded logits.
   t_r, m_r = np.asarray(t_low, np.float64), np.asarray(m_low, np.float64)

@@ -1,0 +1,164 @@
+r"""Speed of exact categorical divergences against optax's KL on large logits.
+
+Times ``fdiv.discrete.categorical_divergence`` (value, and value + gradient with
+respect to the model logits) for forward KL, reverse KL, Jensen-Shannon and the
+alpha divergence at alpha = 0.5 on float32 logits of shape ``--shape``, and in
+the same process the baseline
+
+    optax.kl_divergence(jax.nn.log_softmax(model_logits), jax.nn.softmax(target_logits))
+
+(forward KL written the usual way). Every function is jitted; after a warm-up
+call (compilation plus one run) each is timed ``--repeats`` times with
+``block_until_ready`` and the median is reported. Prints a Markdown table of
+milliseconds and ratios (against optax and against fdiv's forward KL) and writes
+the numbers to ``--output`` as JSON.
+
+Targets: forward KL no slower than optax; every divergence within 1.5x of
+forward KL.
+
+Usage (the default shape, [8192, 32768], is 1 GiB per float32 array; a run on
+two CPU cores takes several minutes)::
+
+    python -m benchmarks.categorical
+    python -m benchmarks.categorical --shape=1024,8192 --repeats=5
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Sequence
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import optax
+
+from fdiv import discrete
+from fdiv.divergences import get
+
+_SHAPE = flags.DEFINE_list("shape", ["8192", "32768"], "Logits shape [positions, classes].")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per function (median reported).")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed runs after compilation.")
+_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of the logits.")
+_OUTPUT = flags.DEFINE_string(
+    "output", os.path.join(os.path.dirname(__file__), "results", "categorical.json"),
+    "Where to write the JSON results.")
+
+DIVERGENCES = (
+    ("forward_kl", get("forward_kl")),
+    ("reverse_kl", get("reverse_kl")),
+    ("js", get("js")),
+    ("alpha_0.5", get("alpha", alpha=0.5)),
+)
+BASELINE = "optax_kl"
+
+
+def _optax_kl(target_logits, model_logits):
+  return optax.kl_divergence(
+      jax.nn.log_softmax(model_logits), jax.nn.softmax(target_logits))
+
+
+def _functions():
+  """``{label: (value_fn, value_and_grad_fn)}``, all jitted; grads w.r.t. the model."""
+  fns = {BASELINE: _optax_kl}
+  for label, d in DIVERGENCES:
+    fns[label] = (lambda d: lambda t, m: discrete.categorical_divergence(t, m, d))(d)
+  out = {}
+  for label, fn in fns.items():
+    loss = (lambda fn: lambda t, m: jnp.sum(fn(t, m)))(fn)
+    out[label] = (jax.jit(fn), jax.jit(jax.value_and_grad(loss, argnums=1)))
+  return out
+
+
+def _time(fn: Callable, args: Sequence, repeats: int, warmup: int) -> dict:
+  start = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  first = time.perf_counter() - start
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return {
+      "median_ms": 1e3 * statistics.median(times),
+      "min_ms": 1e3 * min(times),
+      "first_call_ms": 1e3 * first,
+      "times_ms": [1e3 * t for t in times],
+  }
+
+
+def run(shape: Sequence[int], repeats: int = 5, warmup: int = 1, seed: int = 0) -> dict:
+  """Times every function on random float32 logits; returns the results dict."""
+  key_t, key_m = jax.random.split(jax.random.key(seed))
+  # A peaked teacher and a flatter student, as in distillation.
+  target_logits = 4.0 * jax.random.normal(key_t, shape, jnp.float32)
+  model_logits = 2.0 * jax.random.normal(key_m, shape, jnp.float32)
+  args = (target_logits, model_logits)
+  results = {}
+  for label, (value_fn, grad_fn) in _functions().items():
+    value = _time(value_fn, args, repeats, warmup)
+    grad = _time(grad_fn, args, repeats, warmup)
+    results[label] = {"value": value, "value_and_grad": grad}
+    print(f"{label:>12}: value {value['median_ms']:9.1f} ms, value+grad "
+          f"{grad['median_ms']:9.1f} ms", flush=True)
+  # Agreement of the two forward KLs, so the timings compare equal work.
+  ours = jax.jit(lambda t, m: discrete.categorical_divergence(t, m, "forward_kl"))(*args)
+  theirs = jax.jit(_optax_kl)(*args)
+  max_rel = float(jnp.max(jnp.abs(ours - theirs) / jnp.maximum(jnp.abs(theirs), 1e-6)))
+  return {
+      "shape": list(shape),
+      "dtype": "float32",
+      "repeats": repeats,
+      "device": str(jax.devices()[0]),
+      "device_kind": jax.devices()[0].device_kind,
+      "cpu_count": os.cpu_count(),
+      "platform": platform.platform(),
+      "jax_version": jax.__version__,
+      "optax_version": optax.__version__,
+      "forward_kl_vs_optax_max_rel_diff": max_rel,
+      "results": results,
+  }
+
+
+def table(results: dict) -> str:
+  """Markdown table of medians and ratios (vs optax KL and vs fdiv forward KL)."""
+  res = results["results"]
+  lines = [
+      f"shape {results['shape']}, float32, {results['device_kind']} "
+      f"({results['cpu_count']} cores), median of {results['repeats']} runs",
+      "",
+      "| divergence | value ms | / optax | / forward KL | value+grad ms | / optax "
+      "| / forward KL |",
+      "|---|---:|---:|---:|---:|---:|---:|",
+  ]
+  for label, r in res.items():
+    cells = [label]
+    for mode in ("value", "value_and_grad"):
+      ms = r[mode]["median_ms"]
+      cells += [f"{ms:.1f}", f"{ms / res[BASELINE][mode]['median_ms']:.2f}",
+                f"{ms / res['forward_kl'][mode]['median_ms']:.2f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  shape = tuple(int(s) for s in _SHAPE.value)
+  results = run(shape, repeats=_REPEATS.value, warmup=_WARMUP.value, seed=_SEED.value)
+  results["table"] = table(results)
+  print()
+  print(results["table"])
+  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+  with open(_OUTPUT.value, "w") as f:
+    json.dump(results, f, indent=2)
+  print(f"\nwrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
