@@ -55,6 +55,10 @@ class GaussianMixture2D:
     Hashable (tuples only), so it can be closed over by jitted functions or used as a static
     argument.
 
+    References:
+      SPEC section 8 (target definitions and mode metrics); Karras et al. 2022, "Elucidating
+      the design space of diffusion-based generative models" (noised target p_sigma).
+
     Attributes:
       name: identifier (``"ring8"``, ``"grid25"``).
       centres: K centres, tuple of (x, y).
@@ -291,6 +295,10 @@ def load_digits(test_fraction: float = 0.2, split_seed: int = 0) -> dict[str, La
 
     Returns:
       ``{"train": LabelledImages, "test": LabelledImages}``, images float32 [N, 8, 8, 1].
+
+    References:
+      Alpaydin and Kaynak 1998, "Optical recognition of handwritten digits" (UCI); the copy
+      bundled with scikit-learn (`sklearn.datasets.load_digits`).
     """
     try:
         from sklearn.datasets import load_digits as _load
@@ -366,6 +374,10 @@ def load_fashion_mnist(data_dir: str | None = None) -> dict[str, LabelledImages]
 
     Raises:
       FileNotFoundError: when the files are missing (the message says what to install).
+
+    References:
+      Xiao, Rasul and Vollgraf 2017, "Fashion-MNIST: a novel image dataset for benchmarking
+      machine learning algorithms", arXiv:1708.07747.
     """
     data_dir = data_dir or _fashion_mnist_dir()
     out = {}

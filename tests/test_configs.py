@@ -17,6 +17,15 @@ CONFIG_NAMES = sorted(os.path.splitext(os.path.basename(p))[0]
                       if not os.path.basename(p).startswith("_"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Experiments that cache trained models (teachers, classifiers) use a fresh directory,
+    so results never depend on what an earlier run left in ~/.cache/fdiv."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FDIV_CACHE", str(tmp_path_factory.mktemp("fdiv_cache")))
+        yield
+
+
 def _finite(tree):
     if isinstance(tree, dict):
         return all(_finite(v) for v in tree.values())

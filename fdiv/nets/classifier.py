@@ -8,7 +8,6 @@ trained, as the feature extractor of Frechet distances between image sets (DESIG
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 Array = jax.Array

@@ -31,6 +31,10 @@ Usage::
     if ckpt.should_save(step):
         ckpt.save(step, state, meta={"config": config.to_dict()})
     ckpt.close()
+
+References:
+  Orbax documentation, "Checkpointing with CheckpointManager" (``ocp.args.Composite``,
+  ``StandardSave``/``StandardRestore``, ``JsonSave``/``JsonRestore``).
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ Typical use::
 Multi-host: `maybe_initialize_distributed` calls `jax.distributed.initialize()` only when the
 environment describes a multi-process job (see its docstring); each process then passes its
 *own* slice of the global batch to `shard_batch` (`fdiv.data.ArrayBatcher` does this).
+
+References:
+  JAX documentation, "Distributed arrays and automatic parallelization" and "Multi-process
+  environments" (`jax.distributed.initialize`, `jax.make_array_from_process_local_data`).
 """
 
 from __future__ import annotations
