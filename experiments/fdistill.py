@@ -414,11 +414,12 @@ def _make_steps(cfg: FDistillConfig, problem: _Problem, sigma_data: float, mesh)
             dsm = diffusion.dsm_loss(fake, x, ks[3], sigma_data, p_mean=tc.p_mean,
                                      p_std=tc.p_std)
             feat_net = fake if cfg.disc_features == "fake" else teacher
-            _, f_fake = feat_net(xt_fake, sig, return_features=True)
-            _, f_real = feat_net(xt_real, sig, return_features=True)
-            head = state["discriminator"].merge(disc_params)
-            cn = diffusion.c_noise(sig)
-            l_fake, l_real = head(f_fake, cn), head(f_real, cn)
+            both_sig = jnp.concatenate([sig, sig])
+            _, feats = feat_net(jnp.concatenate([xt_fake, xt_real]), both_sig,
+                                return_features=True)
+            logits = state["discriminator"].merge(disc_params)(feats,
+                                                               diffusion.c_noise(both_sig))
+            l_fake, l_real = logits[:b], logits[b:]
             disc = distill.discriminator_loss(l_real, l_fake)
             acc = 0.5 * (jnp.mean(l_real > 0) + jnp.mean(l_fake < 0))
             return dsm + cfg.disc_loss_weight * disc, (dsm, disc, acc)
@@ -486,6 +487,22 @@ def _generator_samples(state, cfg: FDistillConfig, problem: _Problem, ema: bool)
 # Entry point.
 
 
+def _validate(cfg: FDistillConfig) -> None:
+    """Fails before any training on settings that would fail later."""
+    distill.resolve_divergence(cfg.divergence)  # a divergence without weight h
+    if cfg.generator_every < 1:
+        raise ValueError(f"config.generator_every must be >= 1, got {cfg.generator_every}.")
+    if cfg.disc_features not in ("fake", "teacher"):
+        raise ValueError(f"config.disc_features must be 'fake' or 'teacher', got "
+                         f"{cfg.disc_features!r}.")
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"config.lr_schedule must be 'constant' or 'cosine', got "
+                         f"{cfg.lr_schedule!r}.")
+    if cfg.teacher.net.kind not in ("mlp", "unet"):
+        raise ValueError(f"config.teacher.net.kind must be 'mlp' or 'unet', got "
+                         f"{cfg.teacher.net.kind!r}.")
+
+
 def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
     """Trains (or restores) the teacher, distils it with ``config.divergence``, evaluates.
 
@@ -499,9 +516,7 @@ def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
     """
     train.check_config(config)
     cfg = train.to_dataclass(FDistillConfig, config)
-    distill.resolve_divergence(cfg.divergence)  # fail early on a divergence without weight
-    if cfg.generator_every < 1:
-        raise ValueError(f"config.generator_every must be >= 1, got {cfg.generator_every}.")
+    _validate(cfg)
     mesh = sharding.make_mesh()
     n_dev = mesh.devices.size
     if cfg.batch_size % n_dev:

@@ -41,6 +41,7 @@ __all__ = [
     "c_in",
     "c_noise",
     "preconditioning",
+    "expand_sigma",
     "denoiser",
     "score_from_denoiser",
     "denoiser_from_score",
@@ -142,8 +143,12 @@ def preconditioning(sigma: Array, sigma_data: float) -> tuple[Array, Array, Arra
             c_noise(sigma))
 
 
-def _sigma_for(x: Array, sigma: Array, name: str = "sigma") -> Array:
-    """Broadcasts a scalar or ``[batch]`` sigma to ``[batch, 1, ..., 1]`` against ``x``."""
+def expand_sigma(x: Array, sigma: Array, name: str = "sigma") -> Array:
+    """Broadcasts a scalar or ``[batch]`` sigma to ``[batch, 1, ..., 1]`` against ``x``.
+
+    Raises:
+      ValueError: if ``sigma`` is neither a scalar nor ``[batch]`` (both shapes named).
+    """
     sigma = jnp.asarray(sigma, dtype=x.dtype)
     if x.ndim < 1:
         raise ValueError(f"x must have a leading batch axis, got shape {x.shape}.")
@@ -172,7 +177,7 @@ def denoiser(net_fn: RawNetFn, x: Array, sigma: Array, sigma_data: float) -> Arr
     References:
       Karras et al. 2022, Eq. (7) and Table 1.
     """
-    s = _sigma_for(x, sigma)
+    s = expand_sigma(x, sigma)
     out = net_fn(c_in(s, sigma_data) * x, c_noise(s.reshape(-1)))
     if out.shape != x.shape:
         raise ValueError(
@@ -197,7 +202,7 @@ def score_from_denoiser(denoised: Array, x: Array, sigma: Array) -> Array:
     if denoised.shape != x.shape:
         raise ValueError(
             f"denoised and x must have the same shape; got {denoised.shape} and {x.shape}.")
-    s = _sigma_for(x, sigma)
+    s = expand_sigma(x, sigma)
     return (denoised - x) / s**2
 
 
@@ -217,7 +222,7 @@ def denoiser_from_score(score: Array, x: Array, sigma: Array) -> Array:
     """
     if score.shape != x.shape:
         raise ValueError(f"score and x must have the same shape; got {score.shape} and {x.shape}.")
-    s = _sigma_for(x, sigma)
+    s = expand_sigma(x, sigma)
     return x + s**2 * score
 
 
@@ -266,7 +271,7 @@ def dsm_loss_per_sample(denoise_fn: DenoiseFn, x: Array, sigma: Array, noise: Ar
     """
     if noise.shape != x.shape:
         raise ValueError(f"noise must have the shape of x; got {noise.shape} and {x.shape}.")
-    s = _sigma_for(x, sigma)
+    s = expand_sigma(x, sigma)
     d = denoise_fn(x + s * noise, s.reshape(-1))
     if d.shape != x.shape:
         raise ValueError(f"denoise_fn must return the shape of x {x.shape}; got {d.shape}.")

@@ -35,7 +35,7 @@ class EDMDenoiser(nnx.Module):
         return self.net.feature_dim
 
     def __call__(self, x: Array, sigma: Array, *, return_features: bool = False):
-        s = diffusion._sigma_for(x, sigma)
+        s = diffusion.expand_sigma(x, sigma)
         out, features = self.net(diffusion.c_in(s, self.sigma_data) * x,
                                  diffusion.c_noise(s.reshape(-1)), return_features=True)
         d = (diffusion.c_skip(s, self.sigma_data) * x
