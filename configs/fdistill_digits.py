@@ -86,6 +86,7 @@ def get_config(arg=None):
 
     if arg == "quick":
         t.net.base = 8
+        t.net.channel_mult = (1,)
         t.net.emb_dim = 16
         t.num_steps = 10
         t.batch_size = 32

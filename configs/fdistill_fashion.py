@@ -103,7 +103,7 @@ def get_config(arg=None):
         c.disc_hidden = 128
     if arg == "quick":
         t.net.base = 8
-        t.net.channel_mult = (1, 2)
+        t.net.channel_mult = (1,)
         t.net.num_res = 1
         t.net.emb_dim = 16
         t.num_steps = 6

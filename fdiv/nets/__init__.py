@@ -1,12 +1,15 @@
-"""Flax NNX networks: raw denoiser networks, EDM wrappers, discriminator head.
+"""Flax NNX networks: raw denoiser networks, EDM wrappers, discriminator head, classifier.
 
 - `MLP`: noise-conditioned residual MLP for vector data.
 - `UNet`: small noise-conditioned U-Net for 8x8 / 28x28 images.
 - `EDMDenoiser`: EDM preconditioning around a raw network (SPEC section 6).
 - `OneStepGenerator`: ``G(z) = D_gen(sigma_max z; sigma_max)`` initialised from a teacher.
 - `DiscriminatorHead`: log density-ratio logit from denoiser features (SPEC section 4).
+- `Classifier`: image classifier (feature extractor for Frechet distances).
+- `fourier_embedding`: sinusoidal embedding of the noise level ``c_noise``.
 """
 
+from fdiv.nets.classifier import Classifier
 from fdiv.nets.discriminator import DiscriminatorHead
 from fdiv.nets.edm import EDMDenoiser, OneStepGenerator
 from fdiv.nets.embedding import fourier_embedding
@@ -14,4 +17,4 @@ from fdiv.nets.mlp import MLP
 from fdiv.nets.unet import UNet
 
 __all__ = ["MLP", "UNet", "EDMDenoiser", "OneStepGenerator", "DiscriminatorHead",
-           "fourier_embedding"]
+           "Classifier", "fourier_embedding"]
