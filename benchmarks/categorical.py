@@ -99,7 +99,7 @@ def run(shape: Sequence[int], repeats: int = 5, warmup: int = 1, seed: int = 0) 
   # A peaked teacher and a flatter student, as in distillation.
   target_logits = 4.0 * jax.random.normal(key_t, shape, jnp.float32)
   model_logits = 2.0 * jax.random.normal(key_m, shape, jnp.float32)
-  args = (target_logits, model_logits)
+  args = jax.block_until_ready((target_logits, model_logits))
   results = {}
   for label, (value_fn, grad_fn) in _functions().items():
     value = _time(value_fn, args, repeats, warmup)

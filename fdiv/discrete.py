@@ -173,7 +173,7 @@ def _prepare(target_logits, model_logits, temperature, where, axis):
       )
     # Double-where, first half: masked rows become zeros before any
     # arithmetic so NaN/inf there cannot poison the gradients.
-    keep = jnp.expand_dims(mask, axis - len(shape))
+    keep = jnp.expand_dims(jnp.broadcast_to(mask, out_shape), axis)
     target_logits = jnp.where(keep, target_logits, 0)
     model_logits = jnp.where(keep, model_logits, 0)
 

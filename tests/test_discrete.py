@@ -667,6 +667,11 @@ def test_where_broadcasts_over_positions():
         np.moveaxis(t, -1, 0), np.moveaxis(m, -1, 0), "js", where=row_mask, axis=0)
     full = discrete.categorical_divergence(t, m, "js")
     np.testing.assert_allclose(out, np.where(row_mask, full, 0.0), rtol=1e-13)
+    # A mask over the last position axis only, broadcast over the first.
+    col_mask = np.array([True, False, True, True, False])
+    out = discrete.categorical_divergence(
+        np.moveaxis(t, -1, 0), np.moveaxis(m, -1, 0), "js", where=col_mask, axis=0)
+    np.testing.assert_allclose(out, np.where(col_mask, full, 0.0), rtol=1e-13)
 
 
 def test_nan_propagates():
