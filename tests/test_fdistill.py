@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +17,15 @@ def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("fdistill_cache"))
 
 
+@pytest.fixture(scope="module")
+def js_run(cache, tmp_path_factory):
+    """One full quick run (JS), shared by the tests that compare against it."""
+    workdir = tmp_path_factory.mktemp("fdistill_js") / "full"
+    summary = fdistill.train_and_evaluate(_config(cache, divergence="js"), str(workdir),
+                                          print_fn=lambda s: None)
+    return summary, workdir
+
+
 def _config(cache, **overrides):
     c = experiments.load_config("fdistill_toy2d", "quick")
     c.cache_dir = cache
@@ -23,10 +34,8 @@ def _config(cache, **overrides):
     return c
 
 
-def test_toy_quick_end_to_end_and_exact_resume(cache, tmp_path):
-    lines = []
-    full = fdistill.train_and_evaluate(_config(cache, divergence="js"), str(tmp_path / "full"),
-                                       print_fn=lines.append)
+def test_toy_quick_end_to_end_and_exact_resume(cache, js_run, tmp_path):
+    full, run = js_run
     # Teacher trained once into the cache, with its sampler's reference metrics.
     tdir = full["teacher_dir"]
     assert tdir.startswith(cache) and os.path.exists(os.path.join(tdir, "summary.json"))
@@ -34,7 +43,6 @@ def test_toy_quick_end_to_end_and_exact_resume(cache, tmp_path):
     for key in ("modes_recovered", "precision", "weight_error", "energy_distance"):
         assert key in full["student"] and key in full["generator_init"]
         assert np.isfinite(full["student"][key])
-    run = tmp_path / "full"
     assert (run / "metrics.jsonl").exists() and (run / "samples" / "teacher.png").exists()
     assert (run / "samples" / "student_0000006.png").exists()
     records = [json.loads(l) for l in open(run / "metrics.jsonl")]
@@ -70,3 +78,34 @@ def test_invalid_settings_are_rejected(cache, tmp_path):
     with pytest.raises(ValueError, match="unknown field"):
         fdistill.train_and_evaluate(_config(cache, learning_rate=1.0), str(tmp_path / "x"),
                                     print_fn=lambda s: None)
+
+
+_TWO_DEVICE_SCRIPT = """
+import json, sys
+import experiments
+from experiments import fdistill
+c = experiments.load_config("fdistill_toy2d", "quick")
+c.cache_dir = sys.argv[1]
+c.divergence = "js"
+s = fdistill.train_and_evaluate(c, sys.argv[2], print_fn=lambda s: None)
+print(json.dumps({"devices": s["num_devices"], "teacher": s["teacher"], "student": s["student"]}))
+"""
+
+
+def test_two_devices_match_one_device(js_run, tmp_path):
+    # Data-parallel over 2 simulated CPU devices (batches sharded on the 'data' axis, global
+    # means) reproduces the single-device run up to float reassociation.
+    one = js_run[0]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu", PYTHONPATH=repo)
+    out = subprocess.run([sys.executable, "-c", _TWO_DEVICE_SCRIPT, str(tmp_path / "cache2"),
+                          str(tmp_path / "two")], env=env, cwd=repo, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    two = json.loads(out.stdout.strip().splitlines()[-1])
+    assert two["devices"] == 2 and one["num_devices"] == 1
+    for part in ("teacher", "student"):
+        for k in ("precision", "weight_error", "energy_distance"):
+            np.testing.assert_allclose(two[part][k], one[part][k], rtol=1e-3, atol=1e-4,
+                                       err_msg=f"{part} {k}")
