@@ -93,6 +93,7 @@ def get_config(arg=None):
         t.log_every = 5
         t.sample_steps = 3
         c.batch_size = 16
+        c.generator_every = 2
         c.num_steps = 4
         c.log_every = 2
         c.eval_every = 2

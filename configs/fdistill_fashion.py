@@ -113,6 +113,7 @@ def get_config(arg=None):
         t.checkpoint_every_steps = 0
         t.ema_decay = 0.0
         c.batch_size = 16
+        c.generator_every = 2
         c.num_steps = 4
         c.log_every = 2
         c.eval_every = 2
