@@ -93,7 +93,7 @@ def clip_log_ratio(log_ratio: Array, logit_clip: Optional[float] = 10.0,
       Clipped log-ratios, same shape.
 
     References:
-      Xu et al. 2025 (f-distill), Section 5 / released code.
+      Xu et al. 2025 (f-distill) and the authors' released implementation; SPEC section 4.
     """
     log_ratio = jnp.asarray(log_ratio)
     if logit_clip is not None:
@@ -137,7 +137,7 @@ def weights(log_ratio: Array, divergence, *, logit_clip: Optional[float] = 10.0,
       ValueError: for divergences without a weight (total variation).
 
     References:
-      Xu et al. 2025 (f-distill), Eq. (7) and Table 1; SPEC sections 2 and 4.
+      Xu et al. 2025 (f-distill); SPEC sections 2 and 4.
     """
     d = resolve_divergence(divergence)
     log_r = clip_log_ratio(jax.lax.stop_gradient(log_ratio), logit_clip, ratio_clip)
@@ -201,7 +201,7 @@ def score_weighted_loss(x: Array, target_score: Array, model_score: Array, log_r
       Scalar surrogate loss.
 
     References:
-      Xu et al. 2025 (f-distill), Theorem 1; SPEC section 4.
+      Xu et al. 2025 (f-distill); SPEC section 4 (derivation and numerical check).
     """
     _check_same("target_score", target_score, x)
     _check_same("model_score", model_score, x)
@@ -250,7 +250,7 @@ def fdistill_loss(x_t: Array, sigma: Array, x0_fake: Array, x0_teacher: Array,
       Scalar surrogate loss.
 
     References:
-      Xu et al. 2025 (f-distill), Algorithm 1; Yin et al. 2024 (DMD), Eq. (8);
+      Xu et al. 2025 (f-distill); Yin et al. 2024 (DMD, the per-sample normalisation);
       SPEC sections 4 and 6.
     """
     _check_same("x0_fake", x0_fake, x_t)

@@ -155,7 +155,7 @@ def mmd2(x: Array, y: Array, bandwidth: Union[float, Sequence[float]] = 1.0) -> 
       Scalar.
 
     References:
-      Gretton et al., "A Kernel Two-Sample Test", JMLR 2012, Eq. (3).
+      Gretton et al., "A Kernel Two-Sample Test", JMLR 2012 (unbiased estimate MMD^2_u).
     """
     bws = jnp.atleast_1d(jnp.asarray(bandwidth, jnp.result_type(x, float)))
 

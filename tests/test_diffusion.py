@@ -33,7 +33,7 @@ def test_preconditioning_closed_forms():
     np.testing.assert_allclose(co, sigma * sd / np.sqrt(sigma**2 + sd**2), rtol=1e-6)
     np.testing.assert_allclose(ci, 1 / np.sqrt(sigma**2 + sd**2), rtol=1e-6)
     np.testing.assert_allclose(cn, np.log(sigma) / 4, rtol=1e-6, atol=1e-7)
-    # EDM Eq. (131): c_out is the standard deviation of the effective training target.
+    # EDM appendix B.6: c_out is the standard deviation of the effective training target.
     np.testing.assert_allclose(co**2, (1 - cs) ** 2 * sd**2 + cs**2 * sigma**2, rtol=1e-5)
     # c_in gives unit-variance network inputs.
     np.testing.assert_allclose(ci**2 * (sigma**2 + sd**2), 1.0, rtol=1e-6)
