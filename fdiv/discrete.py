@@ -32,6 +32,7 @@ Numerics:
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Optional, Union
 
@@ -116,13 +117,14 @@ def _check_unit_interval(value, name, *, closed, fix):
     raise ValueError(f"{name} must be in {interval}, got {value}; {fix}")
 
 
-def _prepare(target_logits, model_logits, temperature, where, axis):
-  """Validates the arguments and returns log-probabilities and the mask.
+def _prepare_logits(target_logits, model_logits, temperature, where, axis):
+  """Validates the arguments and returns temperature-scaled logits and the mask.
 
   Returns:
-    ``(log_p, log_q, mask, axis)`` where ``log_p`` and ``log_q`` have the
-    logits' shape in the compute dtype, ``mask`` is ``None`` or a boolean
-    array broadcastable to the output shape and ``axis`` is non-negative.
+    ``(target_logits, model_logits, mask, axis)``: the logits divided by the
+    temperature in the compute dtype, with masked rows zeroed; ``mask`` is
+    ``None`` or a boolean array broadcastable to the output shape and ``axis``
+    is non-negative.
   """
   target_logits = _check_floating(target_logits, "target_logits")
   model_logits = _check_floating(model_logits, "model_logits")
@@ -181,6 +183,14 @@ def _prepare(target_logits, model_logits, temperature, where, axis):
     temperature = jnp.asarray(temperature, dtype)
     target_logits = target_logits / temperature
     model_logits = model_logits / temperature
+  return target_logits, model_logits, mask, axis
+
+
+def _prepare(target_logits, model_logits, temperature, where, axis):
+  """As `_prepare_logits`, returning log-probabilities instead of scaled logits."""
+  target_logits, model_logits, mask, axis = _prepare_logits(
+      target_logits, model_logits, temperature, where, axis
+  )
   log_p = jax.nn.log_softmax(target_logits, axis=axis)
   log_q = jax.nn.log_softmax(model_logits, axis=axis)
   return log_p, log_q, mask, axis
@@ -292,11 +302,66 @@ def categorical_divergence(
     <https://arxiv.org/abs/1503.02531>`_, 2015 (temperature).
   """
   divergence = _resolve_divergence(divergence)
-  log_p, log_q, mask, axis = _prepare(
+  target_logits, model_logits, mask, axis = _prepare_logits(
       target_logits, model_logits, temperature, where, axis
   )
-  values = jnp.sum(divergence.perspective(log_p, log_q), axis=axis)
+  values = _f_divergence_of_logits(divergence, axis, target_logits, model_logits)
   return _finish(values, mask)
+
+
+def _log_normalizer(logits, axis):
+  """``logsumexp`` over ``axis`` (keepdims), constant-shifted by the row maximum."""
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=axis, keepdims=True))
+  top = jnp.where(jnp.isfinite(top), top, jnp.zeros((), logits.dtype))
+  return top + jnp.log(jnp.sum(jnp.exp(logits - top), axis=axis, keepdims=True))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _f_divergence_of_logits(divergence, axis, target_logits, model_logits):
+  """``sum_axis q f(p/q)`` for ``p, q = softmax(logits)``, with a closed-form backward pass.
+
+  With ``G_p = d/dlog p [q f(p/q)] = p f'(p/q)`` and ``G_q = q f(p/q) - G_p``, the
+  gradients are ``G - softmax * sum_axis G`` for each logit array. The backward pass
+  recomputes the log-probabilities from the logits and the two log-normalisers, so no
+  ``[..., classes]`` intermediate is stored between the passes: one fused read of the
+  logits forward, one backward, which is what keeps large vocabularies cheap. Forward-mode
+  differentiation (``jax.jvp``) is not defined for this function.
+  """
+  log_p = target_logits - _log_normalizer(target_logits, axis)
+  log_q = model_logits - _log_normalizer(model_logits, axis)
+  return jnp.sum(divergence.perspective(log_p, log_q), axis=axis)
+
+
+def _f_divergence_of_logits_fwd(divergence, axis, target_logits, model_logits):
+  norm_p = _log_normalizer(target_logits, axis)
+  norm_q = _log_normalizer(model_logits, axis)
+  value = jnp.sum(
+      divergence.perspective(target_logits - norm_p, model_logits - norm_q),
+      axis=axis,
+  )
+  return value, (target_logits, model_logits, norm_p, norm_q)
+
+
+def _f_divergence_of_logits_bwd(divergence, axis, residuals, cotangent):
+  target_logits, model_logits, norm_p, norm_q = residuals
+  log_p = target_logits - norm_p
+  log_q = model_logits - norm_q
+  grad_log_p, grad_log_q = divergence.perspective_grads(log_p, log_q)
+  cotangent = jnp.expand_dims(cotangent, axis)
+  d_target = cotangent * (
+      grad_log_p
+      - jnp.exp(log_p) * jnp.sum(grad_log_p, axis=axis, keepdims=True)
+  )
+  d_model = cotangent * (
+      grad_log_q
+      - jnp.exp(log_q) * jnp.sum(grad_log_q, axis=axis, keepdims=True)
+  )
+  return d_target, d_model
+
+
+_f_divergence_of_logits.defvjp(
+    _f_divergence_of_logits_fwd, _f_divergence_of_logits_bwd
+)
 
 
 def skew_kl(

@@ -203,6 +203,7 @@ class FDivergence:
   slope_at_infinity: float
   symmetric: bool
   perspective_fn: Callable[[Array, Array], Array] | None = None
+  perspective_grads_fn: Callable[[Array, Array], tuple[Array, Array]] | None = None
   key: Any = None
   description: str = ""
 
@@ -302,27 +303,45 @@ class FDivergence:
     return _perspective_by_branches(self.f_nonpos, self.dual_nonpos, log_p, log_q,
                                     self.symmetric_generator)
 
-  def perspective_log_p_grad(self, log_p: ArrayLike, log_q: ArrayLike) -> Array:
-    """``d/d log p`` of ``q f(p/q)``, i.e. ``p f'(p/q)``; ``d/d log q`` is the perspective minus it.
+  def perspective_grads(self, log_p: ArrayLike, log_q: ArrayLike) -> tuple[Array, Array]:
+    """Both partial derivatives of ``q f(p/q)`` with respect to ``log p`` and ``log q``.
 
-    Used by closed-form backward passes (``fdiv.discrete``). Zero where ``p = 0`` and the
-    divergence is bounded there; ``p lim f'(u)`` where ``q = 0 < p``.
+    ``d/dlog p = p f'(p/q)`` and ``d/dlog q = q f(p/q) - p f'(p/q) = -q f*(f'(p/q))``. Used by
+    closed-form backward passes (``fdiv.discrete``), which avoid storing intermediates. Where
+    ``p = 0`` the first is 0 (for divergences finite there); where ``q = 0 < p`` it is
+    ``p lim f'(u)``.
     """
     log_p = _as_float(log_p)
     log_q = _as_float(log_q)
     dtype = jnp.result_type(log_p, log_q)
     log_p, log_q = log_p.astype(dtype), log_q.astype(dtype)
+    if self.perspective_grads_fn is not None:
+      return self.perspective_grads_fn(log_p, log_q)
+    grad_p = self._perspective_log_p_grad(log_p, log_q)
+    return grad_p, self.perspective(log_p, log_q) - grad_p
+
+  def _perspective_log_p_grad(self, log_p: Array, log_q: Array) -> Array:
+    # p f'(u) = max(p, q) * (u f'(u) if p <= q else f'(u)), u f'(u) = f*(f'(u)) + f(u): each
+    # factor stays finite where the other side of the ratio underflows.
     if self.bounded:
-      # p f'(u) = max(p, q) * (u f'(u) if p <= q else f'(u)), u f'(u) = f*(f'(u)) + f(u).
       lp, lq = jnp.maximum(log_p, -_BIG), jnp.maximum(log_q, -_BIG)
       p_le_q = lp <= lq
       x = jnp.minimum(lp, lq) - jnp.maximum(lp, lq)
       inner = jnp.where(p_le_q, self.conjugate_at_derivative_fn(x) + self.f_nonpos(x),
                         self.f_prime_fn(-x))
       return jnp.exp(jnp.maximum(lp, lq)) * inner
-    p_zero = jnp.isneginf(log_p)
-    safe_lp = jnp.where(p_zero, 0.0, log_p)
-    return jnp.where(p_zero, 0.0, jnp.exp(safe_lp) * self.f_prime_fn(safe_lp - log_q))
+    p_zero, q_zero = jnp.isneginf(log_p), jnp.isneginf(log_q)
+    p_le_q = log_p <= log_q
+    diff = jnp.where(p_zero | q_zero, 0.0, log_p - log_q)
+    x_lo = jnp.where(p_le_q, diff, 0.0)
+    x_hi = jnp.where(p_le_q, 0.0, diff)
+    inner = jnp.where(p_le_q,
+                      self.conjugate_at_derivative_fn(x_lo) + self.f_nonpos(x_lo),
+                      self.f_prime_fn(x_hi))
+    grad = jnp.exp(jnp.where(p_le_q, log_q, log_p)) * inner
+    # p = 0: nothing (infinite values aside); q = 0 < p: p times the slope at infinity.
+    grad = jnp.where(q_zero & ~p_zero, jnp.exp(log_p) * self.slope_at_infinity, grad)
+    return jnp.where(p_zero, 0.0, grad)
 
   @property
   def symmetric_generator(self) -> bool:
@@ -382,6 +401,19 @@ def _reverse_kl_perspective(log_p, log_q):
   return _forward_kl_perspective(log_q, log_p)
 
 
+def _forward_kl_grads(log_p, log_q):
+  # p (log p - log q): d/dlog p = p (log p - log q + 1), d/dlog q = -p.
+  p_zero = jnp.isneginf(log_p)
+  safe_lp = jnp.where(p_zero, 0.0, log_p)
+  p = jnp.exp(safe_lp)
+  return jnp.where(p_zero, 0.0, p * (safe_lp - log_q + 1.0)), jnp.where(p_zero, 0.0, -p)
+
+
+def _reverse_kl_grads(log_p, log_q):
+  grad_q, grad_p = _forward_kl_grads(log_q, log_p)
+  return grad_p, grad_q
+
+
 def forward_kl() -> FDivergence:
   """KL(P||Q) = sum p log(p/q), f(u) = u log u; mass covering (SPEC section 2)."""
   return FDivergence(
@@ -394,6 +426,7 @@ def forward_kl() -> FDivergence:
       conjugate_at_derivative_fn=jnp.exp,
       f_at_zero=0.0, slope_at_infinity=_INF, symmetric=False,
       perspective_fn=_forward_kl_perspective,
+      perspective_grads_fn=_forward_kl_grads,
       description="KL(P||Q), f(u) = u log u")
 
 
@@ -409,6 +442,7 @@ def reverse_kl() -> FDivergence:
       conjugate_at_derivative_fn=lambda l: l - 1.0,
       f_at_zero=_INF, slope_at_infinity=0.0, symmetric=False,
       perspective_fn=_reverse_kl_perspective,
+      perspective_grads_fn=_reverse_kl_grads,
       description="KL(Q||P), f(u) = -log u")
 
 
@@ -468,6 +502,15 @@ def _js_perspective(log_p, log_q):
   return jnp.exp(larger) * inner
 
 
+def _js_grads(log_p, log_q):
+  # p f'(p/q) = p/2 log(2p/(p+q)) and, by symmetry, q/2 log(2q/(p+q)); no selects.
+  lp, lq = jnp.maximum(log_p, -_BIG), jnp.maximum(log_q, -_BIG)
+  x = lp - lq
+  softplus_minus_x = jax.nn.softplus(-x)
+  return (0.5 * jnp.exp(lp) * (_LOG2 - softplus_minus_x),
+          0.5 * jnp.exp(lq) * (_LOG2 - (softplus_minus_x + x)))  # softplus(x), exact at -_BIG
+
+
 def jensen_shannon() -> FDivergence:
   """JSD = 1/2 KL(P||M) + 1/2 KL(Q||M), M = (P+Q)/2; bounded by log 2, symmetric."""
   return FDivergence(
@@ -483,11 +526,19 @@ def jensen_shannon() -> FDivergence:
       conjugate_at_derivative_fn=lambda l: 0.5 * (jax.nn.softplus(l) - _LOG2),
       f_at_zero=0.5 * _LOG2, slope_at_infinity=0.5 * _LOG2, symmetric=True,
       perspective_fn=_js_perspective,
+      perspective_grads_fn=_js_grads,
       description="Jensen-Shannon, JSD <= log 2")
 
 
 def _hellinger_nonpos(l: Array) -> Array:
   return 0.5 * jnp.square(jnp.expm1(0.5 * l))
+
+
+def _hellinger_grads(log_p, log_q):
+  # p f'(p/q) = (p - sqrt(p q)) / 2 and (q - sqrt(p q)) / 2
+  lp, lq = jnp.maximum(log_p, -_BIG), jnp.maximum(log_q, -_BIG)
+  geometric = jnp.exp(0.5 * (lp + lq))
+  return 0.5 * (jnp.exp(lp) - geometric), 0.5 * (jnp.exp(lq) - geometric)
 
 
 def squared_hellinger() -> FDivergence:
@@ -500,6 +551,7 @@ def squared_hellinger() -> FDivergence:
       conjugate_fn=lambda t: jnp.where(t < 0.5, t / jnp.where(t < 0.5, 1.0 - 2.0 * t, 1.0), _INF),
       conjugate_at_derivative_fn=lambda l: 0.5 * jnp.expm1(0.5 * l),
       f_at_zero=0.5, slope_at_infinity=0.5, symmetric=True,
+      perspective_grads_fn=_hellinger_grads,
       description="squared Hellinger, 1/2 sum (sqrt p - sqrt q)^2")
 
 
@@ -675,6 +727,15 @@ def alpha(alpha: float = 0.5) -> FDivergence:  # pylint: disable=redefined-outer
     return jnp.where(ok, value, _INF)
 
   f_nonpos = _alpha_nonpos(a)
+  grads = None
+  if 0.05 <= a <= 0.95:
+    # p f'(p/q) = (p^a q^(1-a) - p)/(a - 1) and -q f*(f'(p/q)) = (q - p^a q^(1-a))/a: bounded
+    # exponentials and no selects; well conditioned away from the limits a -> 0, 1 (the
+    # generic path serves those).
+    def grads(log_p, log_q):
+      lp, lq = jnp.maximum(log_p, -_BIG), jnp.maximum(log_q, -_BIG)
+      mixed = jnp.exp(a * lp + (1.0 - a) * lq)
+      return (mixed - jnp.exp(lp)) / (a - 1.0), (jnp.exp(lq) - mixed) / a
   return FDivergence(
       name="alpha", params=(("alpha", a),),
       f_nonpos=f_nonpos, dual_nonpos=f_nonpos if a == 0.5 else _alpha_nonpos(1.0 - a),
@@ -685,6 +746,7 @@ def alpha(alpha: float = 0.5) -> FDivergence:  # pylint: disable=redefined-outer
       f_at_zero=(1.0 / a) if a > 0 else _INF,
       slope_at_infinity=(1.0 / (1.0 - a)) if a < 1 else _INF,
       symmetric=(a == 0.5),
+      perspective_grads_fn=grads,
       description=f"alpha-divergence, alpha={a}")
 
 

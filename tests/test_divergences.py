@@ -475,19 +475,24 @@ def test_nan_propagates():
 
 
 @pytest.mark.parametrize("name,params", ALL, ids=IDS)
-def test_perspective_log_p_grad_is_the_derivative(name, params):
+def test_perspective_grads_are_the_derivatives(name, params):
   d = _get(name, params)
   rng = np.random.default_rng(5)
   with jax.enable_x64(True):
-    lp = jnp.concatenate([jnp.asarray(rng.normal(size=32) * 3), jnp.array([-1.0, -2.0])])
-    lq = jnp.concatenate([jnp.asarray(rng.normal(size=32) * 3), jnp.array([-1.0, -jnp.inf])])
-    closed = d.perspective_log_p_grad(lp, lq)
-    autodiff = jax.vmap(jax.grad(d.perspective))(lp, lq)
+    lp = jnp.concatenate([jnp.asarray(rng.normal(size=32) * 3),
+                          jnp.array([-1.0, -2.0, -jnp.inf, -jnp.inf])])
+    lq = jnp.concatenate([jnp.asarray(rng.normal(size=32) * 3),
+                          jnp.array([-1.0, -jnp.inf, -1.5, -jnp.inf])])
+    closed_p, closed_q = d.perspective_grads(lp, lq)
+    auto_p, auto_q = jax.vmap(jax.grad(d.perspective, argnums=(0, 1)))(lp, lq)
     finite = np.isfinite(np.asarray(d.perspective(lp, lq)))
   kink = name in ("total_variation", "log1p_abs")
   sl = finite & ((np.arange(len(lp)) != 32) if kink else True)  # index 32 is p = q
-  np.testing.assert_allclose(closed[sl], autodiff[sl], rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(closed_p[sl], auto_p[sl], rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(closed_q[sl], auto_q[sl], rtol=1e-9, atol=1e-12)
   if d.bounded:
-    # p = 0 contributes nothing; q = 0 < p gives p times the slope at infinity.
-    zero = d.perspective_log_p_grad(jnp.array([-jnp.inf, -jnp.inf]), jnp.array([-1.0, -jnp.inf]))
-    np.testing.assert_allclose(zero, [0.0, 0.0], atol=1e-30)
+    # p = 0 contributes nothing to d/dlog p; q = 0 < p nothing to d/dlog q.
+    g_p, g_q = d.perspective_grads(jnp.array([-jnp.inf, -1.0, -jnp.inf]),
+                                   jnp.array([-1.0, -jnp.inf, -jnp.inf]))
+    np.testing.assert_allclose(g_p, [0.0, np.exp(-1.0) * d.slope_at_infinity, 0.0], atol=1e-30)
+    np.testing.assert_allclose(g_q[1:], [0.0, 0.0], atol=1e-30)
