@@ -361,9 +361,11 @@ def _perspective_by_branches(f_nonpos, dual_nonpos, log_p, log_q, self_dual):
     # Each branch sees a harmless input where it is not selected, so it cannot leak NaN.
     inner = jnp.where(p_le_q, f_nonpos(jnp.where(p_le_q, x, 0.0)),
                       dual_nonpos(jnp.where(p_le_q, 0.0, x)))
-  scale = jnp.exp(log_scale)
-  # An infinite inner value times a zero scale is a point where both probabilities vanish.
-  return jnp.where(both_zero, 0.0, scale * inner)
+  value = jnp.exp(log_scale) * inner
+  # Exactly one probability is zero (x = -inf): an infinite limit (q f(0) or p lim f(u)/u) is
+  # infinite however small the other probability is, even where its exp underflows to 0.
+  value = jnp.where(jnp.isneginf(x) & jnp.isinf(inner), inner, value)
+  return jnp.where(both_zero, 0.0, value)
 
 
 def _perspective_bounded(f_nonpos, dual_nonpos, log_p, log_q, self_dual):
@@ -392,9 +394,12 @@ jax.tree_util.register_static(FDivergence)
 
 
 def _forward_kl_perspective(log_p, log_q):
+  # p (log p - log q); q = 0 < p is +inf even where p underflows to 0 (0 * inf otherwise).
   p_zero = jnp.isneginf(log_p)
   safe_lp = jnp.where(p_zero, 0.0, log_p)
-  return jnp.where(p_zero, 0.0, jnp.exp(safe_lp) * (safe_lp - log_q))
+  value = jnp.exp(safe_lp) * (safe_lp - log_q)
+  value = jnp.where(jnp.isneginf(log_q), jnp.inf, value)
+  return jnp.where(p_zero, 0.0, value)
 
 
 def _reverse_kl_perspective(log_p, log_q):

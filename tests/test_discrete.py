@@ -258,24 +258,24 @@ def test_matches_reference(name, params, regular_inputs):
       lambda t, m: _ref_divergence(name, params, t, m), regular_inputs, name)
 
 
-# The perspective in fdiv/divergences.py returns NaN (or an overflowed inf) for
-# these when one probability underflows (log p < -745 in float64, < -104 in
-# float32) and the other is 0, or when q f(p/q) is representable but f(p/q) is
-# not: `scale * inner` is 0 * inf. Expected values come from the reference.
-_PERSPECTIVE_UNDERFLOW = pytest.mark.xfail(
+# Known limitation of fdiv/divergences.py: for generators that grow like a power of
+# u (Pearson, Neyman, alpha outside [0, 1], t-power, log1p-abs), q f(p/q) can be
+# representable while f(p/q) overflows (|log p - log q| beyond ~88 in float32,
+# ~709 in float64) and the product is then inf or NaN. Expected values come from
+# the extended-precision reference.
+_PERSPECTIVE_OVERFLOW = pytest.mark.xfail(
     strict=True,
-    reason="divergences.py perspective: exp(log_scale) * inner is 0 * inf at "
-    "underflowed probabilities (reported to the lead)")
+    reason="divergences.py perspective: f(p/q) overflows where q f(p/q) is "
+    "representable (power-growth generators at ratios beyond exp's range)")
 _PEAKED_XFAIL = {
-    "forward_kl", "reverse_kl", "pearson", "neyman", "jeffreys",
-    "softened_reverse_kl", "arithmetic_geometric", "log1p_abs", "modified_gan",
+    "pearson", "neyman", "log1p_abs",
     "alpha_2.0", "alpha_-1.0", "alpha_3.0", "t_power_2.0", "t_power_-0.5",
 }
 
 
 @pytest.mark.parametrize(
     "name,params",
-    [pytest.param(n, p, id=i, marks=[_PERSPECTIVE_UNDERFLOW] if i in _PEAKED_XFAIL else [])
+    [pytest.param(n, p, id=i, marks=[_PERSPECTIVE_OVERFLOW] if i in _PEAKED_XFAIL else [])
      for (n, p), i in zip(ALL_F, ALL_F_IDS)])
 def test_matches_reference_peaked(name, params, peaked_inputs):
   d = get(name, **params)
@@ -298,7 +298,7 @@ def test_non_f_matches_reference(name, params, regular_inputs):
 
 @pytest.mark.parametrize(
     "name,params",
-    [pytest.param(n, p, id=i, marks=[_PERSPECTIVE_UNDERFLOW] if i == "skew_kl_0.0" else [])
+    [pytest.param(n, p, id=i)
      for (n, p), i in zip(NON_F_CASES, NON_F_IDS)])
 def test_non_f_matches_reference_peaked(name, params, peaked_inputs):
   _assert_matches_reference(
