@@ -327,6 +327,8 @@ def teacher_reference(cfg: FDistillConfig, problem: _Problem, teacher: train.Net
     tc = cfg.teacher
     n = cfg.eval_samples
     key_dict = {"n": n, "eval_seed": cfg.eval_seed, "steps": tc.sample_steps}
+    if problem.kind == "image":  # image metrics depend on the feature classifier
+        key_dict["quick_classifier"] = cfg.quick_classifier
     path = os.path.join(tdir, f"teacher_eval_{_digest(key_dict)}.json")
     samples_path = path.replace(".json", ".npy")
     if os.path.exists(path) and os.path.exists(samples_path):
