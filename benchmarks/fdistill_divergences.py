@@ -101,7 +101,8 @@ def markdown_table(runs: dict, divergences: Sequence[str], seeds: Sequence[int])
     lines.append(row("generator at init", 1, [first["generator_init"]], "-"))
     for div in divergences:
         rs = [runs[f"{div}/{s}"] for s in seeds]
-        times = _cell([r.get("distill_sec") for r in rs]).split(" +- ")[0]
+        times = [r.get("distill_sec") for r in rs if r.get("distill_sec") is not None]
+        times = f"{np.mean(times):.0f}" if times else "-"
         lines.append(row(f"{div} (one step)", 1, [r["student"] for r in rs], times))
     n = len(seeds)
     lines.append("")
