@@ -1,5 +1,7 @@
 """Tests for fdiv.nets."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,8 +24,15 @@ def _randomize(module, seed=0, scale=0.3):
     return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves), rest)
 
 
-def _small_unet(channel_mult=(1, 2)):
+@functools.lru_cache(maxsize=None)
+def _built_unet(channel_mult):
+    # Built once per shape: eager parameter initialisation compiles a kernel per shape.
     return nets.UNet(1, base=8, channel_mult=channel_mult, emb_dim=16, rngs=nnx.Rngs(0))
+
+
+def _small_unet(channel_mult=(1, 2)):
+    """A private copy of a tiny U-Net (some tests replace its parameters)."""
+    return nnx.clone(_built_unet(channel_mult))
 
 
 def _jitted(module, **kw):
