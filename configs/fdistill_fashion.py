@@ -7,10 +7,10 @@ Run on an accelerator (teacher trained once into the cache, reused by every dive
 
 Metrics: Frechet distance in the Fashion-MNIST classifier's features (`experiments.classifier`)
 and k-NN precision / recall, teacher (35-evaluation Heun) vs generator at init vs one-step
-student. The full setting is sized for one modern GPU (teacher 30k steps at batch 256, then
-20k distillation steps; not measured in this repository: no GPU was available). ``quick``:
-a tiny CPU smoke variant (seconds); ``cpu``: a reduced setting that fits a CPU in about an
-hour (small U-Net, short schedules).
+student. The full setting is sized for one GPU (teacher 30k steps at batch 256, then 20k
+distillation steps); neither it nor the ``cpu`` variant (small U-Net, short schedules) has
+been run or timed yet: no accelerator was available. ``quick``: a tiny CPU smoke variant
+(seconds of compute, for tests).
 """
 
 import ml_collections
