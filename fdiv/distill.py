@@ -30,7 +30,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
