@@ -13,77 +13,61 @@ been run or timed yet: no accelerator was available. ``quick``: a tiny CPU smoke
 (seconds of compute, for tests).
 """
 
-import ml_collections
+import importlib.util
+import os
 
 VARIANTS = (None, "quick", "cpu")
 
 
+def _digits_config(arg=None):
+    """``configs/fdistill_digits.py``'s config: the base this file derives from."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fdistill_digits.py")
+    spec = importlib.util.spec_from_file_location("_fdiv_config_fdistill_digits", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
 def get_config(arg=None):
-    """Base (GPU) config; see VARIANTS."""
+    """Base (GPU) config; see VARIANTS. Derived from the digits config."""
     if arg not in VARIANTS:
         raise ValueError(f"configs/fdistill_fashion.py: unknown variant {arg!r}; use one of {VARIANTS}.")
-    c = ml_collections.ConfigDict()
-    c.experiment = "fdistill"
+    c = _digits_config("quick" if arg == "quick" else None)
     c.data = "fashion_mnist"
-    c.seed = 0
-    c.cache_dir = ""
+    t = c.teacher
+    if arg == "quick":
+        t.net.num_res = 1
+        t.num_steps = 6
+        t.batch_size = 16
+        t.log_every = 3
+        t.sample_steps = 2
+        t.checkpoint_every_steps = 0
+        t.ema_decay = 0.0
+        return c
 
-    t = c.teacher = ml_collections.ConfigDict()
-    t.net = ml_collections.ConfigDict()
-    t.net.kind = "unet"
+    # 28x28 images: a wider U-Net and longer schedules than the digits setting.
     t.net.base = 64
     t.net.channel_mult = (1, 2, 2)
     t.net.num_res = 2
     t.net.emb_dim = 128
-    t.seed = 0
     t.num_steps = 30000
     t.batch_size = 256
     t.learning_rate = 1e-3
     t.warmup_steps = 1000
-    t.ema_decay = 0.999
-    t.p_mean = -1.2
-    t.p_std = 1.2
-    t.sigma_data = 0.0
-    t.sigma_min = 0.002
-    t.sigma_max = 80.0
-    t.rho = 7.0
-    t.sample_steps = 18
     t.log_every = 1000
     t.checkpoint_every_steps = 5000
-
-    c.divergence = "reverse_kl"
     c.batch_size = 256
     c.generator_every = 5
-    c.gan_weight = 3e-3
     c.generator_lr = 1e-4
     c.fake_lr = 2e-4
     c.disc_lr = 2e-4
-    c.adam_b1 = 0.0
-    c.adam_b2 = 0.999
-    c.lr_schedule = "cosine"
-    c.final_lr_fraction = 0.1
     c.generator_ema = 0.999
-    c.disc_features = "fake"
     c.disc_hidden = 256
-    c.disc_loss_weight = 1.0
-    c.sigma_p_mean = -1.2
-    c.sigma_p_std = 1.2
-    c.dmd_normalize = True
-    c.logit_clip = 10.0
-    c.ratio_clip_min = 0.1
-    c.ratio_clip_max = 20.0
-    c.normalize_weights = True
     c.eval_samples = 5000
-    c.eval_seed = 1234
-    c.quick_classifier = False
-
     c.num_steps = 20000
     c.log_every = 200
     c.eval_every = 2000
     c.checkpoint_every_steps = 2000
-    c.checkpoint_every_secs = 600.0
-    c.keep_checkpoints = 2
-    c.async_checkpoints = True
 
     if arg == "cpu":
         t.net.base = 16
@@ -101,25 +85,4 @@ def get_config(arg=None):
         c.fake_lr = 5e-4
         c.disc_lr = 5e-4
         c.disc_hidden = 128
-    if arg == "quick":
-        t.net.base = 8
-        t.net.channel_mult = (1,)
-        t.net.num_res = 1
-        t.net.emb_dim = 16
-        t.num_steps = 6
-        t.batch_size = 16
-        t.log_every = 3
-        t.sample_steps = 2
-        t.checkpoint_every_steps = 0
-        t.ema_decay = 0.0
-        c.batch_size = 16
-        c.generator_every = 2
-        c.num_steps = 4
-        c.log_every = 2
-        c.eval_every = 2
-        c.checkpoint_every_steps = 2
-        c.eval_samples = 64
-        c.disc_hidden = 16
-        c.generator_ema = 0.0
-        c.quick_classifier = True
     return c
