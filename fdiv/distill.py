@@ -56,25 +56,19 @@ def resolve_divergence(divergence) -> "_divergences.FDivergence":
     """Returns the `FDivergence` for a name or instance and checks that it has a weight h.
 
     Raises:
-      ValueError: if the divergence has no f-distill weight (``f''`` is zero almost
-        everywhere, e.g. total variation), naming divergences that do.
+      ValueError: for an unknown name (listing the valid ones) or a divergence without an
+        f-distill weight (``f''`` is zero almost everywhere, e.g. total variation), naming the
+        registered divergences that have one.
     """
-    d = _divergences.get(divergence) if isinstance(divergence, str) else divergence
-    if not getattr(d, "has_weight", False):
-        valid = [n for n in _divergences.names() if _has_weight(n)]
+    d = _divergences.resolve(divergence)
+    if not d.has_weight:
+        weighted = [n for n in _divergences.names()
+                    if n in ("alpha", "t_power") or _divergences.get(n).has_weight]
         raise ValueError(
-            f"divergence {getattr(d, 'name', d)!r} has no f-distill weight h(u) = u^2 f''(u) "
+            f"divergence {d.name!r} has no f-distill weight h(u) = u^2 f''(u) "
             f"(f'' vanishes almost everywhere), so its score-weighted gradient is undefined; "
-            f"use one of {valid}.")
+            f"use one of {weighted}.")
     return d
-
-
-def _has_weight(name: str) -> bool:
-    try:
-        return bool(_divergences.get(name).has_weight)
-    except (TypeError, ValueError):
-        # Parametrised families (alpha, t_power) need their parameter; they all have weights.
-        return True
 
 
 def clip_log_ratio(log_ratio: Array, logit_clip: Optional[float] = 10.0,
