@@ -56,9 +56,18 @@ def test_config_file_conventions(name):
         module.get_config("no-such-variant")
 
 
+def _data_available(config):
+    if config.get("data") == "fashion_mnist" or config.get("dataset") == "fashion_mnist":
+        from fdiv import data
+        return os.path.exists(os.path.join(data._fashion_mnist_dir(), "train-images-idx3-ubyte.gz"))
+    return True
+
+
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_quick_config_trains_end_to_end(name, tmp_path):
     config = experiments.load_config(name, "quick")
+    if not _data_available(config):
+        pytest.skip("needs apt-get install dataset-fashion-mnist")
     workdir = str(tmp_path / name)
     experiments.run(config, workdir)
     with open(os.path.join(workdir, "summary.json")) as f:
