@@ -28,6 +28,13 @@ and its limits at zero probabilities are the limits of these one-sided functions
 branches are computed on "safe" inputs (the double-``where`` pattern) so that the branch not
 taken can never leak NaN into gradients.
 
+For bounded divergences (finite ``f(0)`` and slope: JS, Hellinger, TV, triangular, alpha in
+(0, 1)) ``-inf`` is instead replaced by ``-1e30``, whose ``exp`` is exactly 0: the limits come
+out of the arithmetic with no ``isinf`` tests, which matters because selects on boolean arrays
+are an order of magnitude slower than ``exp`` on XLA's CPU backend. ``perspective_grads`` gives
+both partial derivatives in closed form for backward passes that recompute instead of storing
+(``fdiv.discrete``).
+
 References:
   Ali & Silvey (1966); Csiszar (1967). Nowozin, Cseke & Tomioka, "f-GAN" (2016) for conjugates.
   TensorFlow Probability, ``tfp.vi`` Csiszar functions, for the members listed by
