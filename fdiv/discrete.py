@@ -60,11 +60,6 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
-def _resolve_divergence(divergence):
-  # Raises a ValueError listing the valid names.
-  return _divergences.resolve(divergence)
-
-
 def _check_floating(x, name):
   x = jnp.asarray(x)
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -301,7 +296,7 @@ def categorical_divergence(
     Hinton, Vinyals and Dean, `Distilling the Knowledge in a Neural Network
     <https://arxiv.org/abs/1503.02531>`_, 2015 (temperature).
   """
-  divergence = _resolve_divergence(divergence)
+  divergence = _divergences.resolve(divergence)
   target_logits, model_logits, mask, axis = _prepare_logits(
       target_logits, model_logits, temperature, where, axis
   )

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fdiv import divergences as _divergences
+from fdiv.discrete import _check_floating
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -48,21 +49,6 @@ __all__ = [
     "mc_divergence_self_normalized",
     "mc_log_normalizer",
 ]
-
-
-def _resolve_divergence(divergence):
-  # Raises a ValueError listing the valid names.
-  return _divergences.resolve(divergence)
-
-
-def _check_floating(x, name):
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(
-        f"{name} must be floating point, got {x.dtype}; cast with"
-        " .astype(jnp.float32)"
-    )
-  return x
 
 
 def _normalize_axis(axis, ndim, name_shape):
@@ -191,7 +177,7 @@ def mc_divergence_from_model_samples(
     Owen, `Monte Carlo theory, methods and examples
     <https://artowen.su.domains/mc/>`_, 2013, chapter 2.
   """
-  divergence = _resolve_divergence(divergence)
+  divergence = _divergences.resolve(divergence)
   log_u, mask, axes = _prepare(log_p, log_q, where, axis, ("log_p", "log_q"))
   return _mean_and_se(divergence.f(log_u), mask, axes)
 
@@ -232,7 +218,7 @@ def mc_divergence_from_target_samples(
     Owen, `Monte Carlo theory, methods and examples
     <https://artowen.su.domains/mc/>`_, 2013, chapters 2 and 9.
   """
-  divergence = _resolve_divergence(divergence)
+  divergence = _divergences.resolve(divergence)
   log_u, mask, axes = _prepare(log_p, log_q, where, axis, ("log_p", "log_q"))
   return _mean_and_se(divergence.f_over_u(log_u), mask, axes)
 
@@ -346,7 +332,7 @@ def mc_divergence_self_normalized(
     <https://arxiv.org/abs/2302.08215>`_, ICML 2023 (partition function by
     importance sampling).
   """
-  divergence = _resolve_divergence(divergence)
+  divergence = _divergences.resolve(divergence)
   log_u, _, _, mask, axes = _self_normalize(
       log_p_unnormalized, log_q, where, axis
   )
