@@ -70,6 +70,28 @@ def _check_floating(x, name):
   return x
 
 
+def _check_mask(where, shape, target):
+  """Returns ``where`` as a boolean array after checking it broadcasts to ``shape``.
+
+  ``target`` names what ``shape`` is, for the error message.
+  """
+  mask = jnp.asarray(where)
+  if mask.dtype != jnp.bool_:
+    raise ValueError(
+        f"where must be a boolean mask, got dtype {mask.dtype}; pass e.g."
+        " `lengths_mask > 0` or `.astype(bool)`."
+    )
+  try:
+    broadcast = np.broadcast_shapes(mask.shape, tuple(shape))
+  except ValueError:
+    broadcast = None
+  if broadcast != tuple(shape):
+    raise ValueError(
+        f"where must be broadcastable to {target}, got where.shape={mask.shape}."
+    )
+  return mask
+
+
 def _compute_dtype(*dtypes):
   dtype = jnp.result_type(*dtypes)
   # Half precision cannot hold log-probabilities of large vocabularies to the
@@ -151,23 +173,13 @@ def _prepare_logits(target_logits, model_logits, temperature, where, axis):
 
   mask = None
   if where is not None:
-    mask = jnp.asarray(where)
     out_shape = shape[:axis] + shape[axis + 1 :]
-    if mask.dtype != jnp.bool_:
-      raise ValueError(
-          f"where must be a boolean mask, got dtype {mask.dtype}; pass e.g."
-          " `lengths_mask > 0` or `.astype(bool)`."
-      )
-    try:
-      broadcast = np.broadcast_shapes(mask.shape, out_shape)
-    except ValueError:
-      broadcast = None
-    if broadcast != tuple(out_shape):
-      raise ValueError(
-          f"where must be broadcastable to the output shape {out_shape} (the"
-          f" logits shape {shape} without axis {axis}), got where.shape="
-          f"{mask.shape}."
-      )
+    mask = _check_mask(
+        where,
+        out_shape,
+        f"the output shape {out_shape} (the logits shape {shape} without"
+        f" axis {axis})",
+    )
     # Double-where, first half: masked rows become zeros before any
     # arithmetic so NaN/inf there cannot poison the gradients.
     keep = jnp.expand_dims(jnp.broadcast_to(mask, out_shape), axis)

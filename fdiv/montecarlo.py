@@ -38,6 +38,7 @@ import numpy as np
 
 from fdiv import divergences as _divergences
 from fdiv.discrete import _check_floating
+from fdiv.discrete import _check_mask
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -95,21 +96,7 @@ def _prepare(log_p, log_q, where, axis, names):
 
   mask = None
   if where is not None:
-    mask = jnp.asarray(where)
-    if mask.dtype != jnp.bool_:
-      raise ValueError(
-          f"where must be a boolean mask, got dtype {mask.dtype}; use"
-          " `.astype(bool)`."
-      )
-    try:
-      broadcast = np.broadcast_shapes(mask.shape, shape)
-    except ValueError:
-      broadcast = None
-    if broadcast != tuple(shape):
-      raise ValueError(
-          f"where must be broadcastable to the samples shape {shape}, got"
-          f" where.shape={mask.shape}."
-      )
+    mask = _check_mask(where, shape, f"the samples shape {shape}")
     mask = jnp.broadcast_to(mask, shape)
     # Double-where, first half: masked samples get log_u = 0 (u = 1) before
     # any arithmetic, so inf/NaN there cannot reach values or gradients.
