@@ -88,6 +88,9 @@ def markdown_table(runs: dict, divergences: Sequence[str], seeds: Sequence[int])
     first = runs[f"{divergences[0]}/{seeds[0]}"]
     toy = "modes_recovered" in first["student"]
     cols = TOY_COLUMNS if toy else IMAGE_COLUMNS
+    if toy and "energy_distance_large" in first["student"]:
+        n_large = first.get("config", {}).get("eval_ed_samples", "large")
+        cols = cols + (("energy_distance_large", f"energy distance (n={n_large})"),)
     head = ["model", "network evaluations"] + [name for _, name in cols] + ["distill time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -97,6 +100,9 @@ def markdown_table(runs: dict, divergences: Sequence[str], seeds: Sequence[int])
         return "| " + " | ".join([label, str(nfe)] + cells + [times]) + " |"
 
     teacher = first["teacher"]
+    if first.get("target"):
+        lines.append(row("target (fresh draw: sampling-noise floor)", "-", [first["target"]],
+                         "-"))
     lines.append(row("teacher (Heun)", teacher.get("num_evaluations", "-"), [teacher], "-"))
     lines.append(row("generator at init", 1, [first["generator_init"]], "-"))
     for div in divergences:

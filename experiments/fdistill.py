@@ -127,6 +127,7 @@ class FDistillConfig:
     ratio_clip_max: float = 20.0
     normalize_weights: bool = True
     eval_samples: int = 4000
+    eval_ed_samples: int = 0  # toy targets: also an energy distance on this many samples (0: off)
     eval_seed: int = 1234
     quick_classifier: bool = False  # images: the classifier's quick variant (tests)
     num_steps: int = 3000
@@ -159,14 +160,22 @@ class _Problem:
         self.name = cfg.data
         self.mesh = mesh
         self.eval_samples = cfg.eval_samples
-        key = jax.random.key(cfg.eval_seed)
+        self.ed_samples = cfg.eval_ed_samples
+        # Samples drawn per evaluation: the SPEC metrics use the first eval_samples of them.
+        self.num_eval = max(cfg.eval_samples, cfg.eval_ed_samples)
+        self.key = jax.random.key(cfg.eval_seed)
         if cfg.data in TOY_TARGETS:
             self.kind = "toy"
             self.target = data_lib.toy_target(cfg.data)
             self.shape = (2,)
             self.sigma_data = float(self.target.sigma_data)
             # Fresh target samples for the energy distance (SPEC section 8: 2000 vs 2000).
-            self.reference = np.asarray(self.target.sample(jax.random.fold_in(key, 1), 2000))
+            self.reference = np.asarray(self.target.sample(jax.random.fold_in(self.key, 1),
+                                                           2000))
+            # The SPEC estimate's sampling noise (~1e-3) hides differences between good
+            # samplers; the large-sample estimate shrinks it about as 1/n.
+            self.reference_large = (np.asarray(self.target.sample(
+                jax.random.fold_in(self.key, 4), self.ed_samples)) if self.ed_samples else None)
             self.images = None
         elif cfg.data in IMAGE_DATA:
             self.kind = "image"
@@ -182,6 +191,9 @@ class _Problem:
         else:
             raise ValueError(f"config.data must be one of {TOY_TARGETS + IMAGE_DATA}, got "
                              f"{cfg.data!r}.")
+        if self.ed_samples and self.kind != "toy":
+            raise ValueError(f"config.eval_ed_samples applies to the toy targets {TOY_TARGETS}; "
+                             f"set it to 0 for {cfg.data!r}.")
 
     def batcher(self, batch_size: int, seed: int):
         if self.kind == "toy":
@@ -197,17 +209,34 @@ class _Problem:
             self.reference_features = np.asarray(self.extractor.features(self.reference))
         return np.asarray(self.extractor.features(np.clip(x, -1.0, 1.0)))
 
+    def target_reference(self) -> dict[str, float] | None:
+        """Metrics of a fresh draw from a toy target: the floor set by sampling noise."""
+        if self.kind != "toy":
+            return None
+        return self.evaluate(np.asarray(self.target.sample(jax.random.fold_in(self.key, 5),
+                                                           self.num_eval)))
+
     def evaluate(self, x: np.ndarray) -> dict[str, float]:
-        """Quality metrics of samples ``x`` (``eval_samples`` of them)."""
+        """Quality metrics of samples ``x`` (``num_eval`` of them).
+
+        Toy targets: SPEC section 8 metrics on the first ``eval_samples`` (energy distance on
+        the first 2000), plus ``energy_distance_large`` on ``eval_ed_samples`` samples against
+        as many fresh target samples when that is set.
+        """
         x = np.asarray(x, np.float32)
         if self.kind == "toy":
             t = self.target
-            m = metrics.mixture_metrics(x, t.centres_array, t.weights_array, t.std)
+            m = metrics.mixture_metrics(x[:self.eval_samples], t.centres_array, t.weights_array,
+                                        t.std)
             ed = metrics.energy_distance(x[:2000], self.reference)
-            return {"modes_recovered": float(m["modes_recovered"]),
-                    "precision": float(m["precision"]),
-                    "weight_error": float(m["weight_error"]),
-                    "energy_distance": float(ed)}
+            out = {"modes_recovered": float(m["modes_recovered"]),
+                   "precision": float(m["precision"]),
+                   "weight_error": float(m["weight_error"]),
+                   "energy_distance": float(ed)}
+            if self.ed_samples:
+                out["energy_distance_large"] = float(metrics.energy_distance(
+                    x[:self.ed_samples], self.reference_large))
+            return out
         feats = self._features(x)
         fd = metrics.frechet_distance_from_features(
             jnp.asarray(feats, jnp.float32), jnp.asarray(self.reference_features, jnp.float32))
@@ -325,8 +354,10 @@ def _summary_missing(workdir: str) -> bool:
 def teacher_reference(cfg: FDistillConfig, problem: _Problem, teacher: train.Net, tdir: str):
     """Metrics and samples of the teacher's Heun sampler, cached in the teacher directory."""
     tc = cfg.teacher
-    n = cfg.eval_samples
+    n = problem.num_eval
     key_dict = {"n": n, "eval_seed": cfg.eval_seed, "steps": tc.sample_steps}
+    if problem.ed_samples:
+        key_dict["ed_samples"] = problem.ed_samples
     if problem.kind == "image":  # image metrics depend on the feature classifier
         key_dict["quick_classifier"] = cfg.quick_classifier
     path = os.path.join(tdir, f"teacher_eval_{_digest(key_dict)}.json")
@@ -481,7 +512,7 @@ def _generate(net: train.Net, z, ema: bool = False):
 
 def _generator_samples(state, cfg: FDistillConfig, problem: _Problem, ema: bool):
     z = jax.random.normal(jax.random.fold_in(jax.random.key(cfg.eval_seed), 3),
-                          (cfg.eval_samples,) + problem.shape)
+                          (problem.num_eval,) + problem.shape)
     return np.asarray(_generate(state["generator"], z, ema=ema))
 
 
@@ -505,17 +536,41 @@ def _validate(cfg: FDistillConfig) -> None:
                          f"{cfg.teacher.net.kind!r}.")
 
 
-def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
-    """Trains (or restores) the teacher, distils it with ``config.divergence``, evaluates.
+@dataclasses.dataclass
+class Distillation:
+    """Everything a distillation run (or a step benchmark) needs, built by `build`.
 
-    Returns:
-      The run summary (also ``<workdir>/summary.json``): the `fdiv.train.fit` fields plus
-      ``teacher`` (metrics of the teacher's Heun sampler, its number of network evaluations
-      and sampling time), ``generator_init`` (one-step generator at initialisation),
-      ``student`` (final one-step metrics), ``divergence``, ``data``, ``teacher_dir``,
-      ``teacher_train_sec`` / ``distill_sec`` (wall time of this call's two phases) and
-      ``num_devices``.
+    ``critic_step(state, batch) -> (state, metrics)`` updates the fake score and the
+    discriminator; ``generator_step(state) -> (state, metrics)`` updates the generator;
+    ``batch_fn(step)`` gives loop step ``step``'s data batch (``None`` for toy targets, which
+    are sampled inside the step).
     """
+
+    cfg: FDistillConfig
+    problem: _Problem
+    mesh: Any
+    teacher: train.Net
+    teacher_dir: str
+    teacher_eval: dict
+    teacher_samples: np.ndarray
+    sigma_data: float
+    state: train.TrainState
+    critic_step: Any
+    generator_step: Any
+    batch_fn: Any
+
+    def loop_step(self, state, step: int):
+        """Loop step ``step``: a critic update, and a generator update every
+        ``generator_every``-th step."""
+        state, m = self.critic_step(state, self.batch_fn(step))
+        if (step + 1) % self.cfg.generator_every == 0:
+            state, gm = self.generator_step(state)
+            m = {**m, **gm}
+        return state, m
+
+
+def build(config: Any, print_fn=None) -> Distillation:
+    """Validates ``config``, trains or restores the teacher, builds the state and the steps."""
     train.check_config(config)
     cfg = train.to_dataclass(FDistillConfig, config)
     _validate(cfg)
@@ -526,36 +581,47 @@ def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
                          f"{n_dev} devices.")
     pf = print_fn or (lambda s: print(s, flush=True))
     problem = _Problem(cfg, mesh)
-
-    t0 = time.perf_counter()
     teacher, tdir, sigma_data, _ = load_or_train_teacher(cfg, problem, mesh,
                                                          print_fn=lambda s: pf(f"[teacher] {s}"))
     teacher_eval, teacher_x = teacher_reference(cfg, problem, teacher, tdir)
+    state = sharding.replicate(_make_state(cfg, teacher), mesh)
+    critic_step, generator_step = _make_steps(cfg, problem, sigma_data, mesh)
+    batcher = problem.batcher(cfg.batch_size, cfg.seed + 1)
+    batch_fn = batcher if batcher is not None else (lambda step: None)
+    return Distillation(cfg, problem, mesh, teacher, tdir, teacher_eval, teacher_x, sigma_data,
+                        state, critic_step, generator_step, batch_fn)
+
+
+def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
+    """Trains (or restores) the teacher, distils it with ``config.divergence``, evaluates.
+
+    Returns:
+      The run summary (also ``<workdir>/summary.json``): the `fdiv.train.fit` fields plus
+      ``teacher`` (metrics of the teacher's Heun sampler, its number of network evaluations
+      and sampling time), ``generator_init`` (one-step generator at initialisation),
+      ``student`` (final one-step metrics), ``target`` (toy targets: metrics of a fresh
+      target draw, the sampling-noise floor; else None), ``divergence``, ``data``, ``teacher_dir``,
+      ``teacher_train_sec`` / ``distill_sec`` (wall time of this call's two phases) and
+      ``num_devices``.
+    """
+    pf = print_fn or (lambda s: print(s, flush=True))
+    t0 = time.perf_counter()
+    run = build(config, print_fn=pf)
+    cfg, problem, teacher_eval, teacher_x = run.cfg, run.problem, run.teacher_eval, run.teacher_samples
     teacher_sec = time.perf_counter() - t0
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     np.save(os.path.join(workdir, "samples", "teacher.npy"), teacher_x)
     problem.plot(teacher_x, os.path.join(workdir, "samples", "teacher.png"),
                  f"teacher, Heun {teacher_eval['num_evaluations']} evaluations")
-    pf(f"teacher ({tdir}): " + _fmt(teacher_eval))
+    pf(f"teacher ({run.teacher_dir}): " + _fmt(teacher_eval))
 
     t1 = time.perf_counter()
-    state = sharding.replicate(_make_state(cfg, teacher), mesh)
-    init_x = _generator_samples(state, cfg, problem, ema=False)
+    init_x = _generator_samples(run.state, cfg, problem, ema=False)
     init_eval = problem.evaluate(init_x)
     problem.plot(init_x, os.path.join(workdir, "samples", "generator_init.png"),
                  "generator at initialisation (1 evaluation)")
     pf("generator at init: " + _fmt(init_eval))
-
-    critic_step, generator_step = _make_steps(cfg, problem, sigma_data, mesh)
-    batcher = problem.batcher(cfg.batch_size, cfg.seed + 1)
     ema = bool(cfg.generator_ema)
-
-    def step_fn(state, step):
-        state, m = critic_step(state, batcher(step) if batcher is not None else None)
-        if (step + 1) % cfg.generator_every == 0:
-            state, gm = generator_step(state)
-            m = {**m, **gm}
-        return state, m
 
     def eval_fn(state):
         x = _generator_samples(state, cfg, problem, ema=ema)
@@ -566,10 +632,14 @@ def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
         np.save(os.path.join(workdir, "samples", "student_latest.npy"), x)
         return result
 
+    target_eval = problem.target_reference()
+    if target_eval is not None:
+        pf("fresh target samples: " + _fmt(target_eval))
     meta = {"config": config.to_dict(), "teacher": teacher_eval, "generator_init": init_eval,
-            "divergence": cfg.divergence, "data": cfg.data, "teacher_dir": tdir,
-            "num_devices": int(n_dev)}
-    state, summary = train.fit(state, step_fn, workdir=workdir,
+            "target": target_eval,
+            "divergence": cfg.divergence, "data": cfg.data, "teacher_dir": run.teacher_dir,
+            "num_devices": int(run.mesh.devices.size)}
+    state, summary = train.fit(run.state, run.loop_step, workdir=workdir,
                                options=train.LoopOptions.from_config(config),
                                eval_fn=eval_fn, meta=meta, print_fn=print_fn)
     final = {k[len("eval/"):]: v for k, v in (summary.get("eval") or {}).items()}

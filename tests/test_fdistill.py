@@ -40,9 +40,14 @@ def test_toy_quick_end_to_end_and_exact_resume(cache, js_run, tmp_path):
     tdir = full["teacher_dir"]
     assert tdir.startswith(cache) and os.path.exists(os.path.join(tdir, "summary.json"))
     assert full["teacher"]["num_evaluations"] == 2 * 4 - 1
-    for key in ("modes_recovered", "precision", "weight_error", "energy_distance"):
-        assert key in full["student"] and key in full["generator_init"]
-        assert np.isfinite(full["student"][key])
+    for key in ("modes_recovered", "precision", "weight_error", "energy_distance",
+                "energy_distance_large"):
+        for part in ("student", "generator_init", "teacher", "target"):
+            assert np.isfinite(full[part][key]), (part, key)
+    # A fresh target draw is the floor: all modes, (near) exact precision and weights.
+    assert full["target"]["modes_recovered"] == 8 and full["target"]["precision"] > 0.98
+    assert full["target"]["weight_error"] < 0.15
+    assert abs(full["target"]["energy_distance_large"]) < 0.02
     assert (run / "metrics.jsonl").exists() and (run / "samples" / "teacher.png").exists()
     assert (run / "samples" / "student_0000006.png").exists()
     records = [json.loads(l) for l in open(run / "metrics.jsonl")]

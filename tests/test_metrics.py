@@ -103,6 +103,30 @@ def test_energy_distance(use_jit):
 
 
 @pytest.mark.parametrize("use_jit", JIT)
+def test_energy_distance_blocked_matches_direct_sums(use_jit):
+    fn = _fn(metrics.energy_distance, use_jit, static_argnames=("unbiased", "block_size"))
+    rng = np.random.default_rng(3)
+    # Sizes that are not multiples of the block: padded rows must not count.
+    x, y = rng.normal(size=(1037, 2)), 0.2 + rng.normal(size=(731, 2))
+    d = lambda a, b: np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1))  # noqa: E731
+    n, m = len(x), len(y)
+    want_u = 2 * d(x, y).mean() - d(x, x).sum() / (n * (n - 1)) - d(y, y).sum() / (m * (m - 1))
+    want_v = 2 * d(x, y).mean() - d(x, x).mean() - d(y, y).mean()
+    with jax.enable_x64(True):
+        for block in (64, 500, 4096):
+            np.testing.assert_allclose(fn(x, y, block_size=block), want_u, rtol=1e-10)
+            np.testing.assert_allclose(fn(x, y, unbiased=False, block_size=block), want_v,
+                                       rtol=1e-10)
+    # float32 sums over 4e6 pairs stay accurate to the size of the estimate's sampling noise.
+    big = fn(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), block_size=128)
+    np.testing.assert_allclose(big, want_u, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(1037, 2\).*\(731, 3\)"):
+        metrics.energy_distance(x, rng.normal(size=(731, 3)))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        metrics.energy_distance(x[:1], y)
+
+
+@pytest.mark.parametrize("use_jit", JIT)
 def test_mmd2(use_jit):
     fn = _fn(metrics.mmd2, use_jit)
     rng = np.random.default_rng(2)
