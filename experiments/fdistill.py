@@ -116,6 +116,7 @@ class FDistillConfig:
     lr_schedule: str = "constant"  # or "cosine": decay to final_lr_fraction at num_steps
     final_lr_fraction: float = 0.1
     generator_ema: float = 0.0  # 0: evaluate the raw generator
+    generator_sigma: float = 0.0  # s > 0: G(z) = D(sqrt(s^2 + sigma_data^2) z; s); 0: sigma_max
     disc_features: str = "fake"  # "fake" or "teacher"
     disc_hidden: int = 128
     disc_loss_weight: float = 1.0
@@ -387,7 +388,13 @@ def teacher_reference(cfg: FDistillConfig, problem: _Problem, teacher: train.Net
 def _make_state(cfg: FDistillConfig, teacher: train.Net) -> train.TrainState:
     tc = cfg.teacher
     teacher_module = teacher.merge()
-    gen = nets.OneStepGenerator.from_teacher(teacher_module, tc.sigma_max)
+    if cfg.generator_sigma:
+        # The latent's scale is that of the data noised to generator_sigma.
+        s = cfg.generator_sigma
+        gen = nets.OneStepGenerator.from_teacher(
+            teacher_module, s, latent_std=(s**2 + teacher_module.sigma_data**2) ** 0.5)
+    else:
+        gen = nets.OneStepGenerator.from_teacher(teacher_module, tc.sigma_max)
     fake = nnx.clone(teacher_module)
     head = nets.DiscriminatorHead(teacher_module.feature_dim, hidden=cfg.disc_hidden,
                                   rngs=nnx.Rngs(cfg.seed))
@@ -528,6 +535,9 @@ def _validate(cfg: FDistillConfig) -> None:
     if cfg.disc_features not in ("fake", "teacher"):
         raise ValueError(f"config.disc_features must be 'fake' or 'teacher', got "
                          f"{cfg.disc_features!r}.")
+    if not 0.0 <= cfg.generator_sigma < float("inf"):
+        raise ValueError(f"config.generator_sigma must be 0 (use teacher.sigma_max) or a "
+                         f"positive noise level, got {cfg.generator_sigma}.")
     if cfg.lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"config.lr_schedule must be 'constant' or 'cosine', got "
                          f"{cfg.lr_schedule!r}.")

@@ -99,6 +99,14 @@ def test_one_step_generator_copies_teacher():
     gen.denoiser.net.out.bias[...] = gen.denoiser.net.out.bias[...] + 1.0
     np.testing.assert_allclose(teacher(smax * z, jnp.full((6,), smax)), want, rtol=1e-6)
     assert not np.allclose(gen(z), want)
+    # A lower input noise level with the latent scaled to the noised data's std.
+    low = nets.OneStepGenerator.from_teacher(teacher, 0.5, latent_std=np.hypot(0.5, 1.4))
+    np.testing.assert_allclose(low(z), teacher(np.hypot(0.5, 1.4) * z, jnp.full((6,), 0.5)),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="latent_std must be positive"):
+        nets.OneStepGenerator.from_teacher(teacher, 0.5, latent_std=0.0)
+    with pytest.raises(ValueError, match="sigma_max must be a positive"):
+        nets.OneStepGenerator(teacher, float("nan"))
 
 
 def test_discriminator_head():

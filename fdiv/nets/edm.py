@@ -44,28 +44,41 @@ class EDMDenoiser(nnx.Module):
 
 
 class OneStepGenerator(nnx.Module):
-    """One-step generator ``G(z) = D_gen(sigma_max z; sigma_max)`` (SPEC section 6, DMD).
+    """One-step generator ``G(z) = D_gen(latent_std z; sigma)`` (SPEC section 6, DMD).
 
     ``D_gen`` has the teacher's architecture; `from_teacher` copies the teacher's weights so
-    that at initialisation ``G`` is the teacher's one-step (single denoising) sample.
+    that at initialisation ``G`` is the teacher's one-step (single denoising) sample from noise
+    level ``sigma``. The default ``latent_std = sigma = sigma_max`` is DMD's generator: at
+    initialisation it maps nearly every ``z`` to the data mean. A lower ``sigma`` with
+    ``latent_std = sqrt(sigma^2 + sigma_data^2)`` (the standard deviation of data noised to
+    ``sigma``) starts from a blurred copy of the data instead, which keeps many small modes
+    reachable (``configs/fdistill_toy2d.py:grid25``).
 
     Args:
       denoiser: the generator's `EDMDenoiser` (owned; not shared with the teacher).
-      sigma_max: the noise level the latent is scaled to.
+      sigma_max: the noise level given to the denoiser.
+      latent_std: the latent's scale (default ``sigma_max``).
 
     References:
       Yin et al. 2024 (DMD), Section 3; Xu et al. 2025 (f-distill); SPEC section 6.
     """
 
-    def __init__(self, denoiser: EDMDenoiser, sigma_max: float):
+    def __init__(self, denoiser: EDMDenoiser, sigma_max: float, latent_std: float | None = None):
+        if not 0.0 < float(sigma_max) < float("inf"):
+            raise ValueError(f"sigma_max must be a positive noise level, got {sigma_max}.")
+        if latent_std is not None and not 0.0 < float(latent_std) < float("inf"):
+            raise ValueError(f"latent_std must be positive (or None for sigma_max), got "
+                             f"{latent_std}.")
         self.denoiser = denoiser
         self.sigma_max = float(sigma_max)
+        self.latent_std = float(sigma_max if latent_std is None else latent_std)
 
     @classmethod
-    def from_teacher(cls, teacher: EDMDenoiser, sigma_max: float) -> "OneStepGenerator":
+    def from_teacher(cls, teacher: EDMDenoiser, sigma_max: float,
+                     latent_std: float | None = None) -> "OneStepGenerator":
         """A generator initialised with a copy of the teacher's weights."""
-        return cls(nnx.clone(teacher), sigma_max)
+        return cls(nnx.clone(teacher), sigma_max, latent_std)
 
     def __call__(self, z: Array) -> Array:
         sigma = jnp.full((z.shape[0],), self.sigma_max, z.dtype)
-        return self.denoiser(self.sigma_max * z, sigma)
+        return self.denoiser(self.latent_std * z, sigma)
