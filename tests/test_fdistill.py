@@ -85,7 +85,7 @@ def test_invalid_settings_are_rejected(cache, tmp_path):
                                     print_fn=lambda s: None)
 
 
-_TWO_DEVICE_SCRIPT = """
+_SHARDED_SCRIPT = """
 import json, sys
 import experiments
 from experiments import fdistill
@@ -97,20 +97,20 @@ print(json.dumps({"devices": s["num_devices"], "teacher": s["teacher"], "student
 """
 
 
-def test_two_devices_match_one_device(js_run, tmp_path):
-    # Data-parallel over 2 simulated CPU devices (batches sharded on the 'data' axis, global
+def test_eight_devices_match_one_device(js_run, tmp_path):
+    # Data-parallel over 8 simulated CPU devices (batches sharded on the 'data' axis, global
     # means) reproduces the single-device run up to float reassociation.
     one = js_run[0]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu", PYTHONPATH=repo)
-    out = subprocess.run([sys.executable, "-c", _TWO_DEVICE_SCRIPT, str(tmp_path / "cache2"),
-                          str(tmp_path / "two")], env=env, cwd=repo, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, str(tmp_path / "cache2"),
+                          str(tmp_path / "eight")], env=env, cwd=repo, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    two = json.loads(out.stdout.strip().splitlines()[-1])
-    assert two["devices"] == 2 and one["num_devices"] == 1
+    eight = json.loads(out.stdout.strip().splitlines()[-1])
+    assert eight["devices"] == 8 and one["num_devices"] == 1
     for part in ("teacher", "student"):
-        for k in ("precision", "weight_error", "energy_distance"):
-            np.testing.assert_allclose(two[part][k], one[part][k], rtol=1e-3, atol=1e-4,
+        for k in ("precision", "weight_error", "energy_distance", "energy_distance_large"):
+            np.testing.assert_allclose(eight[part][k], one[part][k], rtol=1e-3, atol=1e-4,
                                        err_msg=f"{part} {k}")
