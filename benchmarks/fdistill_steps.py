@@ -116,7 +116,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import app, flags, logging
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file("config", None, "f-distill config file.", lock_config=True)
@@ -126,4 +126,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", "", "Write the results as JSON here.")
     flags.mark_flags_as_required(["config"])
     FLAGS = flags.FLAGS
+    logging.set_verbosity(logging.WARNING)
     app.run(main)
