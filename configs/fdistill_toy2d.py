@@ -9,8 +9,8 @@ Run (ring8, reverse KL; teacher is trained once into the cache and reused):
 Variants: ``grid25`` (25-mode grid target; the generator starts from noise level 0.5, not
 sigma_max, and uses its own noise levels, GAN weight and learning rate: about 3.5 minutes end
 to end on the loaded CPU), ``quick`` (a few steps, tiny teacher; seconds), ``grid25_quick``.
-Measured on a shared 2-core CPU (ring8): teacher 27 s (first run only, 4000 steps),
-distillation 108 s (6000 steps, ~59 steps/s), 2 min 19 s end to end with a fresh cache; up
+Measured on the 2-core CPU (ring8): teacher 23 s (first run only, 4000 steps), distillation
+79 s (6000 steps, ~86 steps/s, evaluations included), 104 s end to end with a fresh cache; up
 to about 4 minutes when the machine is heavily loaded.
 Any divergence with a weight h (``fdiv.divergences.names()`` minus total_variation) can be
 chosen with ``--config.divergence=NAME``.
