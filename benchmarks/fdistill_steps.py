@@ -36,10 +36,6 @@ import jax
 import numpy as np
 
 
-def _block(tree: Any) -> None:
-    jax.tree.map(lambda x: x.block_until_ready() if isinstance(x, jax.Array) else x, tree)
-
-
 def _time_calls(fn: Callable, state: Any, calls: int, repeats: int) -> tuple[float, Any]:
     """Median seconds per call over ``repeats`` blocks of ``calls`` chained calls."""
     per_call = []
@@ -47,7 +43,7 @@ def _time_calls(fn: Callable, state: Any, calls: int, repeats: int) -> tuple[flo
         t0 = time.perf_counter()
         for _ in range(calls):
             state, m = fn(state)
-        _block((state, m))
+        jax.block_until_ready((state, m))
         per_call.append((time.perf_counter() - t0) / calls)
     return float(np.median(per_call)), state
 
@@ -78,7 +74,7 @@ def measure(config: Any, *, calls: int = 50, repeats: int = 5,
             call = lambda s, c=compiled: c(s, batch)  # noqa: E731
         else:
             call = compiled
-        _block(call(state))  # warm-up (allocations, thread pools)
+        jax.block_until_ready(call(state))  # warm-up (allocations, thread pools)
         sec, _ = _time_calls(call, state, calls, repeats)
         results[name] = {"compile_sec": compile_sec, "ms_per_step": 1e3 * sec}
         pf(f"{name}: compile {compile_sec:.2f} s, {1e3 * sec:.2f} ms/step "

@@ -4,11 +4,13 @@ distance, k-NN precision / recall.
 Definitions follow SPEC section 8 exactly for the 2-D mixtures (n = 4000 samples,
 "near" = within 3 standard deviations of the nearest centre, modes recovered = at least 20%
 of the expected share, weight error = L1 between near-sample mode frequencies and the true
-weights, energy distance between 2000 model and 2000 fresh target samples).
+weights, energy distance between 2000 model and 2000 fresh target samples; the experiments
+add one on 20000 against 20000, whose sampling noise is about 10x smaller).
 
-All functions are pure jnp functions of arrays (usable under ``jax.jit``); pairwise metrics
-materialise an ``[n, m]`` distance matrix, sized for evaluation sets of a few thousand
-samples. Use float64 (``jax.enable_x64``) where the last digits matter, e.g. Frechet
+All functions are pure jnp functions of arrays (usable under ``jax.jit``). The energy
+distance sums distances in row blocks (20000 x 20000 samples in about a second on a CPU);
+the other pairwise metrics materialise an ``[n, m]`` matrix, sized for evaluation sets of a
+few thousand samples. Use float64 (``jax.enable_x64``) where the last digits matter, e.g. Frechet
 distances between nearly equal distributions.
 """
 

@@ -83,6 +83,13 @@ def test_invalid_settings_are_rejected(cache, tmp_path):
     with pytest.raises(ValueError, match="unknown field"):
         fdistill.train_and_evaluate(_config(cache, learning_rate=1.0), str(tmp_path / "x"),
                                     print_fn=lambda s: None)
+    with pytest.raises(ValueError, match="generator_sigma must be 0"):
+        fdistill.train_and_evaluate(_config(cache, generator_sigma=-0.5), str(tmp_path / "g"),
+                                    print_fn=lambda s: None)
+    images = experiments.load_config("fdistill_digits", "quick")
+    images.cache_dir, images.eval_ed_samples = cache, 100
+    with pytest.raises(ValueError, match="eval_ed_samples applies to the toy targets"):
+        fdistill.train_and_evaluate(images, str(tmp_path / "img"), print_fn=lambda s: None)
 
 
 _SHARDED_SCRIPT = """
