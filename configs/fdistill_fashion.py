@@ -8,9 +8,11 @@ Run on an accelerator (teacher trained once into the cache, reused by every dive
 Metrics: Frechet distance in the Fashion-MNIST classifier's features (`experiments.classifier`)
 and k-NN precision / recall, teacher (35-evaluation Heun) vs generator at init vs one-step
 student. The full setting is sized for one GPU (teacher 30k steps at batch 256, then 20k
-distillation steps); neither it nor the ``cpu`` variant (small U-Net, short schedules) has
-been run or timed yet: no accelerator was available. ``quick``: a tiny CPU smoke variant
-(seconds of compute, for tests).
+distillation steps) and has not been run (no accelerator was available). The ``cpu``
+variant (small U-Net, short schedules) took 12 min for the teacher and the feature classifier
+and 14.5 min for 1500 distillation steps on the shared 2-core CPU: teacher FD 32.1, forward-KL
+student 61.5, generator at init 288 (README). ``quick``: a tiny CPU smoke variant (seconds of
+compute, for tests).
 """
 
 import importlib.util
