@@ -84,6 +84,13 @@ def _as_float(x: ArrayLike) -> Array:
   return x
 
 
+def _as_float_pair(log_p: ArrayLike, log_q: ArrayLike) -> tuple[Array, Array]:
+  """Both log-probabilities via `_as_float`, promoted to their common dtype."""
+  log_p, log_q = _as_float(log_p), _as_float(log_q)
+  dtype = jnp.result_type(log_p, log_q)
+  return log_p.astype(dtype), log_q.astype(dtype)
+
+
 def _expm1_over(c: float, x: Array) -> Array:
   """``expm1(c x) / c`` with its limit ``x`` at ``c = 0`` (``c`` is a static float)."""
   if c == 0.0:
@@ -298,10 +305,7 @@ class FDivergence:
       ``q f(p/q)`` with ``p = 0`` giving ``q f(0)``, ``q = 0 < p`` giving ``p lim f(u)/u`` and
       ``p = q = 0`` giving 0. NaN inputs give NaN.
     """
-    log_p = _as_float(log_p)
-    log_q = _as_float(log_q)
-    dtype = jnp.result_type(log_p, log_q)
-    log_p, log_q = log_p.astype(dtype), log_q.astype(dtype)
+    log_p, log_q = _as_float_pair(log_p, log_q)
     if self.perspective_fn is not None:
       return self.perspective_fn(log_p, log_q)
     if self.bounded:
@@ -318,10 +322,7 @@ class FDivergence:
     ``p = 0`` the first is 0 (for divergences finite there); where ``q = 0 < p`` it is
     ``p lim f'(u)``.
     """
-    log_p = _as_float(log_p)
-    log_q = _as_float(log_q)
-    dtype = jnp.result_type(log_p, log_q)
-    log_p, log_q = log_p.astype(dtype), log_q.astype(dtype)
+    log_p, log_q = _as_float_pair(log_p, log_q)
     if self.perspective_grads_fn is not None:
       return self.perspective_grads_fn(log_p, log_q)
     grad_p = self._perspective_log_p_grad(log_p, log_q)
