@@ -438,6 +438,8 @@ def test_classifier_optimum_is_the_prior_corrected_log_ratio():
     real, fake = rng.normal(size=7), rng.normal(size=5)
     got = distill.discriminator_loss(jnp.asarray(real), jnp.asarray(fake))
     assert float(got) == pytest.approx(softplus(fake).mean() + softplus(-real).mean(), rel=1e-6)
+    assert float(distill.generator_gan_loss(jnp.asarray(fake))) == pytest.approx(
+        softplus(-fake).mean(), rel=1e-6)
 
 
 # ------------------------------------------------------------- section 4: the f-distill gradient
@@ -626,6 +628,41 @@ def test_tweedie_score_and_heun_flow_on_gaussian_data():
         np.testing.assert_allclose(
             diffusion.score_from_denoiser(ring.denoiser(y, 0.5), y, 0.5), ring.score(y, 0.5),
             rtol=1e-9, atol=1e-12)
+
+
+def test_edm_denoiser_training_loss_and_noise_levels():
+    rng = np.random.default_rng(7)
+    sd = 0.5
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.normal(size=(4, 3)))
+        sigma = jnp.asarray([0.01, 0.3, 1.0, 20.0])
+        raw = lambda x_in, c_noise: jnp.sin(x_in) + c_noise[:, None]  # any raw network F
+        got = diffusion.denoiser(raw, x, sigma, sd)
+        s = np.asarray(sigma)[:, None]
+        c_in = 1 / np.sqrt(s**2 + sd**2)
+        want = (sd**2 / (s**2 + sd**2) * np.asarray(x)
+                + s * sd / np.sqrt(s**2 + sd**2) * (np.sin(c_in * np.asarray(x)) + np.log(s) / 4))
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        # lambda(sigma) = 1 / c_out^2 times the mean squared denoising error.
+        noise = jnp.asarray(rng.normal(size=(4, 3)))
+        denoise = lambda y, sg: 0.8 * y
+        loss = diffusion.dsm_loss_per_sample(denoise, x, sigma, noise, sd)
+        err = (0.8 * (np.asarray(x) + s * np.asarray(noise)) - np.asarray(x)) ** 2
+        lam = (s**2 + sd**2) / (s * sd) ** 2
+        np.testing.assert_allclose(loss, (lam * err).mean(1), rtol=1e-12)
+        # Euler steps on dx/dsigma = (x - D) / sigma, transcribed in NumPy.
+        levels = np.asarray(diffusion.karras_sigmas(6, 0.002, 5.0))
+        zero_mean = lambda y, sg: 0.36 / (0.36 + sg[:, None] ** 2) * y
+        ref = np.asarray(x)
+        for i in range(6):
+            ref = ref + (levels[i + 1] - levels[i]) * (ref - 0.36 / (0.36 + levels[i] ** 2) * ref
+                                                        ) / levels[i]
+        np.testing.assert_allclose(diffusion.euler_sampler(zero_mean, x, jnp.asarray(levels)), ref,
+                                   rtol=1e-10)
+    # Training noise levels: log sigma ~ N(-1.2, 1.2^2).
+    log_sigma = np.log(np.asarray(diffusion.sample_sigma(jax.random.key(0), (20000,))))
+    assert abs(log_sigma.mean() + 1.2) < 4 * 1.2 / math.sqrt(20000)
+    assert abs(log_sigma.std() - 1.2) < 0.03
 
 
 # ------------------------------------------------------------------------------- section 7: KD
