@@ -35,6 +35,21 @@ are an order of magnitude slower than ``exp`` on XLA's CPU backend. ``perspectiv
 both partial derivatives in closed form for backward passes that recompute instead of storing
 (``fdiv.discrete``).
 
+jaxlib 0.10.2
+-------------
+jaxlib 0.10.2's CPU backend miscompiles some fused reductions (its YNNPACK reduce fusion): a
+jitted ``jnp.sum(2 * jnp.exp(0.5 * x) * jnp.expm1(0.5 * x) - jnp.expm1(x))`` over 4096 float32
+values returns -49.1 instead of 0.838, which made the alpha divergence at ``alpha = 0.5`` wrong
+under ``jax.jit`` at 4096 classes and more. ``benchmarks/repro_jaxlib_0_10_2_reduce.py`` is the
+minimal reproduction. fdiv's packaging excludes jax/jaxlib 0.10.2; alpha = 0.5 is now computed
+as ``2 (sqrt(u) - 1)^2``, which that jaxlib compiles correctly, and the test suite compares jit
+against a float64 reference for every registered divergence at 50,000 classes. Importing fdiv
+on jaxlib 0.10.2 warns once (:class:`RuntimeWarning`) with the fix, ``pip install
+'jaxlib!=0.10.2'``, or the workaround ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-reduce``
+(set by the user before JAX starts; fdiv never sets XLA flags itself). Only the version is
+checked, so the warning also appears when the CPU backend is not used: checking the backend
+would initialise JAX at import time.
+
 References:
   Ali & Silvey (1966); Csiszar (1967). Nowozin, Cseke & Tomioka, "f-GAN" (2016) for conjugates.
   TensorFlow Probability, ``tfp.vi`` Csiszar functions, for the members listed by
@@ -45,11 +60,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from fdiv import _checks
 
 Array = jax.Array
 ArrayLike = Any
@@ -63,6 +81,19 @@ __all__ = [
     "dual",
 ]
 
+def _warn_if_broken_jaxlib() -> None:
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  if getattr(jaxlib, "__version__", None) == "0.10.2":
+    warnings.warn(
+        "jaxlib 0.10.2 miscompiles some fused reductions on CPU (wrong sums under jax.jit, e.g."
+        " divergences over 4096+ classes); fix: pip install 'jaxlib!=0.10.2' (and a matching"
+        " jax), or set XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-reduce before"
+        " importing JAX. See benchmarks/repro_jaxlib_0_10_2_reduce.py.",
+        RuntimeWarning, stacklevel=2)
+
+
+_warn_if_broken_jaxlib()
+
 _LOG2 = math.log(2.0)
 _INF = float("inf")
 # Stand-in for -inf in log-probabilities of bounded divergences: exp(-_BIG) is exactly 0 and
@@ -74,14 +105,7 @@ _BIG = 1e30
 # Small numerically careful helpers.
 
 
-def _as_float(x: ArrayLike) -> Array:
-  """Returns ``x`` as an array computed in at least float32 (bf16/f16 are upcast)."""
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    return x.astype(jnp.float32)
-  if jnp.finfo(x.dtype).bits < 32:
-    return x.astype(jnp.float32)
-  return x
+_as_float = _checks.as_compute_float
 
 
 def _as_float_pair(log_p: ArrayLike, log_q: ArrayLike) -> tuple[Array, Array]:
@@ -692,6 +716,11 @@ def _alpha_nonpos(a: float):
     a >= 1/2:  [u E(a - 1, l) - expm1(l)] / a
     a <  1/2:  [expm1(l) - E(a, l)] / (1 - a).
   """
+  if a == 0.5:
+    # 2 (sqrt(u) - 1)^2: a product with no cancellation. The equivalent
+    # 4 (u^(1/2) expm1(l/2) - expm1(l)/2) is also miscompiled by jaxlib 0.10.2 (module
+    # docstring).
+    return lambda l: 2.0 * jnp.square(jnp.expm1(0.5 * l))
   if a >= 0.5:
     eps = a - 1.0
 

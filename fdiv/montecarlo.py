@@ -36,9 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fdiv import _checks
 from fdiv import divergences as _divergences
-from fdiv.discrete import _check_floating
-from fdiv.discrete import _check_mask
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -72,8 +71,8 @@ def _normalize_axis(axis, ndim, name_shape):
 def _prepare(log_p, log_q, where, axis, names):
   """Validates and returns ``(log_u, mask, axes)`` in the compute dtype."""
   name_p, name_q = names
-  log_p = _check_floating(log_p, name_p)
-  log_q = _check_floating(log_q, name_q)
+  log_p = _checks.check_floating(log_p, name_p)
+  log_q = _checks.check_floating(log_q, name_q)
   if log_p.shape != log_q.shape:
     raise ValueError(
         f"{name_p} and {name_q} must have the same shape (one entry per"
@@ -88,15 +87,13 @@ def _prepare(log_p, log_q, where, axis, names):
         "at least 2 samples along axis are needed for a standard error, got"
         f" {n_static} (samples shape {shape}, axis {axis!r})."
     )
-  dtype = jnp.result_type(log_p.dtype, log_q.dtype)
-  if jnp.finfo(dtype).bits < 32:
-    dtype = jnp.dtype(jnp.float32)
+  dtype = _checks.compute_dtype(log_p.dtype, log_q.dtype)
   log_p = log_p.astype(dtype)
   log_q = log_q.astype(dtype)
 
   mask = None
   if where is not None:
-    mask = _check_mask(where, shape, f"the samples shape {shape}")
+    mask = _checks.check_mask(where, shape, f"the samples shape {shape}")
     mask = jnp.broadcast_to(mask, shape)
     # Double-where, first half: masked samples get log_u = 0 (u = 1) before
     # any arithmetic, so inf/NaN there cannot reach values or gradients.
