@@ -352,3 +352,67 @@ def format_table(stats):
     lines.append(f"| {key} | {f32['worst_rel']:.1e} | {f64['worst_rel']:.1e} | "
                  f"{f32['nan']}/{f64['nan']} | {f32['inf_mismatch']}/{f64['inf_mismatch']} |")
   return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generator edges: f, f/u, f', u^2 f'' and u f' - f at extreme log u, in mpmath.
+
+EDGE_LOG_U = (-math.inf, -1e4, -800.0, -745.0, -709.5, -200.0, -100.0, -89.0, -88.0, -87.5,
+              -87.0, -50.0, -20.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 20.0, 50.0, 87.0, 87.5, 88.0,
+              89.0, 100.0, 200.0, 709.5, 745.0, 800.0, 1e4, math.inf)
+
+
+def edge_values(name, params, method, log_u):
+  """``method`` (``f``, ``f_over_u``, ``f_prime``, ``weight``, ``conjugate_at_derivative``) at
+  each ``log_u`` in mpmath (60 digits); infinite ``log_u`` gives the limit. Returns mpf values
+  (``mpmath.inf`` allowed) or None where the quantity is undefined (a kink at u = 1)."""
+  mp = mpmath.mp
+  out = []
+  with mpmath.workdps(60):
+    g = generator_mp(name, params)
+
+    def at(l):
+      l = mp.mpf(l)
+      if method == "f":
+        return g(l)
+      if method == "f_over_u":
+        return g(l) / mp.exp(l)
+      d1 = mp.diff(g, l)  # d/dl f(e^l) = u f'(u)
+      if method == "f_prime":
+        return d1 / mp.exp(l)
+      if method == "conjugate_at_derivative":
+        return d1 - g(l)
+      if method == "weight":  # u^2 f'' = d2 - d1
+        return mp.diff(g, l, 2) - d1
+      raise AssertionError(method)
+
+    for l in log_u:
+      if math.isinf(l):
+        # Limits: evaluate far out and let the value settle (or diverge).
+        far = [at(math.copysign(x, l)) for x in (2e5, 4e5)]
+        a, b = far
+        if abs(b) > mp.mpf(10) ** 4000:
+          out.append(mp.inf * mp.sign(b))
+        elif abs(b - a) <= mp.mpf(10) ** -30 * (1 + abs(b)):
+          out.append(b)
+        else:
+          out.append(mp.inf * mp.sign(b))
+      else:
+        out.append(at(l))
+  return out
+
+
+def to_dtype(values, dtype):
+  """mpf values rounded to ``dtype`` as a float64 array: overflow to +-inf, underflow to 0."""
+  info = np.finfo(dtype)
+  res = []
+  for v in values:
+    if v is None:
+      res.append(np.nan)
+    elif mpmath.isinf(v) or abs(v) > mpmath.mpf(float(info.max)):
+      res.append(math.copysign(math.inf, float(mpmath.sign(v))))
+    elif abs(v) < mpmath.mpf(float(info.smallest_subnormal)):
+      res.append(0.0)
+    else:
+      res.append(float(v))
+  return np.asarray(res, np.float64)
