@@ -607,14 +607,16 @@ def _js_nonpos(l: Array) -> Array:
 
 
 def _js_perspective(log_p, log_q):
-  # max(p, q) f_JS(v), v = min/max = e^x: f_JS(v) = 1/2 [v x - (1 + v)(log1p(v) - log 2)].
-  # Three transcendentals and no selects; near p = q the two terms cancel to first order
-  # (relative error ~ eps/|x| per entry, as for p log(p/q)), where `f` uses the series.
+  # max(p, q) f_JS(v), v = min/max = e^x: f_JS(v) = 1/2 [v x - (1 + v) log((1 + v)/2)], with
+  # log((1 + v)/2) = log1p(expm1(x)/2), exact near v = 1 (log1p(v) - log 2 would lose all of
+  # it there). No selects; near p = q the two terms still cancel to first order (relative
+  # error ~ eps/|x| per entry, as for p log(p/q), absolute error ~ eps |x|), where `f` uses
+  # the series.
   lp, lq = jnp.maximum(log_p, -_BIG), jnp.maximum(log_q, -_BIG)
   larger = jnp.maximum(lp, lq)
   x = jnp.minimum(lp, lq) - larger
   v = jnp.exp(x)
-  inner = 0.5 * (x * v - (1.0 + v) * (jnp.log1p(v) - _LOG2))
+  inner = 0.5 * (x * v - (1.0 + v) * jnp.log1p(0.5 * jnp.expm1(x)))
   return jnp.exp(larger) * inner
 
 
@@ -1020,8 +1022,10 @@ def t_power(t: float = 2.0) -> FDivergence:
   return FDivergence(
       name="t_power", params=(("t", tt),),
       f_nonpos=lambda l: s * jnp.expm1(tt * l),
-      # f^dagger(v) = s (v^(1-t) - v)
-      dual_nonpos=lambda l: s * (jnp.exp((1.0 - tt) * l) - jnp.exp(l)),
+      # f^dagger(v) = s (v^(1-t) - v) as one exponential times a bounded expm1 (no
+      # cancellation near v = 1, no inf * 0 at v = 0)
+      dual_nonpos=((lambda l: s * jnp.exp(l) * jnp.expm1(-tt * l)) if tt < 0 else
+                   (lambda l: -s * jnp.exp((1.0 - tt) * l) * jnp.expm1(tt * l))),
       f_prime_fn=f_prime,
       weight_fn=lambda l: abs(tt * (tt - 1.0)) * jnp.exp(tt * l),
       conjugate_fn=lambda x: _bisect_conjugate(
