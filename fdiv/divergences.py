@@ -1162,7 +1162,7 @@ def dual(divergence: "FDivergence | str") -> FDivergence:
 def from_generator(
     f: Callable[[Array], Array],
     *,
-    name: str,
+    name: str | None = None,
     conjugate: Callable[[Array], Array] | None = None,
     f_at_zero: float | None = None,
     slope_at_infinity: float | None = None,
@@ -1179,7 +1179,7 @@ def from_generator(
     f: elementwise convex function of ``u >= 0`` (a jnp expression) with ``f(1) = 0``; it must
       accept ``u = 0`` if ``f(0)`` is finite.
     name: a name for reprs, plots and equality (two generators with the same name and function
-      object are equal).
+      object are equal); defaults to ``f.__name__`` (``"user_generator"`` for a lambda).
     conjugate: optional closed form ``f*(t)``.
     f_at_zero: ``f(0)``; evaluated from ``f(0.0)`` if not given (non-finite values are treated
       as ``+inf``).
@@ -1193,6 +1193,10 @@ def from_generator(
   """
   if not callable(f):
     raise ValueError(f"f must be a callable f(u), got {type(f).__name__}.")
+  if name is None:
+    name = getattr(f, "__name__", "")
+    if not name.isidentifier():
+      name = "user_generator"
 
   def f_u(u):
     return jnp.asarray(f(u))

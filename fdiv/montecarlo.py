@@ -22,9 +22,12 @@ problems can share one call. ``where`` masks samples out: they count neither
 in the mean nor in ``n`` and receive zero gradient (double-``where``).
 Half-precision inputs are computed in ``float32``.
 
-A sample whose term is infinite (e.g. ``p(x) = 0`` for reverse KL, where
-``f(0) = inf``) makes the estimate ``+inf`` and the standard error NaN; NaN
-inputs propagate.
+The per-sample terms ``f(u)`` and ``f(u)/u`` are exact in log space (see
+``fdiv.divergences``): a sample with an extreme ratio (``log u`` of +-100 in
+float32, +-1000 in float64) contributes its true, finite value, e.g. ``-log u``
+for reverse KL. A sample whose term is infinite (e.g. ``p(x) = 0`` for reverse
+KL, where ``f(0) = inf``) makes the estimate ``+inf`` and the standard error
+NaN; NaN inputs propagate.
 """
 
 from __future__ import annotations
@@ -327,9 +330,15 @@ def mc_divergence_self_normalized(
   zero_u = jnp.isneginf(log_u)
   safe_log_u = jnp.where(zero_u, jnp.zeros((), log_u.dtype), log_u)
   u = jnp.exp(safe_log_u)
+  u_f_prime = u * divergence.f_prime(safe_log_u)
+  # u f'(u) = f*(f'(u)) + f(u) where the product is inf * 0 (e.g. reverse KL at a ratio
+  # beyond exp's range, whose u f'(u) is -1).
   u_f_prime = jnp.where(
-      zero_u, jnp.zeros((), u.dtype), u * divergence.f_prime(safe_log_u)
+      jnp.isnan(u_f_prime) & ~jnp.isnan(safe_log_u),
+      divergence.conjugate_at_derivative(safe_log_u) + divergence.f(safe_log_u),
+      u_f_prime,
   )
+  u_f_prime = jnp.where(zero_u, jnp.zeros((), u.dtype), u_f_prime)
   u = jnp.where(zero_u, jnp.zeros((), u.dtype), u)
   n = _count(mask, log_u.shape, axes, log_u.dtype)
   c = jnp.sum(_masked(u_f_prime, mask), axis=axes) / n

@@ -239,3 +239,26 @@ def test_errors():
     mc.mc_divergence_from_model_samples(x, x, "kl", axis=1)
   with pytest.raises(ValueError, match="unknown divergence 'nope'"):
     mc.mc_divergence_from_model_samples(x, x, "nope")
+
+
+@pytest.mark.parametrize("dtype,extreme", [("float32", 100.0), ("float64", 1000.0)])
+def test_one_extreme_sample_keeps_estimates_finite(dtype, extreme):
+  # log u = +-extreme is beyond exp's range; the terms are -log u (reverse KL under Q)
+  # and log u (forward KL under P), so the estimates stay finite and exact.
+  rng = np.random.default_rng(12)
+  lq = rng.standard_normal(8)
+  lp = lq + rng.standard_normal(8)
+  lp_hi, lp_lo = lp.copy(), lp.copy()
+  lp_hi[3] = lq[3] + extreme
+  lp_lo[3] = lq[3] - extreme
+  with jax.enable_x64(dtype == "float64"):
+    cast = lambda x: jnp.asarray(x, dtype)
+    est, se = mc.mc_divergence_from_model_samples(cast(lp_hi), cast(lq), "reverse_kl")
+    np.testing.assert_allclose(est, np.mean(-(lp_hi - lq)), rtol=1e-5)
+    assert np.isfinite(se)
+    est, se = mc.mc_divergence_from_target_samples(cast(lp_lo), cast(lq), "forward_kl")
+    np.testing.assert_allclose(est, np.mean(lp_lo - lq), rtol=1e-5)
+    assert np.isfinite(se)
+    for name in ("reverse_kl", "js", "alpha"):
+      est, se = mc.mc_divergence_self_normalized(cast(lp_hi), cast(lq), name)
+      assert np.isfinite(est) and np.isfinite(se), (name, est, se)
