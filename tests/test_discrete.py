@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +11,11 @@ import pytest
 import scipy.spatial.distance
 import scipy.special
 
+from benchmarks import repro_jaxlib_0_10_2_reduce
 from fdiv import discrete
 from fdiv.divergences import get, names
+
+import _reference
 
 P_SPEC = np.array([0.2, 0.5, 0.3])
 Q_SPEC = np.array([0.1, 0.6, 0.3])
@@ -46,98 +50,10 @@ ALL_F = [(name, {}) for name in names() if name not in ("alpha", "t_power")] + [
 ALL_F_IDS = [n + "".join(f"_{v}" for v in kw.values()) for n, kw in ALL_F]
 
 
-# ---------------------------------------------------------------------------
-# Independent reference: the definitions in numpy extended precision, from
-# probabilities (np.longdouble holds exp(-11000), so peaked logits with
-# spreads of 1e3 keep every probability non-zero).
-# ---------------------------------------------------------------------------
-
-LD = np.longdouble
-
-
-def _ref_probs(logits, temperature=1.0):
-  z = np.asarray(logits, dtype=LD) / LD(temperature)
-  z = z - np.max(z, axis=-1, keepdims=True)
-  e = np.exp(z)
-  return e / np.sum(e, axis=-1, keepdims=True)
-
-
-def _ref_kl(p, q):
-  with np.errstate(divide="ignore", invalid="ignore"):
-    terms = np.where(p > 0, p * np.log(p / q), LD(0))
-  return np.sum(terms, axis=-1)
-
-
-def _ref_terms(name, params, p, q):
-  """Per-class q f(p/q) for p, q not both zero, written from SPEC section 2."""
-  if name == "forward_kl":
-    return np.where(p > 0, p * np.log(p / q), 0)
-  if name == "reverse_kl":
-    return np.where(q > 0, q * np.log(q / p), 0)
-  if name == "js":
-    m = (p + q) / 2
-    return 0.5 * (
-        np.where(p > 0, p * np.log(p / m), 0) + np.where(q > 0, q * np.log(q / m), 0)
-    )
-  if name == "squared_hellinger":
-    return 0.5 * (np.sqrt(p) - np.sqrt(q)) ** 2
-  if name == "total_variation":
-    return 0.5 * np.abs(p - q)
-  if name == "pearson":
-    return (p - q) ** 2 / q
-  if name == "neyman":
-    return (p - q) ** 2 / p
-  if name == "jeffreys":
-    return (p - q) * (np.log(p) - np.log(q))
-  if name == "softened_reverse_kl":
-    return (p + q) * np.log((p + q) / (2 * p))
-  if name == "alpha":
-    a = LD(params["alpha"])
-    return (p**a * q ** (1 - a) - q - a * (p - q)) / (a * (a - 1))
-  if name == "triangular":
-    return (p - q) ** 2 / (p + q)
-  if name == "arithmetic_geometric":
-    return (p + q) * np.log((p + q) / (2 * np.sqrt(p * q)))
-  if name == "t_power":
-    t = LD(params["t"])
-    s = -1 if 0 < t < 1 else 1
-    return s * (p**t * q ** (1 - t) - q)
-  if name == "log1p_abs":
-    return np.where(p > q, p - q, q * q / p - q)
-  if name == "modified_gan":
-    return q * np.log((q + p) / (2 * p)) + (p - q) / 2
-  raise AssertionError(name)
-
-
-def _ref_divergence(name, params, target_logits, model_logits, temperature=1.0):
-  p = _ref_probs(target_logits, temperature)
-  q = _ref_probs(model_logits, temperature)
-  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-    terms = _ref_terms(name, params, p, q)
-    terms = np.where((p == 0) & (q == 0), LD(0), terms)
-    return np.sum(terms, axis=-1).astype(np.float64)
-
-
-def _ref_non_f(name, params, target_logits, model_logits):
-  p = _ref_probs(target_logits)
-  q = _ref_probs(model_logits)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    if name == "skew_kl":
-      a = LD(params["alpha"])
-      out = _ref_kl(p, a * p + (1 - a) * q)
-    elif name == "skew_reverse_kl":
-      a = LD(params["alpha"])
-      out = _ref_kl(q, (1 - a) * p + a * q)
-    elif name == "generalized_jsd":
-      b = LD(params["beta"])
-      m = b * p + (1 - b) * q
-      out = b * _ref_kl(p, m) + (1 - b) * _ref_kl(q, m)
-    elif name == "cauchy_schwarz":
-      pq, pp, qq = (np.sum(x * y, axis=-1) for x, y in ((p, q), (p, p), (q, q)))
-      out = -np.log(pq * pq / (pp * qq))
-    else:
-      raise AssertionError(name)
-  return out.astype(np.float64)
+# Independent reference: tests/_reference.py (the definitions in np.longdouble, in log
+# space, shared with the other divergence tests and the fuzz grid).
+_ref_divergence = _reference.divergence
+_ref_non_f = _reference.non_f
 
 
 def _non_f_fn(name):
@@ -174,15 +90,10 @@ def _spec_values(target_logits, model_logits):
   return f_values, non_f_values
 
 
-_spec_values_jit = jax.jit(_spec_values)
 
-
-@pytest.mark.parametrize(
-    "dtype,rtol,use_jit",
-    [("float64", 1e-6, False), ("float64", 1e-6, True), ("float32", 1e-5, False)],
-    ids=["float64-eager", "float64-jit", "float32-eager"])
-def test_spec_table(dtype, rtol, use_jit):
-  fn = _spec_values_jit if use_jit else _spec_values
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-6), ("float32", 1e-5)])
+def test_spec_table(dtype, rtol):
+  fn = _spec_values  # jit and no jit: JitVariantsTest.test_spec_values
   with jax.enable_x64(dtype == "float64"):
     t = jnp.log(jnp.asarray(P_SPEC, dtype))
     m = jnp.log(jnp.asarray(Q_SPEC, dtype))
@@ -721,10 +632,6 @@ def test_errors():
 # space).
 # ---------------------------------------------------------------------------
 
-import chex  # noqa: E402
-
-import _reference  # noqa: E402
-from benchmarks import repro_jaxlib_0_10_2_reduce  # noqa: E402
 
 
 def test_jaxlib_reduce_miscompile_reproduction():
@@ -867,7 +774,10 @@ class JitVariantsTest(chex.TestCase):
   def test_spec_values(self):
     with jax.enable_x64(True):
       t, m = jnp.log(jnp.asarray(P_SPEC)), jnp.log(jnp.asarray(Q_SPEC))
-      fn = self.variant(lambda a, b: [
-          discrete.categorical_divergence(a, b, get(n, **p)) for (n, p), _ in SPEC_F_TABLE])
-      for ((name, params), expected), got in zip(SPEC_F_TABLE, fn(t, m)):
+      f_values, non_f_values = self.variant(_spec_values)(t, m)
+      for ((name, params), expected), got in zip(SPEC_F_TABLE, f_values):
         np.testing.assert_allclose(float(got), expected, rtol=1e-5, atol=5e-8, err_msg=name)
+        np.testing.assert_allclose(float(got), _ref_divergence(name, params, t, m), rtol=1e-9)
+      for (name, params, expected), got in zip(SPEC_NON_F_TABLE, non_f_values):
+        np.testing.assert_allclose(float(got), expected, rtol=1e-5, atol=5e-8, err_msg=name)
+        np.testing.assert_allclose(float(got), _ref_non_f(name, params, t, m), rtol=1e-9)

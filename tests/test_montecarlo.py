@@ -1,5 +1,6 @@
 """Tests for fdiv.montecarlo: agreement with exact values, calibrated standard errors."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,25 +63,28 @@ def test_categorical_agrees_with_exact(name, params):
       np.testing.assert_allclose(float(se) * np.sqrt(n), std, rtol=0.1)
 
 
-def test_jit_and_batched_axis():
-  d = get("js")
-  log_p, log_q = _categorical_problem(seed=3)
-  x = _sample(jax.random.key(2), log_q, (5, 1000))
-  with jax.enable_x64(True):
-    lp, lq = log_p[x], log_q[x]
-    fn = jax.jit(mc.mc_divergence_from_model_samples, static_argnames="axis")
-    est, se = fn(lp, lq, d, axis=1)
-    assert est.shape == se.shape == (5,)
-    for i in range(5):
-      e_i, s_i = mc.mc_divergence_from_model_samples(lp[i], lq[i], d)
-      np.testing.assert_allclose([est[i], se[i]], [e_i, s_i], rtol=1e-12)
-    # vmap over the leading axis is the same computation.
-    v_est, v_se = jax.vmap(lambda a, b: mc.mc_divergence_from_model_samples(a, b, d))(lp, lq)
-    np.testing.assert_allclose(v_est, est, rtol=1e-12)
-    np.testing.assert_allclose(v_se, se, rtol=1e-12)
-    # Reducing both axes pools the samples.
-    pooled, _ = mc.mc_divergence_from_model_samples(lp, lq, d)
-    np.testing.assert_allclose(pooled, np.mean(est), rtol=1e-12)
+class JitVariantsTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_batched_axis(self):
+    d = get("js")
+    log_p, log_q = _categorical_problem(seed=3)
+    x = _sample(jax.random.key(2), log_q, (5, 1000))
+    with jax.enable_x64(True):
+      lp, lq = log_p[x], log_q[x]
+      fn = self.variant(mc.mc_divergence_from_model_samples, static_argnames="axis")
+      est, se = fn(lp, lq, d, axis=1)
+      assert est.shape == se.shape == (5,)
+      for i in range(5):
+        e_i, s_i = mc.mc_divergence_from_model_samples(lp[i], lq[i], d)
+        np.testing.assert_allclose([est[i], se[i]], [e_i, s_i], rtol=1e-12)
+      # vmap over the leading axis is the same computation.
+      v_est, v_se = jax.vmap(lambda a, b: mc.mc_divergence_from_model_samples(a, b, d))(lp, lq)
+      np.testing.assert_allclose(v_est, est, rtol=1e-12)
+      np.testing.assert_allclose(v_se, se, rtol=1e-12)
+      # Reducing both axes pools the samples.
+      pooled, _ = mc.mc_divergence_from_model_samples(lp, lq, d)
+      np.testing.assert_allclose(pooled, np.mean(est), rtol=1e-12)
 
 
 # P = N(0, 1) target, Q = N(0.7, 1.3^2) model (the SPEC section 4 check pair).
