@@ -28,7 +28,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "tests"))
-import _reference  # noqa: E402  pylint: disable=wrong-import-position
+import _reference  # pylint: disable=wrong-import-position
 
 _CLASSES = flags.DEFINE_list("classes", [str(c) for c in _reference.FUZZ_CLASSES],
                              "Class counts.")

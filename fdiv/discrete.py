@@ -22,12 +22,23 @@ Numerics:
 * ``bfloat16`` and ``float16`` logits are upcast and the computation and result
   are ``float32``; ``float32`` stays ``float32`` and ``float64`` stays
   ``float64``. Mixed input dtypes are promoted first.
+* Logits are normalised by shifting first: ``log p = (x - max x) - log sum
+  exp(x - max x)``, so log-probabilities carry only their own rounding (not
+  that of the largest logit), adding a constant to the logits changes nothing
+  (exactly, when the shifted logits are exact), and a temperature divides the
+  shifted logits. Where one class dominates a row (normaliser below ``log 2``)
+  the normaliser is computed as ``log1p`` of the other classes' mass, so that
+  ``log(1 + e^-140)`` keeps its relative precision.
 * ``where`` masks positions with the double-``where`` trick: masked rows are
   replaced by zeros before any arithmetic, so NaN or ``inf`` in them cannot
   reach the value or the gradient; their output is exactly ``0``.
 * NaN in an unmasked row propagates: that row's result is NaN.
-* Argument errors (shapes, dtypes, ranges of Python-number parameters, unknown
-  divergence names) raise ``ValueError`` at trace time.
+* Argument errors (shapes, dtypes, an empty class axis, ranges of Python-number
+  parameters, a non-positive or infinite temperature, unknown divergence names)
+  raise ``ValueError`` at trace time (``fdiv._checks``). A temperature given as
+  a concrete array is checked too; a traced one (an argument of a jitted
+  function) cannot be, and a non-positive traced temperature gives meaningless
+  values.
 """
 
 from __future__ import annotations
@@ -38,7 +49,6 @@ from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fdiv import _checks
 from fdiv import divergences as _divergences
@@ -222,8 +232,8 @@ def categorical_divergence(
       looked up with ``fdiv.divergences.get``) or an ``FDivergence`` such as
       ``fdiv.divergences.get("alpha", alpha=0.5)``.
     temperature: Softmax temperature applied to both logit arrays; a positive
-      Python number (checked) or a scalar array. The result is *not*
-      multiplied by ``temperature**2``.
+      finite Python number or scalar array (checked unless traced). The result
+      is *not* multiplied by ``temperature**2``.
     where: Optional boolean mask over positions, broadcastable to the output
       shape (the logits shape without ``axis``). Masked positions give exactly
       ``0`` and receive zero gradient, whatever their logits contain.

@@ -28,6 +28,15 @@ and its limits at zero probabilities are the limits of these one-sided functions
 branches are computed on "safe" inputs (the double-``where`` pattern) so that the branch not
 taken can never leak NaN into gradients.
 
+Power-growth members (Pearson, Neyman, alpha outside [0, 1], t-power outside [0, 1],
+log1p-abs) have a one-sided function that grows like ``e^(c |l|)``; for them ``log g`` is also
+given (``log_f_nonpos`` / ``log_dual_nonpos``) and beyond a threshold the perspective is
+``exp(log q + log g(x))``, representable whenever ``q f(p/q)`` is (``f(p/q)`` alone overflows).
+``f`` and ``f/u`` use the same forms (and split ``e^l`` into two halves), so each is exact
+where its value is representable, +-inf where it overflows and 0 where it underflows; members
+whose full-range value has a simpler exact form (KL: ``f/u = log u``, reverse KL: ``f = -log
+u``, t-power) give it directly.
+
 For bounded divergences (finite ``f(0)`` and slope: JS, Hellinger, TV, triangular, alpha in
 (0, 1)) ``-inf`` is instead replaced by ``-1e30``, whose ``exp`` is exactly 0: the limits come
 out of the arithmetic with no ``isinf`` tests, which matters because selects on boolean arrays
