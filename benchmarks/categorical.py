@@ -11,7 +11,9 @@ the same process the baseline
 compilation and ``--warmup`` untimed runs each is timed ``--repeats`` times with
 ``block_until_ready``, interleaved with the others, and the median is reported.
 Prints a Markdown table of milliseconds and ratios (against optax and against
-fdiv's forward KL) and writes the numbers to ``--output`` as JSON.
+fdiv's forward KL) and writes the numbers to ``--output`` as JSON, with
+``lscpu``'s model name and flags: the ratios depend on the CPU (AVX-512 and AMX
+machines fuse these kernels differently), so every table names its CPU.
 
 Targets: forward KL no slower than optax; every divergence within 1.5x of
 forward KL.
@@ -29,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from typing import Callable, Sequence
 
@@ -83,6 +86,28 @@ def _summary(times: Sequence[float], first: float) -> dict:
   }
 
 
+def cpu_info() -> dict:
+  """``lscpu``'s model name and flags (the ratios depend on the CPU's vector extensions)."""
+  info = {"model_name": platform.processor() or "unknown", "flags": ""}
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    return info
+  for line in out.splitlines():
+    key, _, value = line.partition(":")
+    if key.strip() == "Model name":
+      info["model_name"] = value.strip()
+    elif key.strip() == "Flags":
+      info["flags"] = value.strip()
+  return info
+
+
+def vector_flags(flags: str) -> str:
+  """The flags that matter for these kernels (AVX-512 subsets, AMX, FMA)."""
+  keep = [f for f in flags.split() if f.startswith(("avx", "amx", "fma"))]
+  return " ".join(keep)
+
+
 def _timed(fn: Callable, args: Sequence) -> float:
   start = time.perf_counter()
   jax.block_until_ready(fn(*args))
@@ -133,6 +158,7 @@ def run(shape: Sequence[int], repeats: int = 5, warmup: int = 1, seed: int = 0) 
       "jax_version": jax.__version__,
       "optax_version": optax.__version__,
       "forward_kl_vs_optax_max_rel_diff": max_rel,
+      "cpu": cpu_info(),
       "results": results,
   }
 
@@ -144,9 +170,12 @@ def table(results: dict, stat: str = "median_ms") -> str:
   """
   res = results["results"]
   what = {"median_ms": "median", "min_ms": "best"}[stat]
+  cpu = results.get("cpu", {"model_name": "unknown", "flags": ""})
   lines = [
       f"shape {results['shape']}, float32, {results['device_kind']} "
-      f"({results['cpu_count']} cores), {what} of {results['repeats']} runs",
+      f"({results['cpu_count']} cores), {what} of {results['repeats']} runs, jax "
+      f"{results['jax_version']}",
+      f"CPU: {cpu['model_name']}; vector flags: {vector_flags(cpu['flags'])}",
       "",
       "| divergence | value ms | / optax | / forward KL | value+grad ms | / optax "
       "| / forward KL |",

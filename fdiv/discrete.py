@@ -22,12 +22,23 @@ Numerics:
 * ``bfloat16`` and ``float16`` logits are upcast and the computation and result
   are ``float32``; ``float32`` stays ``float32`` and ``float64`` stays
   ``float64``. Mixed input dtypes are promoted first.
+* Logits are normalised by shifting first: ``log p = (x - max x) - log sum
+  exp(x - max x)``, so log-probabilities carry only their own rounding (not
+  that of the largest logit), adding a constant to the logits changes nothing
+  (exactly, when the shifted logits are exact), and a temperature divides the
+  shifted logits. Where one class dominates a row (normaliser below ``log 2``)
+  the normaliser is computed as ``log1p`` of the other classes' mass, so that
+  ``log(1 + e^-140)`` keeps its relative precision.
 * ``where`` masks positions with the double-``where`` trick: masked rows are
   replaced by zeros before any arithmetic, so NaN or ``inf`` in them cannot
   reach the value or the gradient; their output is exactly ``0``.
 * NaN in an unmasked row propagates: that row's result is NaN.
-* Argument errors (shapes, dtypes, ranges of Python-number parameters, unknown
-  divergence names) raise ``ValueError`` at trace time.
+* Argument errors (shapes, dtypes, an empty class axis, ranges of Python-number
+  parameters, a non-positive or infinite temperature, unknown divergence names)
+  raise ``ValueError`` at trace time (``fdiv._checks``). A temperature given as
+  a concrete array is checked too; a traced one (an argument of a jitted
+  function) cannot be, and a non-positive traced temperature gives meaningless
+  values.
 """
 
 from __future__ import annotations
@@ -38,8 +49,8 @@ from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from fdiv import _checks
 from fdiv import divergences as _divergences
 
 Array = jax.Array
@@ -60,91 +71,18 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
-def _check_floating(x, name):
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    raise ValueError(
-        f"{name} must be floating point, got {x.dtype}; cast with"
-        " .astype(jnp.float32)"
-    )
-  return x
-
-
-def _check_mask(where, shape, target):
-  """Returns ``where`` as a boolean array after checking it broadcasts to ``shape``.
-
-  ``target`` names what ``shape`` is, for the error message.
-  """
-  mask = jnp.asarray(where)
-  if mask.dtype != jnp.bool_:
-    raise ValueError(
-        f"where must be a boolean mask, got dtype {mask.dtype}; pass e.g."
-        " `lengths_mask > 0` or `.astype(bool)`."
-    )
-  try:
-    broadcast = np.broadcast_shapes(mask.shape, tuple(shape))
-  except ValueError:
-    broadcast = None
-  if broadcast != tuple(shape):
-    raise ValueError(
-        f"where must be broadcastable to {target}, got where.shape={mask.shape}."
-    )
-  return mask
-
-
-def _compute_dtype(*dtypes):
-  dtype = jnp.result_type(*dtypes)
-  # Half precision cannot hold log-probabilities of large vocabularies to the
-  # accuracy the sums need, so the arithmetic is done in float32.
-  if jnp.finfo(dtype).bits < 32:
-    dtype = jnp.dtype(jnp.float32)
-  return dtype
-
-
-def _is_python_number(x):
-  if isinstance(x, np.ndarray):
-    return x.ndim == 0
-  return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
-def _check_temperature(temperature):
-  if _is_python_number(temperature):
-    value = float(temperature)
-    if not value > 0.0:
-      raise ValueError(
-          f"temperature must be > 0, got {temperature}; the usual"
-          " distillation temperatures are 1 to 10."
-      )
-  else:
-    temperature = jnp.asarray(temperature)
-    if temperature.ndim != 0:
-      raise ValueError(
-          "temperature must be a scalar, got an array of shape"
-          f" {temperature.shape}."
-      )
-
-
-def _check_unit_interval(value, name, *, closed, fix):
-  if not _is_python_number(value):
-    return
-  value = float(value)
-  inside = (0.0 <= value <= 1.0) if closed else (0.0 < value < 1.0)
-  if not inside:
-    interval = "[0, 1]" if closed else "(0, 1)"
-    raise ValueError(f"{name} must be in {interval}, got {value}; {fix}")
-
-
 def _prepare_logits(target_logits, model_logits, temperature, where, axis):
-  """Validates the arguments and returns temperature-scaled logits and the mask.
+  """Validates the arguments and returns shifted, temperature-scaled logits and the mask.
 
   Returns:
-    ``(target_logits, model_logits, mask, axis)``: the logits divided by the
-    temperature in the compute dtype, with masked rows zeroed; ``mask`` is
-    ``None`` or a boolean array broadcastable to the output shape and ``axis``
-    is non-negative.
+    ``(target_logits, model_logits, mask, axis)``: the logits in the compute dtype with masked
+    rows zeroed and, unless the temperature is the Python number 1, shifted and scaled to
+    ``(logits - max) / temperature`` (see `_shift`);
+    ``mask`` is ``None`` or a boolean array broadcastable to the output shape and ``axis`` is
+    non-negative.
   """
-  target_logits = _check_floating(target_logits, "target_logits")
-  model_logits = _check_floating(model_logits, "model_logits")
+  target_logits = _checks.check_floating(target_logits, "target_logits")
+  model_logits = _checks.check_floating(model_logits, "model_logits")
   if target_logits.shape != model_logits.shape:
     raise ValueError(
         "target_logits and model_logits must have the same shape, got"
@@ -165,16 +103,21 @@ def _prepare_logits(target_logits, model_logits, temperature, where, axis):
         f" of shape {shape}, got {axis!r}."
     )
   axis = int(axis) % len(shape)
-  _check_temperature(temperature)
+  if shape[axis] == 0:
+    raise ValueError(
+        f"target_logits and model_logits have an empty class axis (axis {axis} of shape"
+        f" {shape}); a categorical distribution needs at least one class."
+    )
+  _checks.check_temperature(temperature)
 
-  dtype = _compute_dtype(target_logits.dtype, model_logits.dtype)
+  dtype = _checks.compute_dtype(target_logits.dtype, model_logits.dtype)
   target_logits = target_logits.astype(dtype)
   model_logits = model_logits.astype(dtype)
 
   mask = None
   if where is not None:
     out_shape = shape[:axis] + shape[axis + 1 :]
-    mask = _check_mask(
+    mask = _checks.check_mask(
         where,
         out_shape,
         f"the output shape {out_shape} (the logits shape {shape} without"
@@ -186,21 +129,39 @@ def _prepare_logits(target_logits, model_logits, temperature, where, axis):
     target_logits = jnp.where(keep, target_logits, 0)
     model_logits = jnp.where(keep, model_logits, 0)
 
-  if not (_is_python_number(temperature) and float(temperature) == 1.0):
-    temperature = jnp.asarray(temperature, dtype)
-    target_logits = target_logits / temperature
-    model_logits = model_logits / temperature
+  if not (_checks.is_python_number(temperature) and float(temperature) == 1.0):
+    scale = jnp.asarray(temperature, dtype)
+    target_logits = _shift(target_logits, axis, scale)
+    model_logits = _shift(model_logits, axis, scale)
   return target_logits, model_logits, mask, axis
 
 
+def _row_max(logits, axis):
+  top = jax.lax.stop_gradient(jnp.max(logits, axis=axis, keepdims=True))
+  return jnp.where(jnp.isfinite(top), top, jnp.zeros((), logits.dtype))
+
+
+def _shift(logits, axis, temperature):
+  """``(logits - max) / temperature``: the maximum is exactly 0 and ``-inf`` stays ``-inf``.
+
+  Subtracting the maximum before anything else makes the log-probabilities exactly invariant
+  to a constant added to the logits and keeps the rounding of a large maximum out of them;
+  dividing after the shift rounds relative to the (small) differences rather than to the
+  scaled logits. ``-inf`` logits are kept out of the division by a double ``where`` so that the
+  gradient with respect to a traced temperature is not ``inf * 0``.
+  """
+  shifted = logits - _row_max(logits, axis)
+  neg_inf = jnp.isneginf(shifted)
+  scaled = jnp.where(neg_inf, jnp.zeros((), shifted.dtype), shifted) / temperature
+  return jnp.where(neg_inf, jnp.full((), -jnp.inf, shifted.dtype), scaled)
+
+
 def _prepare(target_logits, model_logits, temperature, where, axis):
-  """As `_prepare_logits`, returning log-probabilities instead of scaled logits."""
+  """As `_prepare_logits`, returning log-probabilities instead of shifted logits."""
   target_logits, model_logits, mask, axis = _prepare_logits(
       target_logits, model_logits, temperature, where, axis
   )
-  log_p = jax.nn.log_softmax(target_logits, axis=axis)
-  log_q = jax.nn.log_softmax(model_logits, axis=axis)
-  return log_p, log_q, mask, axis
+  return _log_softmax(target_logits, axis), _log_softmax(model_logits, axis), mask, axis
 
 
 def _finish(values, mask):
@@ -271,8 +232,8 @@ def categorical_divergence(
       looked up with ``fdiv.divergences.get``) or an ``FDivergence`` such as
       ``fdiv.divergences.get("alpha", alpha=0.5)``.
     temperature: Softmax temperature applied to both logit arrays; a positive
-      Python number (checked) or a scalar array. The result is *not*
-      multiplied by ``temperature**2``.
+      finite Python number or scalar array (checked unless traced). The result
+      is *not* multiplied by ``temperature**2``.
     where: Optional boolean mask over positions, broadcastable to the output
       shape (the logits shape without ``axis``). Masked positions give exactly
       ``0`` and receive zero gradient, whatever their logits contain.
@@ -316,11 +277,43 @@ def categorical_divergence(
   return _finish(values, mask)
 
 
-def _log_normalizer(logits, axis):
-  """``logsumexp`` over ``axis`` (keepdims), constant-shifted by the row maximum."""
-  top = jax.lax.stop_gradient(jnp.max(logits, axis=axis, keepdims=True))
-  top = jnp.where(jnp.isfinite(top), top, jnp.zeros((), logits.dtype))
-  return top + jnp.log(jnp.sum(jnp.exp(logits - top), axis=axis, keepdims=True))
+def _log_normalizer(logits, top, axis):
+  """``log sum exp`` over ``axis`` (keepdims) of ``shifted = logits - top``, ``top`` the row
+  maximum (or 0 for a row of ``-inf``), so the maximum of ``shifted`` is exactly 0.
+
+  The sum is at least 1, so the normaliser is in ``[0, log classes]`` and ``shifted - norm``
+  carries only its own rounding: adding the maximum back (as ``logsumexp`` does) would give
+  every log-probability the rounding of the largest logit. When some row has one dominant
+  class (sum below 2, normaliser below log 2), the whole batch takes `_log1p_normalizer`
+  instead, which keeps a normaliser near 0 (e.g. ``log(1 + e^-140)``) to its relative
+  precision; that path costs about 1.5x on CPUs (a compare and a select per entry), so it is
+  not taken when no row needs it. A row of ``-inf`` gives ``-inf`` and NaN propagates.
+  """
+  # The branches take the logits and their maxima, not the shifted logits, so that no
+  # [..., classes] intermediate has to be materialised for the conditional.
+  total = jnp.sum(jnp.exp(logits - top), axis=axis, keepdims=True)
+  return jax.lax.cond(jnp.any(total < 2.0),
+                      lambda x, m, _: _log1p_normalizer(x - m, axis),
+                      lambda x, m, s: jnp.log(s),
+                      logits, top, total)
+
+
+def _log1p_normalizer(shifted, axis):
+  """``log1p(sum - 1)`` with the ``1`` of one maximal entry left out of the sum.
+
+  Maximal entries contribute ``1 + s`` (``s = 0``) instead of ``e^s``: the same value and
+  derivative, so gradients taken through this function stay right although the maximum
+  itself is held constant.
+  """
+  at_max = shifted == 0
+  rest = jnp.where(at_max, shifted, jnp.exp(jnp.where(at_max, -1.0, shifted)))
+  ties = jnp.sum(at_max, axis=axis, keepdims=True).astype(shifted.dtype) - 1
+  return jnp.log1p(jnp.sum(rest, axis=axis, keepdims=True) + ties)
+
+
+def _log_softmax(logits, axis):
+  top = _row_max(logits, axis)
+  return (logits - top) - _log_normalizer(logits, top, axis)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -329,30 +322,29 @@ def _f_divergence_of_logits(divergence, axis, target_logits, model_logits):
 
   With ``G_p = d/dlog p [q f(p/q)] = p f'(p/q)`` and ``G_q = q f(p/q) - G_p``, the
   gradients are ``G - softmax * sum_axis G`` for each logit array. The backward pass
-  recomputes the log-probabilities from the logits and the two log-normalisers, so no
-  ``[..., classes]`` intermediate is stored between the passes: one fused read of the
-  logits forward, one backward, which is what keeps large vocabularies cheap. Forward-mode
-  differentiation (``jax.jvp``) is not defined for this function.
+  recomputes the log-probabilities from the logits, their row maxima and the two
+  log-normalisers, so no ``[..., classes]`` intermediate is stored between the passes: one
+  fused read of the logits forward, one backward, which is what keeps large vocabularies
+  cheap. Forward-mode differentiation (``jax.jvp``) is not defined for this function.
   """
-  log_p = target_logits - _log_normalizer(target_logits, axis)
-  log_q = model_logits - _log_normalizer(model_logits, axis)
-  return jnp.sum(divergence.perspective(log_p, log_q), axis=axis)
+  return _f_divergence_of_logits_fwd(divergence, axis, target_logits, model_logits)[0]
 
 
 def _f_divergence_of_logits_fwd(divergence, axis, target_logits, model_logits):
-  norm_p = _log_normalizer(target_logits, axis)
-  norm_q = _log_normalizer(model_logits, axis)
-  value = jnp.sum(
-      divergence.perspective(target_logits - norm_p, model_logits - norm_q),
-      axis=axis,
-  )
-  return value, (target_logits, model_logits, norm_p, norm_q)
+  top_p = _row_max(target_logits, axis)
+  top_q = _row_max(model_logits, axis)
+  norm_p = _log_normalizer(target_logits, top_p, axis)
+  norm_q = _log_normalizer(model_logits, top_q, axis)
+  log_p = (target_logits - top_p) - norm_p
+  log_q = (model_logits - top_q) - norm_q
+  value = jnp.sum(divergence.perspective(log_p, log_q), axis=axis)
+  return value, (target_logits, model_logits, top_p, top_q, norm_p, norm_q)
 
 
 def _f_divergence_of_logits_bwd(divergence, axis, residuals, cotangent):
-  target_logits, model_logits, norm_p, norm_q = residuals
-  log_p = target_logits - norm_p
-  log_q = model_logits - norm_q
+  target_logits, model_logits, top_p, top_q, norm_p, norm_q = residuals
+  log_p = (target_logits - top_p) - norm_p
+  log_q = (model_logits - top_q) - norm_q
   grad_log_p, grad_log_q = divergence.perspective_grads(log_p, log_q)
   cotangent = jnp.expand_dims(cotangent, axis)
   d_target = cotangent * (
@@ -409,7 +401,7 @@ def skew_kl(
     Ko, Kim, Chen and Yun, `DistiLLM: Towards Streamlined Distillation for
     Large Language Models <https://arxiv.org/abs/2402.03898>`_, ICML 2024.
   """
-  _check_unit_interval(
+  _checks.check_unit_interval(
       alpha, "alpha", closed=True, fix="DistiLLM uses alpha=0.1."
   )
   log_p, log_q, mask, axis = _prepare(
@@ -455,7 +447,7 @@ def skew_reverse_kl(
     Ko, Kim, Chen and Yun, `DistiLLM: Towards Streamlined Distillation for
     Large Language Models <https://arxiv.org/abs/2402.03898>`_, ICML 2024.
   """
-  _check_unit_interval(
+  _checks.check_unit_interval(
       alpha, "alpha", closed=True, fix="DistiLLM uses alpha=0.1."
   )
   log_p, log_q, mask, axis = _prepare(
@@ -508,7 +500,7 @@ def generalized_jsd(
     Lin, `Divergence measures based on the Shannon entropy
     <https://doi.org/10.1109/18.61115>`_, 1991.
   """
-  _check_unit_interval(
+  _checks.check_unit_interval(
       beta,
       "beta",
       closed=False,

@@ -28,12 +28,36 @@ and its limits at zero probabilities are the limits of these one-sided functions
 branches are computed on "safe" inputs (the double-``where`` pattern) so that the branch not
 taken can never leak NaN into gradients.
 
+Power-growth members (Pearson, Neyman, alpha outside [0, 1], t-power outside [0, 1],
+log1p-abs) have a one-sided function that grows like ``e^(c |l|)``; for them ``log g`` is also
+given (``log_f_nonpos`` / ``log_dual_nonpos``) and beyond a threshold the perspective is
+``exp(log q + log g(x))``, representable whenever ``q f(p/q)`` is (``f(p/q)`` alone overflows).
+``f`` and ``f/u`` use the same forms (and split ``e^l`` into two halves), so each is exact
+where its value is representable, +-inf where it overflows and 0 where it underflows; members
+whose full-range value has a simpler exact form (KL: ``f/u = log u``, reverse KL: ``f = -log
+u``, t-power) give it directly.
+
 For bounded divergences (finite ``f(0)`` and slope: JS, Hellinger, TV, triangular, alpha in
 (0, 1)) ``-inf`` is instead replaced by ``-1e30``, whose ``exp`` is exactly 0: the limits come
 out of the arithmetic with no ``isinf`` tests, which matters because selects on boolean arrays
 are an order of magnitude slower than ``exp`` on XLA's CPU backend. ``perspective_grads`` gives
 both partial derivatives in closed form for backward passes that recompute instead of storing
 (``fdiv.discrete``).
+
+jaxlib 0.10.2
+-------------
+jaxlib 0.10.2's CPU backend miscompiles some fused reductions (its YNNPACK reduce fusion): a
+jitted ``jnp.sum(2 * jnp.exp(0.5 * x) * jnp.expm1(0.5 * x) - jnp.expm1(x))`` over 4096 float32
+values returns -49.1 instead of 0.838, which made the alpha divergence at ``alpha = 0.5`` wrong
+under ``jax.jit`` at 4096 classes and more. ``benchmarks/repro_jaxlib_0_10_2_reduce.py`` is the
+minimal reproduction. fdiv's packaging excludes jax/jaxlib 0.10.2; alpha = 0.5 is now computed
+as ``2 (sqrt(u) - 1)^2``, which that jaxlib compiles correctly, and the test suite compares jit
+against a float64 reference for every registered divergence at 50,000 classes. Importing fdiv
+on jaxlib 0.10.2 warns once (:class:`RuntimeWarning`) with the fix, ``pip install
+'jaxlib!=0.10.2'``, or the workaround ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-reduce``
+(set by the user before JAX starts; fdiv never sets XLA flags itself). Only the version is
+checked, so the warning also appears when the CPU backend is not used: checking the backend
+would initialise JAX at import time.
 
 References:
   Ali & Silvey (1966); Csiszar (1967). Nowozin, Cseke & Tomioka, "f-GAN" (2016) for conjugates.
@@ -45,11 +69,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from fdiv import _checks
 
 Array = jax.Array
 ArrayLike = Any
@@ -63,6 +90,19 @@ __all__ = [
     "dual",
 ]
 
+def _warn_if_broken_jaxlib() -> None:
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  if getattr(jaxlib, "__version__", None) == "0.10.2":
+    warnings.warn(
+        "jaxlib 0.10.2 miscompiles some fused reductions on CPU (wrong sums under jax.jit, e.g."
+        " divergences over 4096+ classes); fix: pip install 'jaxlib!=0.10.2' (and a matching"
+        " jax), or set XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=-reduce before"
+        " importing JAX. See benchmarks/repro_jaxlib_0_10_2_reduce.py.",
+        RuntimeWarning, stacklevel=2)
+
+
+_warn_if_broken_jaxlib()
+
 _LOG2 = math.log(2.0)
 _INF = float("inf")
 # Stand-in for -inf in log-probabilities of bounded divergences: exp(-_BIG) is exactly 0 and
@@ -74,14 +114,7 @@ _BIG = 1e30
 # Small numerically careful helpers.
 
 
-def _as_float(x: ArrayLike) -> Array:
-  """Returns ``x`` as an array computed in at least float32 (bf16/f16 are upcast)."""
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    return x.astype(jnp.float32)
-  if jnp.finfo(x.dtype).bits < 32:
-    return x.astype(jnp.float32)
-  return x
+_as_float = _checks.as_compute_float
 
 
 def _as_float_pair(log_p: ArrayLike, log_q: ArrayLike) -> tuple[Array, Array]:
@@ -106,10 +139,16 @@ def _log1p_over(c: float, x: Array) -> Array:
 
 
 def _x_exp_x(l: Array) -> Array:
-  """``l e^l = u log u``, equal to 0 at ``l = -inf`` with a zero gradient there."""
+  """``l e^l = u log u``, equal to 0 at ``l = -inf`` with a zero gradient there.
+
+  For ``l <= 0`` it is ``(l e^(l/2)) e^(l/2)``: ``e^l`` alone is subnormal (flushed to 0 on
+  CPUs) below -87 in float32 while the product is still a normal number.
+  """
   neg_inf = jnp.isneginf(l)
   safe = jnp.where(neg_inf, 0.0, l)
-  return jnp.where(neg_inf, 0.0, safe * jnp.exp(safe))
+  half = jnp.exp(0.5 * jnp.minimum(safe, 0.0))
+  value = jnp.where(safe <= 0, (safe * half) * half, safe * jnp.exp(safe))
+  return jnp.where(neg_inf, 0.0, value)
 
 
 def _neg(l: Array) -> Array:
@@ -117,14 +156,53 @@ def _neg(l: Array) -> Array:
   return -l
 
 
-def _full_range(f_nonpos, dual_nonpos):
+def _exp_times(l: Array, value: Array) -> Array:
+  """``e^l * value`` for ``l >= 0`` without overflowing ``e^l`` where the product is finite."""
+  half = jnp.exp(0.5 * l)
+  return half * (half * value)
+
+
+def _one_sided(g, log_g, log_scale, x):
+  """``e^log_scale g(x)`` for ``x <= 0`` and ``log_scale >= 0`` (see `_scaled`)."""
+  if log_g is None:
+    return _exp_times(log_scale, g(x))
+  threshold, log_fn = log_g
+  far = x < -threshold
+  near = _exp_times(log_scale, g(jnp.where(far, -threshold, x)))
+  return jnp.where(far, jnp.exp(log_scale + log_fn(jnp.where(far, x, -2.0 * threshold))), near)
+
+
+def _full_range(f_nonpos, dual_nonpos, log_f=None, log_dual=None):
   """``f(e^l)`` for any ``l`` from the one-sided forms (see the module docstring)."""
   def f(l):
     nonpos = l <= 0
     l_lo = jnp.where(nonpos, l, 0.0)
     l_hi = jnp.where(nonpos, 0.0, l)
-    return jnp.where(nonpos, f_nonpos(l_lo), jnp.exp(l_hi) * dual_nonpos(-l_hi))
+    return jnp.where(nonpos, _one_sided(f_nonpos, log_f, 0.0, l_lo),
+                     _one_sided(dual_nonpos, log_dual, l_hi, -l_hi))
   return f
+
+
+def _f_over_u_full_range(f_nonpos, dual_nonpos, log_f=None, log_dual=None):
+  """``f(e^l) / e^l`` for any ``l`` from the one-sided forms."""
+  def f_over_u(l):
+    nonneg = l >= 0
+    l_hi = jnp.where(nonneg, l, 0.0)
+    l_lo = jnp.where(nonneg, 0.0, l)
+    return jnp.where(nonneg, _one_sided(dual_nonpos, log_dual, 0.0, -l_hi),
+                     _one_sided(f_nonpos, log_f, -l_lo, l_lo))
+  return f_over_u
+
+
+def _log_abs_expm1(x: Array) -> Array:
+  """``log |e^x - 1|`` for any ``x`` (``-inf`` at 0), without overflow."""
+  return jnp.maximum(x, 0.0) + jnp.log(-jnp.expm1(-jnp.abs(x)))
+
+
+def _mul_exp_tiny(l: Array, c: Array) -> Array:
+  """``c e^l`` for ``l <= 0`` whose ``e^l`` alone may be subnormal (flushed to 0 on CPUs)."""
+  half = jnp.exp(0.5 * l)
+  return (c * half) * half
 
 
 def _bisect_conjugate(
@@ -218,6 +296,13 @@ class FDivergence:
   symmetric: bool
   perspective_fn: Callable[[Array, Array], Array] | None = None
   perspective_grads_fn: Callable[[Array, Array], tuple[Array, Array]] | None = None
+  f_fn: Callable[[Array], Array] | None = None
+  f_over_u_fn: Callable[[Array], Array] | None = None
+  # (threshold, log g) for one-sided functions g that grow exponentially as l -> -inf:
+  # log g(l), accurate for l <= -threshold, so that q g(log p - log q) is computed as
+  # exp(log q + log g) where g alone would overflow (power-growth members).
+  log_f_nonpos: tuple[float, Callable[[Array], Array]] | None = None
+  log_dual_nonpos: tuple[float, Callable[[Array], Array]] | None = None
   key: Any = None
   description: str = ""
 
@@ -255,15 +340,17 @@ class FDivergence:
   # -- functions of log u --------------------------------------------------------------------
   def f(self, log_u: ArrayLike) -> Array:
     """``f(u)`` for ``u = exp(log_u)``; ``log_u = -inf`` gives ``f(0)``."""
-    return _full_range(self.f_nonpos, self.dual_nonpos)(_as_float(log_u))
+    if self.f_fn is not None:
+      return self.f_fn(_as_float(log_u))
+    return _full_range(self.f_nonpos, self.dual_nonpos, self.log_f_nonpos,
+                       self.log_dual_nonpos)(_as_float(log_u))
 
   def f_over_u(self, log_u: ArrayLike) -> Array:
     """``f(u) / u``; ``log_u = +inf`` gives ``lim f(u)/u`` (the slope at infinity)."""
-    l = _as_float(log_u)
-    nonneg = l >= 0
-    l_hi = jnp.where(nonneg, l, 0.0)
-    l_lo = jnp.where(nonneg, 0.0, l)
-    return jnp.where(nonneg, self.dual_nonpos(-l_hi), jnp.exp(-l_lo) * self.f_nonpos(l_lo))
+    if self.f_over_u_fn is not None:
+      return self.f_over_u_fn(_as_float(log_u))
+    return _f_over_u_full_range(self.f_nonpos, self.dual_nonpos, self.log_f_nonpos,
+                                self.log_dual_nonpos)(_as_float(log_u))
 
   def f_prime(self, log_u: ArrayLike) -> Array:
     """``f'(u)``: for ``u = p/q`` the optimal f-GAN critic ``T*`` (SPEC section 3)."""
@@ -312,7 +399,8 @@ class FDivergence:
       return _perspective_bounded(self.f_nonpos, self.dual_nonpos, log_p, log_q,
                                   self.symmetric_generator)
     return _perspective_by_branches(self.f_nonpos, self.dual_nonpos, log_p, log_q,
-                                    self.symmetric_generator)
+                                    self.symmetric_generator, self.log_f_nonpos,
+                                    self.log_dual_nonpos)
 
   def perspective_grads(self, log_p: ArrayLike, log_q: ArrayLike) -> tuple[Array, Array]:
     """Both partial derivatives of ``q f(p/q)`` with respect to ``log p`` and ``log q``.
@@ -325,6 +413,13 @@ class FDivergence:
     log_p, log_q = _as_float_pair(log_p, log_q)
     if self.perspective_grads_fn is not None:
       return self.perspective_grads_fn(log_p, log_q)
+    if self.log_f_nonpos is not None or self.log_dual_nonpos is not None:
+      # Power growth: the closed forms below would overflow; differentiate the log-space
+      # perspective elementwise in forward mode instead.
+      ones = jnp.ones_like(log_p)
+      grad_p = jax.jvp(lambda a: self.perspective(a, log_q), (log_p,), (ones,))[1]
+      grad_q = jax.jvp(lambda b: self.perspective(log_p, b), (log_q,), (ones,))[1]
+      return grad_p, grad_q
     grad_p = self._perspective_log_p_grad(log_p, log_q)
     return grad_p, self.perspective(log_p, log_q) - grad_p
 
@@ -356,7 +451,20 @@ class FDivergence:
     return self.f_nonpos is self.dual_nonpos
 
 
-def _perspective_by_branches(f_nonpos, dual_nonpos, log_p, log_q, self_dual):
+def _scaled(g, log_g, log_scale, x):
+  """``exp(log_scale) * g(x)`` for ``x <= 0``; through ``exp(log_scale + log g(x))`` where a
+  log form ``log_g = (threshold, fn)`` is given and ``x < -threshold`` (g alone may overflow
+  there while the product is representable)."""
+  if log_g is None:
+    return jnp.exp(log_scale) * g(x)
+  threshold, log_fn = log_g
+  far = x < -threshold
+  near = jnp.exp(log_scale) * g(jnp.where(far, -threshold, x))
+  return jnp.where(far, jnp.exp(log_scale + log_fn(jnp.where(far, x, -2.0 * threshold))), near)
+
+
+def _perspective_by_branches(f_nonpos, dual_nonpos, log_p, log_q, self_dual, log_f=None,
+                             log_dual=None):
   both_zero = jnp.isneginf(log_p) & jnp.isneginf(log_q)
   p_le_q = log_p <= log_q
   diff = jnp.where(both_zero, 0.0, log_p - log_q)
@@ -365,11 +473,13 @@ def _perspective_by_branches(f_nonpos, dual_nonpos, log_p, log_q, self_dual):
   log_scale = jnp.where(p_le_q, log_q, log_p)
   if self_dual:
     inner = f_nonpos(x)
+    value = _scaled(f_nonpos, log_f, log_scale, x)
   else:
     # Each branch sees a harmless input where it is not selected, so it cannot leak NaN.
-    inner = jnp.where(p_le_q, f_nonpos(jnp.where(p_le_q, x, 0.0)),
-                      dual_nonpos(jnp.where(p_le_q, 0.0, x)))
-  value = jnp.exp(log_scale) * inner
+    x_lo, x_hi = jnp.where(p_le_q, x, 0.0), jnp.where(p_le_q, 0.0, x)
+    inner = jnp.where(p_le_q, f_nonpos(x_lo), dual_nonpos(x_hi))
+    value = jnp.where(p_le_q, _scaled(f_nonpos, log_f, log_scale, x_lo),
+                      _scaled(dual_nonpos, log_dual, log_scale, x_hi))
   # Exactly one probability is zero (x = -inf): an infinite limit (q f(0) or p lim f(u)/u) is
   # infinite however small the other probability is, even where its exp underflows to 0.
   value = jnp.where(jnp.isneginf(x) & jnp.isinf(inner), inner, value)
@@ -440,6 +550,7 @@ def forward_kl() -> FDivergence:
       f_at_zero=0.0, slope_at_infinity=_INF, symmetric=False,
       perspective_fn=_forward_kl_perspective,
       perspective_grads_fn=_forward_kl_grads,
+      f_fn=_x_exp_x, f_over_u_fn=lambda l: l,
       description="KL(P||Q), f(u) = u log u")
 
 
@@ -456,6 +567,7 @@ def reverse_kl() -> FDivergence:
       f_at_zero=_INF, slope_at_infinity=0.0, symmetric=False,
       perspective_fn=_reverse_kl_perspective,
       perspective_grads_fn=_reverse_kl_grads,
+      f_fn=_neg, f_over_u_fn=lambda l: _x_exp_x(-l),
       description="KL(Q||P), f(u) = -log u")
 
 
@@ -504,14 +616,16 @@ def _js_nonpos(l: Array) -> Array:
 
 
 def _js_perspective(log_p, log_q):
-  # max(p, q) f_JS(v), v = min/max = e^x: f_JS(v) = 1/2 [v x - (1 + v)(log1p(v) - log 2)].
-  # Three transcendentals and no selects; near p = q the two terms cancel to first order
-  # (relative error ~ eps/|x| per entry, as for p log(p/q)), where `f` uses the series.
+  # max(p, q) f_JS(v), v = min/max = e^x: f_JS(v) = 1/2 [v x - (1 + v) log((1 + v)/2)], with
+  # log((1 + v)/2) = log1p(expm1(x)/2), exact near v = 1 (log1p(v) - log 2 would lose all of
+  # it there). No selects; near p = q the two terms still cancel to first order (relative
+  # error ~ eps/|x| per entry, as for p log(p/q), absolute error ~ eps |x|), where `f` uses
+  # the series.
   lp, lq = jnp.maximum(log_p, -_BIG), jnp.maximum(log_q, -_BIG)
   larger = jnp.maximum(lp, lq)
   x = jnp.minimum(lp, lq) - larger
   v = jnp.exp(x)
-  inner = 0.5 * (x * v - (1.0 + v) * (jnp.log1p(v) - _LOG2))
+  inner = 0.5 * (x * v - (1.0 + v) * jnp.log1p(0.5 * jnp.expm1(x)))
   return jnp.exp(larger) * inner
 
 
@@ -594,6 +708,11 @@ def _neyman_nonpos(l):
   return -jnp.expm1(l) * jnp.expm1(-l)
 
 
+def _log_neyman_nonpos(l):
+  # log((1 - u)^2 / u)
+  return 2.0 * jnp.log(-jnp.expm1(l)) - l
+
+
 def pearson() -> FDivergence:
   """Pearson chi^2 = sum (p - q)^2 / q, f(u) = (u - 1)^2."""
   return FDivergence(
@@ -605,6 +724,7 @@ def pearson() -> FDivergence:
       # u f' - f = 2u(u-1) - (u-1)^2 = u^2 - 1
       conjugate_at_derivative_fn=lambda l: jnp.expm1(2.0 * l),
       f_at_zero=1.0, slope_at_infinity=_INF, symmetric=False,
+      log_dual_nonpos=(1.0, _log_neyman_nonpos),
       description="Pearson chi-square, sum (p-q)^2/q")
 
 
@@ -620,6 +740,7 @@ def neyman() -> FDivergence:
       # u f' - f = u - 1/u - (u - 2 + 1/u) = 2 - 2/u
       conjugate_at_derivative_fn=lambda l: -2.0 * jnp.expm1(-l),
       f_at_zero=_INF, slope_at_infinity=1.0, symmetric=False,
+      log_f_nonpos=(1.0, _log_neyman_nonpos),
       description="Neyman chi-square, sum (p-q)^2/p")
 
 
@@ -648,18 +769,23 @@ def jeffreys() -> FDivergence:
 
 
 def _softened_rkl_nonpos(l):
-  # (u + 1) log((u + 1) / (2u)) = (u + 1)(softplus(-l) - log 2)
-  return (jnp.exp(l) + 1.0) * (jax.nn.softplus(-l) - _LOG2)
+  # (u + 1) log((u + 1) / (2u)): log1p(expm1(-l) / 2) is exact near u = 1, and
+  # softplus(-l) - log 2 has no cancellation (and no overflow) far below it.
+  near = l > -1.0
+  log_ratio = jnp.where(near, jnp.log1p(0.5 * jnp.expm1(-jnp.where(near, l, 0.0))),
+                        jax.nn.softplus(-l) - _LOG2)
+  return (jnp.exp(l) + 1.0) * log_ratio
 
 
 def _softened_rkl_dual_nonpos(l):
   # f^dagger(v) = (1 + v) log((1 + v)/2)
-  return (jnp.exp(l) + 1.0) * (jax.nn.softplus(l) - _LOG2)
+  return (jnp.exp(l) + 1.0) * jnp.log1p(0.5 * jnp.expm1(l))
 
 
 def _softened_rkl_f_prime(l):
-  # log((u+1)/(2u)) + 1 - (u+1)/u = softplus(-l) - log 2 - 1/u
-  return jax.nn.softplus(-l) - _LOG2 - jnp.exp(-l)
+  # log((u+1)/(2u)) + 1 - (u+1)/u = softplus(-l) - log 2 - 1/u; -inf at u = 0
+  value = jax.nn.softplus(-l) - _LOG2 - jnp.exp(-l)
+  return jnp.where(jnp.isneginf(l), -_INF, value)
 
 
 def softened_reverse_kl() -> FDivergence:
@@ -692,6 +818,11 @@ def _alpha_nonpos(a: float):
     a >= 1/2:  [u E(a - 1, l) - expm1(l)] / a
     a <  1/2:  [expm1(l) - E(a, l)] / (1 - a).
   """
+  if a == 0.5:
+    # 2 (sqrt(u) - 1)^2: a product with no cancellation. The equivalent
+    # 4 (u^(1/2) expm1(l/2) - expm1(l)/2) is also miscompiled by jaxlib 0.10.2 (module
+    # docstring).
+    return lambda l: 2.0 * jnp.square(jnp.expm1(0.5 * l))
   if a >= 0.5:
     eps = a - 1.0
 
@@ -709,7 +840,36 @@ def _alpha_nonpos(a: float):
 
     def fn(l):
       return (jnp.expm1(l) - _expm1_over(a, l)) / (1.0 - a)
-  return fn
+  if a == 1.0:
+    return fn  # _gkl has its own series
+  # Near u = 1 both rewrites cancel to first order (relative error ~ eps / |l|): use the
+  # series sum_k c_k l^k / k!, c_k = 1 + a + ... + a^(k-2), converged to float64 for |a l| <=
+  # 0.1 with 12 terms.
+  coefficients = [sum(a**j for j in range(k - 1)) / math.factorial(k) for k in range(2, 13)]
+  radius = 0.1 / max(1.0, abs(a))
+
+  def series(l):
+    acc = coefficients[-1]
+    for c in reversed(coefficients[:-1]):
+      acc = c + l * acc
+    return l * l * acc
+
+  def with_series(l):
+    small = jnp.abs(l) < radius
+    return jnp.where(small, series(jnp.where(small, l, 0.0)),
+                     fn(jnp.where(small, -radius, l)))
+  return with_series
+
+
+def _log_alpha_nonpos(b: float):
+  """``(threshold, log F_b)`` for ``b < 0``, where ``F_b(l) = (u^b - 1 - b(u - 1))/(b(b - 1))``
+  grows like ``u^b`` as ``l -> -inf``: ``log F_b = b l + log1p(-(1 - b + b u) u^-b) -
+  log(b(b - 1))``, accurate for ``b l >= 30``."""
+  if b >= 0:
+    return None
+  log_norm = math.log(b * (b - 1.0))
+  return (30.0 / -b, lambda l: b * l + jnp.log1p(-(1.0 - b + b * jnp.exp(l)) * jnp.exp(-b * l))
+          - log_norm)
 
 
 def alpha(alpha: float = 0.5) -> FDivergence:  # pylint: disable=redefined-outer-name
@@ -760,6 +920,7 @@ def alpha(alpha: float = 0.5) -> FDivergence:  # pylint: disable=redefined-outer
       slope_at_infinity=(1.0 / (1.0 - a)) if a < 1 else _INF,
       symmetric=(a == 0.5),
       perspective_grads_fn=grads,
+      log_f_nonpos=_log_alpha_nonpos(a), log_dual_nonpos=_log_alpha_nonpos(1.0 - a),
       description=f"alpha-divergence, alpha={a}")
 
 
@@ -794,9 +955,15 @@ def triangular() -> FDivergence:
 
 
 def _log_cosh_half(l):
-  # log cosh(l/2) = |l|/2 + log1p(e^-|l|) - log 2
-  a = jnp.abs(l)
-  return 0.5 * a + jnp.log1p(jnp.exp(-a)) - _LOG2
+  # log cosh(y), y = |l|/2: log1p(2 sinh(y/2)^2) near 0 (no cancellation), else
+  # y + log1p(e^-2y) - log 2.
+  y = 0.5 * jnp.abs(l)
+  small = y < 1.0
+  y_small = jnp.where(small, y, 0.0)
+  sinh_half = 0.5 * (jnp.expm1(0.5 * y_small) - jnp.expm1(-0.5 * y_small))
+  y_big = jnp.where(small, 1.0, y)
+  return jnp.where(small, jnp.log1p(2.0 * jnp.square(sinh_half)),
+                   y_big + jnp.log1p(jnp.exp(-2.0 * y_big)) - _LOG2)
 
 
 def _ag_nonpos(l):
@@ -805,7 +972,16 @@ def _ag_nonpos(l):
 
 
 def _ag_f_prime(l):
-  return _log_cosh_half(l) - 0.5 * jnp.expm1(-l)
+  return jnp.where(jnp.isneginf(l), -_INF, _log_cosh_half(l) - 0.5 * jnp.expm1(-l))
+
+
+def _ag_weight(l):
+  # u^2 f'' = (u^2 + 1)/(2(u + 1)); each side written with bounded factors.
+  nonpos = l <= 0
+  lo, hi = jnp.minimum(l, 0.0), jnp.maximum(l, 0.0)
+  below = 0.5 * (1.0 + jnp.exp(2.0 * lo)) / (1.0 + jnp.exp(lo))
+  above = 0.5 * (jnp.exp(hi) + jnp.exp(-hi)) * jax.nn.sigmoid(hi)
+  return jnp.where(nonpos, below, above)
 
 
 def arithmetic_geometric() -> FDivergence:
@@ -820,9 +996,10 @@ def arithmetic_geometric() -> FDivergence:
       f_nonpos=_ag_nonpos, dual_nonpos=_ag_nonpos,
       f_prime_fn=_ag_f_prime,
       # u^2 f'' = (u^2 + 1)/(2(u + 1)) = cosh(l) sigmoid(l)
-      weight_fn=lambda l: jnp.cosh(l) * jax.nn.sigmoid(l),
+      weight_fn=_ag_weight,
       conjugate_fn=lambda t: _bisect_conjugate(t, _ag_f_prime, f, _INF, _INF),
-      conjugate_at_derivative_fn=lambda l: 0.5 * jnp.expm1(l) - _log_cosh_half(l),
+      conjugate_at_derivative_fn=lambda l: jnp.where(
+          jnp.isposinf(l), _INF, 0.5 * jnp.expm1(l) - _log_cosh_half(l)),
       f_at_zero=_INF, slope_at_infinity=_INF, symmetric=True,
       description="arithmetic-geometric, sum (p+q) log((p+q)/(2 sqrt(pq)))")
 
@@ -841,11 +1018,23 @@ def t_power(t: float = 2.0) -> FDivergence:
   s = -1.0 if 0.0 < tt < 1.0 else 1.0
   f_prime = lambda l: s * tt * jnp.exp((tt - 1.0) * l)
   f = lambda l: s * jnp.expm1(tt * l)
+
+  def f_over_u(l):
+    # s (u^(t-1) - 1/u), as the bounded factor expm1(t l) (t l <= 0) or -expm1(-t l) times
+    # one exponential, so the product neither overflows early nor becomes inf * 0.
+    bounded_expm1 = tt * l <= 0
+    lo = jnp.where(bounded_expm1, l, 0.0)
+    hi = jnp.where(bounded_expm1, 0.0, l)
+    return s * jnp.where(bounded_expm1, jnp.exp(-lo) * jnp.expm1(tt * lo),
+                         -jnp.exp((tt - 1.0) * hi) * jnp.expm1(-tt * hi))
+
   return FDivergence(
       name="t_power", params=(("t", tt),),
       f_nonpos=lambda l: s * jnp.expm1(tt * l),
-      # f^dagger(v) = s (v^(1-t) - v)
-      dual_nonpos=lambda l: s * (jnp.exp((1.0 - tt) * l) - jnp.exp(l)),
+      # f^dagger(v) = s (v^(1-t) - v) as one exponential times a bounded expm1 (no
+      # cancellation near v = 1, no inf * 0 at v = 0)
+      dual_nonpos=((lambda l: s * jnp.exp(l) * jnp.expm1(-tt * l)) if tt < 0 else
+                   (lambda l: -s * jnp.exp((1.0 - tt) * l) * jnp.expm1(tt * l))),
       f_prime_fn=f_prime,
       weight_fn=lambda l: abs(tt * (tt - 1.0)) * jnp.exp(tt * l),
       conjugate_fn=lambda x: _bisect_conjugate(
@@ -854,6 +1043,12 @@ def t_power(t: float = 2.0) -> FDivergence:
       f_at_zero=(-s if tt > 0 else _INF),
       slope_at_infinity=(_INF if tt > 1 else 0.0),
       symmetric=False,
+      f_fn=f, f_over_u_fn=f_over_u,
+      # log(v^(1-t) - v) for t > 1 and log(u^t - 1) for t < 0: the sides that grow.
+      log_dual_nonpos=((30.0 / (tt - 1.0), lambda l: (1.0 - tt) * l + jnp.log(
+          -jnp.expm1(tt * l))) if tt > 1 else None),
+      log_f_nonpos=((30.0 / -tt, lambda l: tt * l + jnp.log(-jnp.expm1(-tt * l)))
+                    if tt < 0 else None),
       description=f"t-power, t={tt}")
 
 
@@ -881,12 +1076,39 @@ def log1p_abs() -> FDivergence:
       conjugate_fn=conjugate,
       conjugate_at_derivative_fn=conjugate_at_derivative,
       f_at_zero=_INF, slope_at_infinity=1.0, symmetric=False,
+      log_f_nonpos=(1.0, lambda l: jnp.log(-jnp.expm1(l)) - l),  # log(1/u - 1)
       description="log1p-abs, f(u) = u^sign(u-1) - 1")
 
 
 def _mgan_f_prime(l):
   # 1/(1+u) - 1/u + 1/2
   return jax.nn.sigmoid(-l) - jnp.exp(-l) + 0.5
+
+
+def _expm1_minus_x(l):
+  """``e^l - 1 - l >= 0``, by its series where the difference cancels."""
+  small = jnp.abs(l) < 0.1
+  s = jnp.where(small, l, 0.0)
+  series = s * s * (0.5 + s * (1 / 6 + s * (1 / 24 + s * (1 / 120 + s * (1 / 720 + s * (
+      1 / 5040 + s * (1 / 40320)))))))
+  big = jnp.where(small, 1.0, l)
+  return jnp.where(small, series, jnp.expm1(big) - big)
+
+
+def _mgan_nonpos(l):
+  # log((1 + u)/(2u)) + (u - 1)/2 = log cosh(l/2) + (e^l - 1 - l)/2: two terms >= 0.
+  return _log_cosh_half(l) + 0.5 * _expm1_minus_x(l)
+
+
+def _mgan_dual_nonpos(l):
+  # v log((1 + v)/2) + (1 - v)/2 = v [log cosh(l/2) + (e^-l - 1 + l)/2] near v = 1 (two
+  # terms >= 0); far below it the direct form has no cancellation (and no overflow).
+  near = l > -20.0
+  v = jnp.exp(l)
+  l_near = jnp.where(near, l, 0.0)
+  bracket = _log_cosh_half(l_near) + 0.5 * _expm1_minus_x(-l_near)
+  far = v * (jnp.log1p(v) - _LOG2) - 0.5 * jnp.expm1(l)
+  return jnp.where(near, v * bracket, far)
 
 
 def modified_gan() -> FDivergence:
@@ -896,9 +1118,7 @@ def modified_gan() -> FDivergence:
   has ``f(1) = log 2`` and so is not an f-divergence as TFP notes; subtracting ``log 2`` makes
   it one without changing gradients. ``h(u) = 1 - (u/(1 + u))^2``.
   """
-  f_nonpos = lambda l: jax.nn.softplus(-l) - _LOG2 + 0.5 * jnp.expm1(l)
-  # f^dagger(v) = v log((1 + v)/2) + (1 - v)/2
-  dual_nonpos = lambda l: jnp.exp(l) * (jax.nn.softplus(l) - _LOG2) - 0.5 * jnp.expm1(l)
+  f_nonpos, dual_nonpos = _mgan_nonpos, _mgan_dual_nonpos
   f = _full_range(f_nonpos, dual_nonpos)
   return FDivergence(
       name="modified_gan", params=(),
@@ -942,6 +1162,8 @@ def dual(divergence: "FDivergence | str") -> FDivergence:
       f_at_zero=f_at_zero, slope_at_infinity=slope, symmetric=d.symmetric,
       perspective_fn=(None if d.perspective_fn is None else
                       (lambda lp, lq: d.perspective_fn(lq, lp))),
+      f_fn=lambda l: d.f_over_u(-l), f_over_u_fn=lambda l: d.f(-l),
+      log_f_nonpos=d.log_dual_nonpos, log_dual_nonpos=d.log_f_nonpos,
       key=("dual", d._identity()),  # pylint: disable=protected-access
       description=f"reversed {d.description}")
 
@@ -949,7 +1171,7 @@ def dual(divergence: "FDivergence | str") -> FDivergence:
 def from_generator(
     f: Callable[[Array], Array],
     *,
-    name: str,
+    name: str | None = None,
     conjugate: Callable[[Array], Array] | None = None,
     f_at_zero: float | None = None,
     slope_at_infinity: float | None = None,
@@ -966,7 +1188,7 @@ def from_generator(
     f: elementwise convex function of ``u >= 0`` (a jnp expression) with ``f(1) = 0``; it must
       accept ``u = 0`` if ``f(0)`` is finite.
     name: a name for reprs, plots and equality (two generators with the same name and function
-      object are equal).
+      object are equal); defaults to ``f.__name__`` (``"user_generator"`` for a lambda).
     conjugate: optional closed form ``f*(t)``.
     f_at_zero: ``f(0)``; evaluated from ``f(0.0)`` if not given (non-finite values are treated
       as ``+inf``).
@@ -980,6 +1202,10 @@ def from_generator(
   """
   if not callable(f):
     raise ValueError(f"f must be a callable f(u), got {type(f).__name__}.")
+  if name is None:
+    name = getattr(f, "__name__", "")
+    if not name.isidentifier():
+      name = "user_generator"
 
   def f_u(u):
     return jnp.asarray(f(u))

@@ -22,9 +22,12 @@ problems can share one call. ``where`` masks samples out: they count neither
 in the mean nor in ``n`` and receive zero gradient (double-``where``).
 Half-precision inputs are computed in ``float32``.
 
-A sample whose term is infinite (e.g. ``p(x) = 0`` for reverse KL, where
-``f(0) = inf``) makes the estimate ``+inf`` and the standard error NaN; NaN
-inputs propagate.
+The per-sample terms ``f(u)`` and ``f(u)/u`` are exact in log space (see
+``fdiv.divergences``): a sample with an extreme ratio (``log u`` of +-100 in
+float32, +-1000 in float64) contributes its true, finite value, e.g. ``-log u``
+for reverse KL. A sample whose term is infinite (e.g. ``p(x) = 0`` for reverse
+KL, where ``f(0) = inf``) makes the estimate ``+inf`` and the standard error
+NaN; NaN inputs propagate.
 """
 
 from __future__ import annotations
@@ -36,9 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fdiv import _checks
 from fdiv import divergences as _divergences
-from fdiv.discrete import _check_floating
-from fdiv.discrete import _check_mask
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -72,8 +74,8 @@ def _normalize_axis(axis, ndim, name_shape):
 def _prepare(log_p, log_q, where, axis, names):
   """Validates and returns ``(log_u, mask, axes)`` in the compute dtype."""
   name_p, name_q = names
-  log_p = _check_floating(log_p, name_p)
-  log_q = _check_floating(log_q, name_q)
+  log_p = _checks.check_floating(log_p, name_p)
+  log_q = _checks.check_floating(log_q, name_q)
   if log_p.shape != log_q.shape:
     raise ValueError(
         f"{name_p} and {name_q} must have the same shape (one entry per"
@@ -88,15 +90,13 @@ def _prepare(log_p, log_q, where, axis, names):
         "at least 2 samples along axis are needed for a standard error, got"
         f" {n_static} (samples shape {shape}, axis {axis!r})."
     )
-  dtype = jnp.result_type(log_p.dtype, log_q.dtype)
-  if jnp.finfo(dtype).bits < 32:
-    dtype = jnp.dtype(jnp.float32)
+  dtype = _checks.compute_dtype(log_p.dtype, log_q.dtype)
   log_p = log_p.astype(dtype)
   log_q = log_q.astype(dtype)
 
   mask = None
   if where is not None:
-    mask = _check_mask(where, shape, f"the samples shape {shape}")
+    mask = _checks.check_mask(where, shape, f"the samples shape {shape}")
     mask = jnp.broadcast_to(mask, shape)
     # Double-where, first half: masked samples get log_u = 0 (u = 1) before
     # any arithmetic, so inf/NaN there cannot reach values or gradients.
@@ -330,9 +330,15 @@ def mc_divergence_self_normalized(
   zero_u = jnp.isneginf(log_u)
   safe_log_u = jnp.where(zero_u, jnp.zeros((), log_u.dtype), log_u)
   u = jnp.exp(safe_log_u)
+  u_f_prime = u * divergence.f_prime(safe_log_u)
+  # u f'(u) = f*(f'(u)) + f(u) where the product is inf * 0 (e.g. reverse KL at a ratio
+  # beyond exp's range, whose u f'(u) is -1).
   u_f_prime = jnp.where(
-      zero_u, jnp.zeros((), u.dtype), u * divergence.f_prime(safe_log_u)
+      jnp.isnan(u_f_prime) & ~jnp.isnan(safe_log_u),
+      divergence.conjugate_at_derivative(safe_log_u) + divergence.f(safe_log_u),
+      u_f_prime,
   )
+  u_f_prime = jnp.where(zero_u, jnp.zeros((), u.dtype), u_f_prime)
   u = jnp.where(zero_u, jnp.zeros((), u.dtype), u)
   n = _count(mask, log_u.shape, axes, log_u.dtype)
   c = jnp.sum(_masked(u_f_prime, mask), axis=axes) / n

@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 from scipy import optimize
 
 from fdiv import divergences as D
+
+import _reference
 
 P = np.array([0.2, 0.5, 0.3])
 Q = np.array([0.1, 0.6, 0.3])
@@ -32,52 +35,11 @@ SPEC_VALUES = {
 
 
 def _generator_numpy(name, params):
-  """Independent generators f(u) in plain NumPy (float64), written from the definitions."""
-  p = dict(params)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    table = {
-        "forward_kl": lambda u: u * np.log(u),
-        "reverse_kl": lambda u: -np.log(u),
-        "js": lambda u: 0.5 * (u * np.log(u) - (u + 1) * np.log((u + 1) / 2)),
-        "squared_hellinger": lambda u: 0.5 * (np.sqrt(u) - 1) ** 2,
-        "total_variation": lambda u: 0.5 * np.abs(u - 1),
-        "pearson": lambda u: (u - 1) ** 2,
-        "neyman": lambda u: (1 - u) ** 2 / u,
-        "jeffreys": lambda u: (u - 1) * np.log(u),
-        "softened_reverse_kl": lambda u: (u + 1) * np.log((u + 1) / (2 * u)),
-        "alpha": lambda u: (u ** p.get("alpha", 0.5) - 1 - p.get("alpha", 0.5) * (u - 1)) / (
-            p.get("alpha", 0.5) * (p.get("alpha", 0.5) - 1)),
-        "triangular": lambda u: (u - 1) ** 2 / (u + 1),
-        "arithmetic_geometric": lambda u: (1 + u) * np.log((1 + u) / (2 * np.sqrt(u))),
-        "t_power": lambda u: (-1.0 if 0 < p["t"] < 1 else 1.0) * (u ** p["t"] - 1),
-        "log1p_abs": lambda u: u ** np.sign(u - 1) - 1,
-        "modified_gan": lambda u: np.log((1 + u) / (2 * u)) + 0.5 * (u - 1),
-    }
-  return table[name]
+  return _reference.generator_numpy(name, dict(params))
 
 
 def _generator_jnp(name, params):
-  """The same generators as jnp expressions of u, for autodiff references of f' and f''."""
-  p = dict(params)
-  a = p.get("alpha", 0.5)
-  t = p.get("t", 2.0)
-  return {
-      "forward_kl": lambda u: u * jnp.log(u),
-      "reverse_kl": lambda u: -jnp.log(u),
-      "js": lambda u: 0.5 * (u * jnp.log(u) - (u + 1) * jnp.log((u + 1) / 2)),
-      "squared_hellinger": lambda u: 0.5 * (jnp.sqrt(u) - 1) ** 2,
-      "total_variation": lambda u: 0.5 * jnp.abs(u - 1),
-      "pearson": lambda u: (u - 1) ** 2,
-      "neyman": lambda u: (1 - u) ** 2 / u,
-      "jeffreys": lambda u: (u - 1) * jnp.log(u),
-      "softened_reverse_kl": lambda u: (u + 1) * jnp.log((u + 1) / (2 * u)),
-      "alpha": lambda u: (u ** a - 1 - a * (u - 1)) / (a * (a - 1)),
-      "triangular": lambda u: (u - 1) ** 2 / (u + 1),
-      "arithmetic_geometric": lambda u: (1 + u) * jnp.log((1 + u) / (2 * jnp.sqrt(u))),
-      "t_power": lambda u: (-1.0 if 0 < t < 1 else 1.0) * (u ** t - 1),
-      "log1p_abs": lambda u: u ** jnp.sign(u - 1) - 1,
-      "modified_gan": lambda u: jnp.log((1 + u) / (2 * u)) + 0.5 * (u - 1),
-  }[name]
+  return _reference.generator_jnp(name, dict(params))
 
 
 ALL = [
@@ -104,19 +66,20 @@ def _numpy_divergence(name, params, p, q):
   return float(np.sum(q * f(p / q)))
 
 
-@pytest.mark.parametrize("key", list(SPEC_VALUES), ids=[k[0] + str(k[1]) for k in SPEC_VALUES])
-@pytest.mark.parametrize("jit", [False, True])
-def test_spec_table_float64(key, jit):
-  name, params = key
-  d = _get(name, params)
-  fn = lambda lp, lq: jnp.sum(d.perspective(lp, lq))
-  fn = jax.jit(fn) if jit else fn
-  with jax.enable_x64(True):
-    value = float(fn(jnp.log(P), jnp.log(Q)))
-  reference = _numpy_divergence(name, params, P, Q)
-  assert value == pytest.approx(reference, rel=1e-6)
-  # The table is rounded to about 6 significant digits.
-  assert value == pytest.approx(SPEC_VALUES[key], rel=5e-6)
+class SpecTableTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_spec_table_float64(self):
+    for key, expected in SPEC_VALUES.items():
+      name, params = key
+      d = _get(name, params)
+      fn = self.variant(lambda lp, lq, d=d: jnp.sum(d.perspective(lp, lq)))
+      with jax.enable_x64(True):
+        value = float(fn(jnp.log(P), jnp.log(Q)))
+      reference = _numpy_divergence(name, params, P, Q)
+      assert value == pytest.approx(reference, rel=1e-6), key
+      # The table is rounded to about 6 significant digits.
+      assert value == pytest.approx(expected, rel=5e-6), key
 
 
 @pytest.mark.parametrize("key", list(SPEC_VALUES), ids=[k[0] + str(k[1]) for k in SPEC_VALUES])
@@ -496,3 +459,88 @@ def test_perspective_grads_are_the_derivatives(name, params):
                                    jnp.array([-1.0, -jnp.inf, -jnp.inf]))
     np.testing.assert_allclose(g_p, [0.0, np.exp(-1.0) * d.slope_at_infinity, 0.0], atol=1e-30)
     np.testing.assert_allclose(g_q[1:], [0.0, 0.0], atol=1e-30)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generator edges against mpmath: f and f/u exact where representable, +-inf where they
+# overflow, 0 where they underflow; f', u^2 f'' and f*(f') free of NaN at the extremes.
+
+_EDGE_L = np.array(_reference.EDGE_LOG_U)
+
+
+@pytest.mark.parametrize("name,params", _reference.ALL_CASES,
+                         ids=[_reference.case_id(*c) for c in _reference.ALL_CASES])
+def test_generator_edges_against_mpmath(name, params):
+  d = D.get(name, **params)
+  for method in ("f", "f_over_u"):
+    exact = _reference.edge_values(name, params, method, _EDGE_L)
+    for dtype, rtol in (("float32", 1e-5), ("float64", 1e-9)):
+      representable = np.array([abs(x) <= np.finfo(dtype).max or math.isinf(x) for x in _EDGE_L])
+      l = _EDGE_L[representable]
+      expected = _reference.to_dtype([v for v, k in zip(exact, representable) if k], dtype)
+      with jax.enable_x64(dtype == "float64"):
+        got = np.asarray(getattr(d, method)(jnp.asarray(l, dtype)), np.float64)
+      tiny = np.finfo(dtype).tiny
+      for x, g, e in zip(l, got, expected):
+        if np.isinf(e):
+          assert g == e, (method, dtype, x, g, e)
+        else:
+          assert np.isfinite(g) and abs(g - e) <= rtol * abs(e) + 2 * tiny, (
+              method, dtype, x, g, e)
+  for method in ("f_prime", "weight", "conjugate_at_derivative"):
+    if method == "weight" and not d.has_weight:
+      continue
+    for dtype in ("float32", "float64"):
+      with jax.enable_x64(dtype == "float64"):
+        got = np.asarray(getattr(d, method)(jnp.asarray(_EDGE_L, dtype)))
+      assert not np.any(np.isnan(got)), (method, dtype, _EDGE_L[np.isnan(got)])
+
+
+@pytest.mark.parametrize("name,params", _reference.ALL_CASES,
+                         ids=[_reference.case_id(*c) for c in _reference.ALL_CASES])
+def test_perspective_against_reference_at_extreme_log_probabilities(name, params):
+  # |log p - log q| up to 2e4: power-growth members give the representable q f(p/q) (or
+  # +inf where it overflows), never NaN.
+  d = D.get(name, **params)
+  rng = np.random.default_rng(8)
+  lp = np.concatenate([-np.abs(rng.normal(size=40)) * 3e3, [-1e-300, -5.0, -np.inf, -3.0]])
+  lq = np.concatenate([-np.abs(rng.normal(size=40)) * 3e3, [-700.0, -np.inf, -2.0, -3.0]])
+  expected = _reference.perspective(name, params, lp, lq).astype(np.float64)
+  with jax.enable_x64(True):
+    got = np.asarray(d.perspective(lp, lq))
+    grads = d.perspective_grads(lp, lq)
+  np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-300, err_msg=name)
+  finite = np.isfinite(expected)
+  for g in grads:
+    assert np.all(np.isfinite(np.asarray(g))[finite]), name
+
+
+def test_from_generator_without_a_name():
+  def half_pearson(u):
+    return 0.5 * (u - 1.0) ** 2
+
+  d = D.from_generator(half_pearson)
+  assert d.name == "half_pearson"
+  anonymous = D.from_generator(lambda u: (u - 1.0) ** 2)
+  assert anonymous.name == "user_generator"
+  with jax.enable_x64(True):
+    value = jnp.sum(d.perspective(jnp.log(P), jnp.log(Q)))
+  assert float(value) == pytest.approx(0.5 * 0.1166667, rel=1e-5)
+
+
+def test_jaxlib_0_10_2_warning_names_the_fix(monkeypatch):
+  import jaxlib
+  import warnings
+  monkeypatch.setattr(jaxlib, "__version__", "0.10.2")
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    D._warn_if_broken_jaxlib()  # pylint: disable=protected-access
+  assert len(caught) == 1
+  message = str(caught[0].message)
+  assert "pip install 'jaxlib!=0.10.2'" in message
+  assert "--xla_cpu_experimental_ynn_fusion_type=-reduce" in message
+  monkeypatch.setattr(jaxlib, "__version__", "0.10.1")
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    D._warn_if_broken_jaxlib()  # pylint: disable=protected-access
+  assert not caught

@@ -1,5 +1,6 @@
 """Tests for fdiv.montecarlo: agreement with exact values, calibrated standard errors."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,25 +63,28 @@ def test_categorical_agrees_with_exact(name, params):
       np.testing.assert_allclose(float(se) * np.sqrt(n), std, rtol=0.1)
 
 
-def test_jit_and_batched_axis():
-  d = get("js")
-  log_p, log_q = _categorical_problem(seed=3)
-  x = _sample(jax.random.key(2), log_q, (5, 1000))
-  with jax.enable_x64(True):
-    lp, lq = log_p[x], log_q[x]
-    fn = jax.jit(mc.mc_divergence_from_model_samples, static_argnames="axis")
-    est, se = fn(lp, lq, d, axis=1)
-    assert est.shape == se.shape == (5,)
-    for i in range(5):
-      e_i, s_i = mc.mc_divergence_from_model_samples(lp[i], lq[i], d)
-      np.testing.assert_allclose([est[i], se[i]], [e_i, s_i], rtol=1e-12)
-    # vmap over the leading axis is the same computation.
-    v_est, v_se = jax.vmap(lambda a, b: mc.mc_divergence_from_model_samples(a, b, d))(lp, lq)
-    np.testing.assert_allclose(v_est, est, rtol=1e-12)
-    np.testing.assert_allclose(v_se, se, rtol=1e-12)
-    # Reducing both axes pools the samples.
-    pooled, _ = mc.mc_divergence_from_model_samples(lp, lq, d)
-    np.testing.assert_allclose(pooled, np.mean(est), rtol=1e-12)
+class JitVariantsTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_batched_axis(self):
+    d = get("js")
+    log_p, log_q = _categorical_problem(seed=3)
+    x = _sample(jax.random.key(2), log_q, (5, 1000))
+    with jax.enable_x64(True):
+      lp, lq = log_p[x], log_q[x]
+      fn = self.variant(mc.mc_divergence_from_model_samples, static_argnames="axis")
+      est, se = fn(lp, lq, d, axis=1)
+      assert est.shape == se.shape == (5,)
+      for i in range(5):
+        e_i, s_i = mc.mc_divergence_from_model_samples(lp[i], lq[i], d)
+        np.testing.assert_allclose([est[i], se[i]], [e_i, s_i], rtol=1e-12)
+      # vmap over the leading axis is the same computation.
+      v_est, v_se = jax.vmap(lambda a, b: mc.mc_divergence_from_model_samples(a, b, d))(lp, lq)
+      np.testing.assert_allclose(v_est, est, rtol=1e-12)
+      np.testing.assert_allclose(v_se, se, rtol=1e-12)
+      # Reducing both axes pools the samples.
+      pooled, _ = mc.mc_divergence_from_model_samples(lp, lq, d)
+      np.testing.assert_allclose(pooled, np.mean(est), rtol=1e-12)
 
 
 # P = N(0, 1) target, Q = N(0.7, 1.3^2) model (the SPEC section 4 check pair).
@@ -239,3 +243,26 @@ def test_errors():
     mc.mc_divergence_from_model_samples(x, x, "kl", axis=1)
   with pytest.raises(ValueError, match="unknown divergence 'nope'"):
     mc.mc_divergence_from_model_samples(x, x, "nope")
+
+
+@pytest.mark.parametrize("dtype,extreme", [("float32", 100.0), ("float64", 1000.0)])
+def test_one_extreme_sample_keeps_estimates_finite(dtype, extreme):
+  # log u = +-extreme is beyond exp's range; the terms are -log u (reverse KL under Q)
+  # and log u (forward KL under P), so the estimates stay finite and exact.
+  rng = np.random.default_rng(12)
+  lq = rng.standard_normal(8)
+  lp = lq + rng.standard_normal(8)
+  lp_hi, lp_lo = lp.copy(), lp.copy()
+  lp_hi[3] = lq[3] + extreme
+  lp_lo[3] = lq[3] - extreme
+  with jax.enable_x64(dtype == "float64"):
+    cast = lambda x: jnp.asarray(x, dtype)
+    est, se = mc.mc_divergence_from_model_samples(cast(lp_hi), cast(lq), "reverse_kl")
+    np.testing.assert_allclose(est, np.mean(-(lp_hi - lq)), rtol=1e-5)
+    assert np.isfinite(se)
+    est, se = mc.mc_divergence_from_target_samples(cast(lp_lo), cast(lq), "forward_kl")
+    np.testing.assert_allclose(est, np.mean(lp_lo - lq), rtol=1e-5)
+    assert np.isfinite(se)
+    for name in ("reverse_kl", "js", "alpha"):
+      est, se = mc.mc_divergence_self_normalized(cast(lp_hi), cast(lq), name)
+      assert np.isfinite(est) and np.isfinite(se), (name, est, se)
