@@ -19,7 +19,7 @@ from flax import nnx
 from fdiv import data as data_lib
 from fdiv import train
 from fdiv.train import checkpoint as ckpt_lib
-from fdiv.train import metrics as metrics_lib
+from fdiv.train import writers as metrics_lib
 from fdiv.train import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -215,7 +215,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_keeps_files(straight, tmp_path
     with caplog.at_level(logging.WARNING, logger="fdiv.train.checkpoint"):
         s_resumed, summary = run(wd, 8)
     assert summary["resumed_from"] == 4
-    assert any("unreadable" in r.getMessage() and "step 8" in r.getMessage() for r in caplog.records)
+    assert any("damaged" in r.getMessage() and "step 8" in r.getMessage() for r in caplog.records)
     assert_identical(s_straight, s_resumed)
     # The damaged step was moved aside, not deleted; checkpoint 4 is still there; 8 was re-saved.
     moved = os.listdir(os.path.join(wd, "checkpoints_corrupt"))
@@ -377,7 +377,8 @@ def test_metric_writer_line_jsonl_and_tensorboard_path(tmp_path, monkeypatch):
     w.write(50, {"loss": jnp.float32(0.25), "acc": np.float64(0.5)}, steps_per_sec=10.0, wall_time=5.0)
     w.write(50, {"accuracy": 0.75}, prefix="eval/")
     w.close()
-    assert lines[0].startswith("step  50/100 | ")
+    assert lines[0].startswith("step  50/100  50% | ")
+    assert lines[1].startswith("eval step  50/100 | accuracy 0.75")
     assert "loss 0.25" in lines[0] and "acc 0.5" in lines[0] and "10.0 steps/s" in lines[0] and "ETA 0:00:05" in lines[0]
     recs = metrics_lib.read_metrics(str(tmp_path))
     assert recs[0] == {"step": 50, "loss": 0.25, "acc": 0.5, "steps_per_sec": 10.0, "eta_sec": 5.0, "wall_time": 5.0}

@@ -96,6 +96,9 @@ class LoopOptions:
         0 or None: never by time).
       keep_checkpoints: most recent checkpoints kept.
       async_checkpoints: write checkpoints in the background.
+      resume: ``"auto"`` continues from the workdir's checkpoints (a checkpoint of another
+        config is an error); ``"restart"`` first moves the workdir's previous run to
+        ``<workdir>/archive/<UTC time>/`` and starts from step 0.
     """
 
     num_steps: int
@@ -105,8 +108,11 @@ class LoopOptions:
     checkpoint_every_secs: float | None = 600.0
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
+    resume: str = "auto"
 
     def __post_init__(self):
+        if self.resume not in ("auto", "restart"):
+            raise ValueError(f"LoopOptions.resume must be 'auto' or 'restart', got {self.resume!r}.")
         for f in ("num_steps", "log_every", "eval_every", "checkpoint_every_steps", "keep_checkpoints"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool):

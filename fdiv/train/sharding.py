@@ -31,7 +31,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 
@@ -86,9 +86,10 @@ def maybe_initialize_distributed(environ: dict[str, str] | None = None) -> bool:
 
 
 def make_mesh(devices: Any = None) -> Mesh:
-    """A one-dimensional mesh with axis ``'data'`` over `devices` (default: all devices)."""
+    """A one-dimensional mesh with axis ``'data'`` over `devices` (default: all devices of all
+    processes), built by `jax.make_mesh` (device order suited to the interconnect)."""
     devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), (AxisType.Auto,), devices=devices)
 
 
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
