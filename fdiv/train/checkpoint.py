@@ -256,14 +256,14 @@ def config_differences(old: Any, new: Any) -> list[tuple[str, Any, Any]]:
 
 def _structure_differences(old: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
     def fmt(v):
-        return _ABSENT if v is None else f"{tuple(v[0])} {v[1]}"
+        return _ABSENT if v is None else f"{list(v[0])} {v[1]}"
 
     return [(f"state:{k}", fmt(old.get(k)), fmt(new.get(k)))
             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
 def _short(v: Any, width: int = 40) -> str:
-    s = repr(v) if isinstance(v, str) and v != _ABSENT else str(v)
+    s = str(v)
     return s if len(s) <= width else s[: width - 3] + "..."
 
 
@@ -358,23 +358,32 @@ class Checkpointer:
         return dict(meta)
 
     def _mismatch(self, step: int, meta: Mapping, template: Any, config: Any):
-        diffs: list[tuple[str, Any, Any]] = []
+        config_diffs = []
         if config is not None and "config" in meta:
-            diffs += config_differences(meta["config"], config)
+            config_diffs = config_differences(meta["config"], config)
+        structure_diffs = []
         if "state_structure" in meta:
-            diffs += _structure_differences(meta["state_structure"], state_structure(template))
-        if not diffs:
+            structure_diffs = _structure_differences(meta["state_structure"],
+                                                     state_structure(template))
+        if not config_diffs and not structure_diffs:
             return None
-        shown = ", ".join(f"{k} {_short(a)} -> {_short(b)}" for k, a, b in diffs[:6])
-        if len(diffs) > 6:
-            shown += f" and {len(diffs) - 6} more"
-        what = "config field(s)" if not diffs[0][0].startswith("state:") else "state"
+
+        def listing(diffs, limit, name=lambda k: k):
+            shown = ", ".join(f"{name(k)} {_short(a)} -> {_short(b)}" for k, a, b in diffs[:limit])
+            return shown + (f" and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+        parts = []
+        if config_diffs:
+            parts.append("config field(s) differ: " + listing(config_diffs, 6))
+        if structure_diffs:
+            leaf = lambda k: k[len("state:"):].removeprefix("nets/").removesuffix("/value")
+            parts.append("state structure differs: " + listing(structure_diffs, 2, leaf))
         return ConfigMismatchError(
-            f"{self.directory} holds checkpoints of a different run (step {step}; {what} "
-            f"differ: {shown}); they are valid and were left untouched. Either use a new "
+            f"{self.directory} holds checkpoints of a different run (step {step}; "
+            f"{'; '.join(parts)}); they are valid and were left untouched. Either use a new "
             f"--workdir, or pass --config.resume=restart to move the old run to "
             f"{os.path.join(self.workdir, 'archive', '<UTC time>')}/ and start afresh.",
-            directory=self.directory, differences=diffs)
+            directory=self.directory, differences=config_diffs + structure_diffs)
 
     def restore(self, step: int, template: Any, *, meta: dict | None = None) -> tuple[Any, dict]:
         """Reads checkpoint `step` into the structure and shardings of `template`.

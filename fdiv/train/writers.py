@@ -84,16 +84,18 @@ def _main_first(names: list[str]) -> list[str]:
     return names
 
 
-def _fit_items(items: list[str], budget: int) -> str:
-    """Space-joined `items` in order while they fit in `budget` columns (the first one is
-    shortened rather than dropped)."""
+def _fit_items(items: list[tuple[str, str]], budget: int) -> str:
+    """``name value`` pairs, space-joined in order while they fit in `budget` columns; the
+    first one's name is shortened (``~`` marks the cut) rather than dropped."""
     out = ""
-    for i, item in enumerate(items):
+    for i, (name, value) in enumerate(items):
+        item = f"{name} {value}"
         candidate = f"{out} {item}" if out else item
         if len(candidate) <= budget:
             out = candidate
         elif i == 0:
-            out = item[: max(budget, 0)]
+            keep = budget - len(value) - 2
+            out = f"{name[:keep]}~ {value}" if keep > 0 else value[:max(budget, 0)]
         else:
             break
     return out
@@ -112,7 +114,7 @@ def progress_line(step: int, num_steps: int, metrics: Mapping[str, float], *,
         tail = [f"{sps} steps/s", f"ETA {format_eta(eta if eta is not None else float('nan'))}"]
     fixed = " | ".join([head] + tail)
     names = _main_first([k for k in metrics if k != "step" and k not in TIMING_KEYS])
-    items = [f"{k} {_fmt(metrics[k])}" for k in names]
+    items = [(k, _fmt(metrics[k])) for k in names]
     shown = _fit_items(items, width - len(fixed) - 3) if items else ""
     parts = [head] + ([shown] if shown else []) + tail
     return " | ".join(parts)[:width]
