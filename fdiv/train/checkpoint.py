@@ -412,6 +412,29 @@ class Checkpointer:
                 raise DamagedCheckpointError(f"checksum mismatch in leaf {bad[0]}{more}")
         return from_savable(template, restored), meta
 
+    def read_arrays(self, step: int) -> dict[str, np.ndarray]:
+        """The leaves of checkpoint `step` as host arrays keyed by leaf path, without a
+        template (for inspection and comparisons; needs a checkpoint written with
+        ``"state_structure"`` metadata). Checksums are verified."""
+        self.wait()
+        meta = self.read_meta(step)
+        structure = meta.get("state_structure")
+        if structure is None:
+            raise ValueError(f"checkpoint step {step} in {self.directory} records no state "
+                             "structure; restore it with restore(step, template).")
+        device = jax.local_devices()[0]
+        paths = [tuple(k.split("/")) for k in structure]
+        abstract = _nest(paths, [jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype),
+                                                      sharding=jax.sharding.SingleDeviceSharding(device))
+                                 for shape, dtype in structure.values()])
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+        got = state_checksums(restored)
+        bad = sorted(k for k in got if meta["state_crc32"].get(k) != got[k])
+        if bad:
+            raise DamagedCheckpointError(f"checksum mismatch in leaf {bad[0]}")
+        return {"/".join(p): np.asarray(_get(restored, p)) for p in paths}
+
     def restore_latest(self, template: Any, config: Any = None) -> tuple[Any, dict | None]:
         """The newest intact checkpoint, or (`template`, None) when there is none.
 

@@ -30,6 +30,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -102,13 +103,29 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def _global_replicated(x: Any, sharding: NamedSharding) -> jax.Array:
+    """A global array of this process's value `x` on every device of a multi-process mesh."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x if x.sharding == sharding else jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _global_replicated(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places every array leaf of `tree` replicated on all devices of `mesh`.
 
     Typed PRNG keys and integer/float leaves alike; non-array static parts of the pytree
-    (graph definitions, optimiser functions) are untouched.
+    (graph definitions, optimiser functions) are untouched. In a multi-process run each
+    process passes its own copy of the same values (e.g. created from the same seed); the
+    result is a global array whose shards on this process's devices hold that copy.
     """
-    return jax.device_put(tree, replicated_sharding(mesh))
+    sharding = replicated_sharding(mesh)
+    if all(d.process_index == jax.process_index() for d in mesh.devices.flat):
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: _global_replicated(x, sharding), tree)
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:

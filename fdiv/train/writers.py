@@ -224,7 +224,8 @@ class MetricWriter:
           The record written (floats).
         """
         record: dict[str, Any] = {"step": int(step)}
-        record.update({prefix + k: _to_float(v) for k, v in jax.device_get(dict(metrics)).items()})
+        host = jax.device_get(dict(metrics))  # a dict in sorted key order: keep the caller's
+        record.update({prefix + k: _to_float(host[k]) for k in metrics})
         if num_steps_averaged is not None:
             record["num_steps_averaged"] = int(num_steps_averaged)
         eta = None
@@ -237,7 +238,7 @@ class MetricWriter:
         if not self.is_main:
             return record
         if prefix == "eval/":
-            shown = {k[len(prefix):]: v for k, v in record.items() if k != "step"}
+            shown = {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)}
             for line in eval_lines(step, self.num_steps, shown, phase=self.phase,
                                    width=self.width):
                 self._print(line)
