@@ -350,6 +350,27 @@ def test_multi_process_env_detection():
     assert sharding.maybe_initialize_distributed({}) is False
 
 
+def test_distributed_arguments_from_environment(monkeypatch):
+    env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:8476", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"}
+    assert sharding.distributed_arguments(env) == {
+        "coordinator_address": "10.0.0.1:8476", "num_processes": 4, "process_id": 2}
+    assert sharding.distributed_arguments({"SLURM_NTASKS": "2"}) == {}
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID='one' must be a non-negative integer"):
+        sharding.distributed_arguments({**env, "JAX_PROCESS_ID": "one"})
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    assert sharding.maybe_initialize_distributed(env) is True
+    assert sharding.maybe_initialize_distributed({"JAX_NUM_PROCESSES": "1"}) is False
+    assert calls == [sharding.distributed_arguments(env)]
+
+
+def test_make_mesh_uses_all_devices_on_one_data_axis():
+    mesh = sharding.make_mesh()
+    assert mesh.axis_names == ("data",) and mesh.devices.size == len(jax.devices())
+    assert sharding.make_mesh(jax.devices()[:1]).devices.size == 1
+
+
 def test_shard_batch_rejects_scalars():
     with pytest.raises(ValueError, match="scalar"):
         sharding.shard_batch({"x": np.float32(1.0)}, sharding.make_mesh())
@@ -612,7 +633,8 @@ def test_fit_stops_on_changed_config_and_restart_archives_the_old_run(straight, 
         run(wd, 8, meta={"config": {"lr": 0.2}})
     assert _tree_bytes(wd) == before
     with pytest.raises(ValueError, match="LoopOptions.resume must be 'auto' or 'restart'"):
-        train.LoopOptions(num_steps=3, resume="fresh")
+        run(wd, 8, meta={"config": {"lr": 0.2}}, resume="fresh")
+    assert _tree_bytes(wd) == before
     lines = []
     state, summary = run(wd, 8, meta={"config": {"lr": 0.2}}, resume="restart", lines=lines)
     assert summary["resumed_from"] is None

@@ -111,8 +111,6 @@ class LoopOptions:
     resume: str = "auto"
 
     def __post_init__(self):
-        if self.resume not in ("auto", "restart"):
-            raise ValueError(f"LoopOptions.resume must be 'auto' or 'restart', got {self.resume!r}.")
         for f in ("num_steps", "log_every", "eval_every", "checkpoint_every_steps", "keep_checkpoints"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool):

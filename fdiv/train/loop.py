@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 StepFn = Callable[[Any, int], tuple[Any, Mapping[str, Any]]]
 EvalFn = Callable[[Any], Mapping[str, Any]]
 
+RESUME_MODES = ("auto", "restart")
 # What `resume="restart"` moves into ``<workdir>/archive/<UTC time>/``.
 ARCHIVED_NAMES = ("checkpoints", "checkpoints_corrupt", METRICS_FILE, SUMMARY_FILE,
                   REEVAL_SUMMARY_FILE, "curves.png", "tensorboard")
@@ -320,12 +321,17 @@ def fit(state: Any, step_fn: StepFn, *, workdir: str, options: LoopOptions,
       ConfigMismatchError: the workdir holds checkpoints of another config (nothing touched).
       TrainingInterrupted: on Ctrl-C, after saving the checkpoint of the last completed step.
     """
+    if options.resume not in RESUME_MODES:
+        raise ValueError(f"LoopOptions.resume must be 'auto' or 'restart', got {options.resume!r}.")
     loop = _Loop(workdir, options, eval_fn, meta, print_fn, phase)
     if banner:
         loop.say(banner)
     try:
         loop.prepare()
         state, start, resumed_from = loop.restore(state)
+        if resumed_from is not None and start >= options.num_steps:
+            loop.say(f"the run finished at step {start}: evaluating again; {SUMMARY_FILE} (the "
+                     f"training record) is kept, the result goes to {REEVAL_SUMMARY_FILE}")
         try:
             for step in range(start, options.num_steps):
                 t0 = time.perf_counter()

@@ -17,7 +17,9 @@ Typical use::
 
 Multi-host: `maybe_initialize_distributed` calls `jax.distributed.initialize()` only when the
 environment describes a multi-process job (see its docstring); each process then passes its
-*own* slice of the global batch to `shard_batch` (`fdiv.data.ArrayBatcher` does this).
+*own* slice of the global batch to `shard_batch` (`fdiv.data.ArrayBatcher` does this), and
+`replicate` turns each process's copy of the (identical) initial state into global arrays.
+`tests/test_multihost.py` runs two processes on one machine this way.
 
 References:
   JAX documentation, "Distributed arrays and automatic parallelization" and "Multi-process
@@ -39,8 +41,9 @@ DATA_AXIS = "data"
 # Environment variables whose presence means "this process is one of several"; each maps to
 # a predicate on its value. Kept as data so the decision is easy to audit and test.
 _MULTI_PROCESS_ENV = {
-    # Explicit JAX coordinator (jax.distributed reads these itself).
+    # Explicit JAX coordinator, with JAX_NUM_PROCESSES / JAX_PROCESS_ID on plain hosts.
     "JAX_COORDINATOR_ADDRESS": lambda v: bool(v),
+    "JAX_NUM_PROCESSES": lambda v: v.isdigit() and int(v) > 1,
     # SLURM launches one task per process; a single task is an ordinary local run.
     "SLURM_NTASKS": lambda v: v.isdigit() and int(v) > 1,
     # Open MPI / mpirun.
@@ -80,10 +83,29 @@ def maybe_initialize_distributed(environ: dict[str, str] | None = None) -> bool:
     """
     if jax.distributed.is_initialized():
         return True
+    environ = os.environ if environ is None else environ
     if not is_multi_process_env(environ):
         return False
-    jax.distributed.initialize()
+    jax.distributed.initialize(**distributed_arguments(environ))
     return True
+
+
+def distributed_arguments(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments for `jax.distributed.initialize` read from ``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (hosts without a cluster manager); what is
+    unset is left to JAX's own detection (SLURM, Open MPI, Cloud TPU)."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    if environ.get("JAX_COORDINATOR_ADDRESS"):
+        out["coordinator_address"] = environ["JAX_COORDINATOR_ADDRESS"]
+    for key, name in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        value = environ.get(key, "")
+        if value:
+            if not value.isdigit():
+                raise ValueError(f"environment variable {key}={value!r} must be a non-negative "
+                                 "integer.")
+            out[name] = int(value)
+    return out
 
 
 def make_mesh(devices: Any = None) -> Mesh:
