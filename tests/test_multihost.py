@@ -17,7 +17,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 
 from fdiv import train
 
@@ -27,8 +26,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # number of processes, coordinator port, devices per process, cache dir, then workdirs.
 CHILD = textwrap.dedent("""
     import sys
-    process_id, num_processes, port, cache = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    workdirs = sys.argv[5:]
+    process_id, num_processes = int(sys.argv[1]), int(sys.argv[2])
+    port, cache, workdirs = sys.argv[3], sys.argv[4], sys.argv[5:]
     import jax
     if num_processes > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -95,7 +94,8 @@ def _assert_close_runs(a: str, b: str, step: int = 6):
         x, y = train.strip_timing([x])[0], train.strip_timing([y])[0]
         assert x.keys() == y.keys()
         for k in x:
-            np.testing.assert_allclose(x[k], y[k], rtol=2e-4, atol=1e-5, err_msg=f"step {x['step']} {k}")
+            np.testing.assert_allclose(x[k], y[k], rtol=2e-4, atol=1e-5,
+                                       err_msg=f"step {x['step']} {k}")
     pa, pb = _final_arrays(a, step), _final_arrays(b, step)
     assert pa.keys() == pb.keys()
     for k in pa:

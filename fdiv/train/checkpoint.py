@@ -422,10 +422,10 @@ class Checkpointer:
         if structure is None:
             raise ValueError(f"checkpoint step {step} in {self.directory} records no state "
                              "structure; restore it with restore(step, template).")
-        device = jax.local_devices()[0]
+        one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         paths = [tuple(k.split("/")) for k in structure]
         abstract = _nest(paths, [jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype),
-                                                      sharding=jax.sharding.SingleDeviceSharding(device))
+                                                      sharding=one_device)
                                  for shape, dtype in structure.values()])
         restored = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
