@@ -363,6 +363,11 @@ def test_distributed_arguments_from_environment(monkeypatch):
     assert sharding.maybe_initialize_distributed(env) is True
     assert sharding.maybe_initialize_distributed({"JAX_NUM_PROCESSES": "1"}) is False
     assert calls == [sharding.distributed_arguments(env)]
+    # An experiment started on every host builds its mesh with make_mesh(): that joins the job.
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    mesh = sharding.make_mesh()
+    assert len(calls) == 2 and calls[1] == calls[0] and mesh.devices.size == len(jax.devices())
 
 
 def test_make_mesh_uses_all_devices_on_one_data_axis():

@@ -86,7 +86,14 @@ def maybe_initialize_distributed(environ: dict[str, str] | None = None) -> bool:
     environ = os.environ if environ is None else environ
     if not is_multi_process_env(environ):
         return False
-    jax.distributed.initialize(**distributed_arguments(environ))
+    try:
+        jax.distributed.initialize(**distributed_arguments(environ))
+    except RuntimeError as e:
+        raise RuntimeError(
+            "the environment describes a multi-process job, but jax.distributed.initialize "
+            f"failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); call "
+            "fdiv.train.sharding.maybe_initialize_distributed() before anything uses the "
+            "devices.") from e
     return True
 
 
@@ -109,8 +116,16 @@ def distributed_arguments(environ: dict[str, str] | None = None) -> dict[str, An
 
 
 def make_mesh(devices: Any = None) -> Mesh:
-    """A one-dimensional mesh with axis ``'data'`` over `devices` (default: all devices of all
-    processes), built by `jax.make_mesh` (device order suited to the interconnect)."""
+    """A one-dimensional mesh with axis ``'data'`` over `devices`, built by `jax.make_mesh`
+    (device order suited to the interconnect).
+
+    With ``devices=None`` the mesh spans all devices of all processes; when the environment
+    describes a multi-process job, `maybe_initialize_distributed` is called first (a no-op
+    otherwise, and when the job is already initialised), so an experiment started on every
+    host of a job forms one mesh.
+    """
+    if devices is None:
+        maybe_initialize_distributed()
     devices = jax.devices() if devices is None else list(devices)
     return jax.make_mesh((len(devices),), (DATA_AXIS,), (AxisType.Auto,), devices=devices)
 
