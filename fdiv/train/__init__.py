@@ -30,14 +30,17 @@ Loop (`fdiv.train.loop`, `fdiv.train.config`)
   ``check_config(config)`` (NaN -> ValueError), ``to_dataclass(Cls, config)`` (typed config).
 
 Sharding (`fdiv.train.sharding`)
-  ``maybe_initialize_distributed()``, ``make_mesh()`` (axis ``'data'``),
+  ``maybe_initialize_distributed()`` (also called by ``make_mesh()``), ``make_mesh()`` (axis
+  ``'data'``, over the devices of all processes),
   ``replicate(tree, mesh)``, ``shard_batch(batch, mesh)``, ``data_sharding(mesh)``,
   ``replicated_sharding(mesh)``.
 
 Checkpoints (`fdiv.train.checkpoint`)
   ``Checkpointer(workdir, *, every_steps, every_secs, keep, async_save)`` with ``save(step,
-  state, meta)``, ``restore_latest(template) -> (state, meta | None)``, ``restore(step,
-  template)``, ``should_save(step)``, ``all_steps()``, ``wait()``, ``close()``. Every leaf's
+  state, meta)``, ``restore_latest(template, config=None) -> (state, meta | None)``,
+  ``restore(step, template)``, ``read_meta(step)``, ``read_arrays(step)`` (leaves as host
+  arrays, no template needed), ``should_save(step)``, ``all_steps()``, ``wait()``,
+  ``close()``. Every leaf's
   CRC-32 is stored at save time and verified on restore (a mismatch is a damaged step:
   warned, moved to ``checkpoints_corrupt/``, the previous step is used).
   ``ConfigMismatchError`` (a ValueError): the workdir holds valid checkpoints of another
