@@ -375,7 +375,9 @@ class Checkpointer:
         parts = []
         if config_diffs:
             parts.append("config field(s) differ: " + listing(config_diffs, 6))
-        if structure_diffs:
+        if structure_diffs and config_diffs:
+            parts.append("the state structure differs with them")
+        elif structure_diffs:
             leaf = lambda k: k[len("state:"):].removeprefix("nets/").removesuffix("/value")
             parts.append("state structure differs: " + listing(structure_diffs, 2, leaf))
         return ConfigMismatchError(
