@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from flax import nnx
 from fdiv import data as data_lib
 from fdiv import train
 from fdiv.train import checkpoint as ckpt_lib
-from fdiv.train import metrics as metrics_lib
+from fdiv.train import writers as metrics_lib
 from fdiv.train import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,13 +66,16 @@ def make_batcher(seed=0, mesh=None):
     return data_lib.ArrayBatcher({"x": x, "y": y}, 16, seed, mesh=mesh)
 
 
-def run(workdir, num_steps, *, seed=0, ckpt_every=4, eval_fn=None, lines=None):
+def run(workdir, num_steps, *, seed=0, ckpt_every=4, eval_fn=None, lines=None, meta=None,
+        resume="auto", banner=None, step_fn=None, plot=False):
     batcher = make_batcher(seed)
     opts = train.LoopOptions(num_steps=num_steps, log_every=2, checkpoint_every_steps=ckpt_every,
-                             checkpoint_every_secs=0, keep_checkpoints=3, eval_every=4)
+                             checkpoint_every_secs=0, keep_checkpoints=3, eval_every=4,
+                             resume=resume)
     sink = (lines.append if lines is not None else (lambda s: None))
-    return train.fit(make_state(seed), lambda s, step: update(s, batcher(step)), workdir=workdir,
-                     options=opts, eval_fn=eval_fn, print_fn=sink, plot=False)
+    step_fn = step_fn or (lambda s, step: update(s, batcher(step)))
+    return train.fit(make_state(seed), step_fn, workdir=workdir, options=opts, eval_fn=eval_fn,
+                     print_fn=sink, plot=plot, meta=meta, banner=banner)
 
 
 def leaves(state):
@@ -215,7 +219,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_keeps_files(straight, tmp_path
     with caplog.at_level(logging.WARNING, logger="fdiv.train.checkpoint"):
         s_resumed, summary = run(wd, 8)
     assert summary["resumed_from"] == 4
-    assert any("unreadable" in r.getMessage() and "step 8" in r.getMessage() for r in caplog.records)
+    assert any("damaged" in r.getMessage() and "step 8" in r.getMessage() for r in caplog.records)
     assert_identical(s_straight, s_resumed)
     # The damaged step was moved aside, not deleted; checkpoint 4 is still there; 8 was re-saved.
     moved = os.listdir(os.path.join(wd, "checkpoints_corrupt"))
@@ -346,6 +350,32 @@ def test_multi_process_env_detection():
     assert sharding.maybe_initialize_distributed({}) is False
 
 
+def test_distributed_arguments_from_environment(monkeypatch):
+    env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:8476", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"}
+    assert sharding.distributed_arguments(env) == {
+        "coordinator_address": "10.0.0.1:8476", "num_processes": 4, "process_id": 2}
+    assert sharding.distributed_arguments({"SLURM_NTASKS": "2"}) == {}
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID='one' must be a non-negative integer"):
+        sharding.distributed_arguments({**env, "JAX_PROCESS_ID": "one"})
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    assert sharding.maybe_initialize_distributed(env) is True
+    assert sharding.maybe_initialize_distributed({"JAX_NUM_PROCESSES": "1"}) is False
+    assert calls == [sharding.distributed_arguments(env)]
+    # An experiment started on every host builds its mesh with make_mesh(): that joins the job.
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    mesh = sharding.make_mesh()
+    assert len(calls) == 2 and calls[1] == calls[0] and mesh.devices.size == len(jax.devices())
+
+
+def test_make_mesh_uses_all_devices_on_one_data_axis():
+    mesh = sharding.make_mesh()
+    assert mesh.axis_names == ("data",) and mesh.devices.size == len(jax.devices())
+    assert sharding.make_mesh(jax.devices()[:1]).devices.size == 1
+
+
 def test_shard_batch_rejects_scalars():
     with pytest.raises(ValueError, match="scalar"):
         sharding.shard_batch({"x": np.float32(1.0)}, sharding.make_mesh())
@@ -377,7 +407,8 @@ def test_metric_writer_line_jsonl_and_tensorboard_path(tmp_path, monkeypatch):
     w.write(50, {"loss": jnp.float32(0.25), "acc": np.float64(0.5)}, steps_per_sec=10.0, wall_time=5.0)
     w.write(50, {"accuracy": 0.75}, prefix="eval/")
     w.close()
-    assert lines[0].startswith("step  50/100 | ")
+    assert lines[0].startswith("step  50/100  50% | ")
+    assert lines[1].startswith("eval step  50/100 | accuracy 0.75")
     assert "loss 0.25" in lines[0] and "acc 0.5" in lines[0] and "10.0 steps/s" in lines[0] and "ETA 0:00:05" in lines[0]
     recs = metrics_lib.read_metrics(str(tmp_path))
     assert recs[0] == {"step": 50, "loss": 0.25, "acc": 0.5, "steps_per_sec": 10.0, "eta_sec": 5.0, "wall_time": 5.0}
@@ -478,3 +509,234 @@ def test_loop_options_validation():
                 {"num_steps": 3, "keep_checkpoints": 0}, {"num_steps": 3, "checkpoint_every_secs": -1.0}):
         with pytest.raises(ValueError, match="LoopOptions"):
             train.LoopOptions(**bad)
+
+
+# ------------------------------------------------------ integrity, config changes, rerun, Ctrl-C
+
+
+def _tree_bytes(directory):
+    out = {}
+    for root, _, files in os.walk(directory):
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(root, f), directory)] = fh.read()
+    return out
+
+
+class WideMLP(nnx.Module):
+    """Large enough that the middle of a data file is array bytes, not file structure."""
+
+    def __init__(self, rngs):
+        self.l1 = nnx.Linear(64, 256, rngs=rngs)
+        self.l2 = nnx.Linear(256, 1, rngs=rngs)
+
+
+def test_overwritten_bytes_are_caught_by_checksums(tmp_path, caplog):
+    """64 bytes overwritten in the middle of the largest data file of the newest step: the
+    step's CRC-32 check fails, one warning line says so, and the previous step is used."""
+    wd = str(tmp_path)
+    state = train.TrainState.create(0, model=train.Net.create(WideMLP(nnx.Rngs(0)), TX))
+    ck = train.Checkpointer(wd, every_steps=1, keep=3, async_save=False)
+    for step in (1, 2):
+        ck.save(step, state.replace(step=np.int32(step)))
+    ck.close()
+    state_dir = os.path.join(wd, "checkpoints", "2", "state")
+    files = [os.path.join(r, f) for r, _, fs in os.walk(state_dir) for f in fs]
+    target = max(files, key=os.path.getsize)
+    size = os.path.getsize(target)
+    assert size > 50_000
+    with open(target, "r+b") as fh:
+        fh.seek(size // 2 - 32)
+        chunk = fh.read(64)
+        fh.seek(size // 2 - 32)
+        fh.write(bytes(b ^ 0xFF for b in chunk))
+    ck = train.Checkpointer(wd, every_steps=1, keep=3)
+    with caplog.at_level(logging.WARNING, logger="fdiv.train.checkpoint"):
+        restored, meta = ck.restore_latest(state)
+    ck.close()
+    assert int(restored.step) == 1 and meta["step"] == 1
+    assert_identical(restored, state.replace(step=np.int32(1)))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
+                and r.name == "fdiv.train.checkpoint"]
+    assert len(warnings) == 1, warnings
+    assert re.fullmatch(r"checkpoint step 2 in \S+ is damaged \(checksum mismatch in leaf "
+                        r"nets/model/\S+\); moved it to \S+/checkpoints_corrupt/2-\d+ and "
+                        r"trying the previous step\.", warnings[0]), warnings[0]
+    moved = os.listdir(os.path.join(wd, "checkpoints_corrupt"))
+    assert len(moved) == 1 and moved[0].startswith("2-")
+    assert os.listdir(os.path.join(wd, "checkpoints")) == ["1"]
+
+
+def test_checksums_are_the_crc32_of_each_leaf(tmp_path):
+    import zlib
+
+    ck = train.Checkpointer(str(tmp_path), every_steps=1, keep=1, async_save=False)
+    state = make_state()
+    ck.save(1, state)
+    meta = ck.read_meta(1)
+    ck.close()
+    paths, values, _ = ckpt_lib._leaf_paths(state)
+    assert set(meta["state_crc32"]) == {"/".join(p) for p in paths}
+    for path, v in zip(paths, values):
+        raw = np.asarray(jax.random.key_data(v) if ckpt_lib._is_key(v) else v)
+        want = f"{zlib.crc32(np.ascontiguousarray(raw).tobytes()) & 0xFFFFFFFF:08x}"
+        assert meta["state_crc32"]["/".join(path)] == want
+        assert meta["state_structure"]["/".join(path)] == [list(raw.shape), raw.dtype.name]
+
+
+def test_changed_config_is_not_corrupt_restore_latest_raises_before_touching(tmp_path):
+    wd = str(tmp_path)
+    config = {"lr": 0.1, "model": {"width": 8}, "log_every": 2, "seed": 0}
+    ck = train.Checkpointer(wd, every_steps=1, keep=3, async_save=False)
+    for step in (1, 2):
+        ck.save(step, make_state().replace(step=np.int32(step)), meta={"config": config})
+    ck.close()
+    before = _tree_bytes(wd)
+    changed = {**config, "lr": 0.2, "model": {"width": 8, "depth": 2}, "log_every": 5}
+    ck = train.Checkpointer(wd, every_steps=1, keep=3)
+    with pytest.raises(train.ConfigMismatchError,
+                       match=r"different run.*differ: lr 0\.1 -> 0\.2, model\.depth <absent> -> 2\)"
+                             r".*new --workdir.*--config\.resume=restart") as info:
+        ck.restore_latest(make_state(), config=changed)
+    assert isinstance(info.value, ValueError)
+    assert info.value.differences == [("lr", 0.1, 0.2), ("model.depth", "<absent>", 2)]
+    assert "\n" not in str(info.value) and "log_every" not in str(info.value)
+    # A different state structure under the same config is a different run too.
+    other = train.TrainState.create(0, model=train.Net.create(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), TX))
+    with pytest.raises(train.ConfigMismatchError, match=r"state structure differs: model/ema_params/l1/bias \[8\] float32 -> <absent>, "
+                             r"model/ema_params/l1/kernel \[4, 8\] float32 -> <absent> and \d+ more\)"):
+        ck.restore_latest(other, config=config)
+    assert _tree_bytes(wd) == before  # nothing moved, deleted or rewritten
+    # Only bookkeeping fields changed: an ordinary resume of the newest step.
+    restored, meta = ck.restore_latest(make_state(seed=1), config={**config, "log_every": 5})
+    assert int(restored.step) == 2 and meta["config"] == config
+    ck.close()
+
+
+def test_damaged_steps_still_fall_back_through_restore_latest(tmp_path):
+    wd = str(tmp_path)
+    ck = train.Checkpointer(wd, every_steps=1, keep=3, async_save=False)
+    for step in (1, 2, 3):
+        ck.save(step, make_state().replace(step=np.int32(step)), meta={"config": {"lr": 0.1}})
+    ck.close()
+    with open(os.path.join(wd, "checkpoints", "3", "meta", "metadata"), "w") as f:
+        f.write("{not json")  # unreadable metadata
+    shutil.rmtree(os.path.join(wd, "checkpoints", "2", "state"))  # missing files
+    ck = train.Checkpointer(wd, every_steps=1, keep=3)
+    restored, meta = ck.restore_latest(make_state(), config={"lr": 0.1})
+    assert int(restored.step) == 1 and meta["step"] == 1
+    assert sorted(n.split("-")[0] for n in os.listdir(os.path.join(wd, "checkpoints_corrupt"))) == ["2", "3"]
+    ck.close()
+
+
+def test_fit_stops_on_changed_config_and_restart_archives_the_old_run(straight, tmp_path):
+    s_straight, _, wd_straight = straight
+    wd = str(tmp_path)
+    run(wd, 4, meta={"config": {"lr": 0.1}}, plot=True)
+    before = _tree_bytes(wd)
+    with pytest.raises(train.ConfigMismatchError, match=r"lr 0\.1 -> 0\.2"):
+        run(wd, 8, meta={"config": {"lr": 0.2}})
+    assert _tree_bytes(wd) == before
+    with pytest.raises(ValueError, match="LoopOptions.resume must be 'auto' or 'restart'"):
+        run(wd, 8, meta={"config": {"lr": 0.2}}, resume="fresh")
+    assert _tree_bytes(wd) == before
+    lines = []
+    state, summary = run(wd, 8, meta={"config": {"lr": 0.2}}, resume="restart", lines=lines)
+    assert summary["resumed_from"] is None
+    assert_identical(s_straight, state)
+    (stamp,) = os.listdir(os.path.join(wd, "archive"))
+    archived = os.path.join(wd, "archive", stamp)
+    assert {"checkpoints", "curves.png", "metrics.jsonl", "summary.json"} <= set(os.listdir(archived))
+    assert _tree_bytes(archived) == before
+    assert any(f"moved the previous run to {archived}" in line for line in lines)
+    assert [r["step"] for r in metrics_lib.read_metrics(wd)] == \
+        [r["step"] for r in metrics_lib.read_metrics(wd_straight)]
+    # The new run resumes normally with its own config.
+    _, again = run(wd, 8, meta={"config": {"lr": 0.2}})
+    assert again["reevaluation"]["resumed_from"] == 8
+
+
+def test_records_say_how_many_steps_they_average(tmp_path):
+    wd = str(tmp_path)
+    run(wd, 3, ckpt_every=3)  # checkpoint at 3, not a logging step (log_every=2)
+    _, summary = run(wd, 8, ckpt_every=3)
+    assert summary["resumed_from"] == 3
+    recs = metrics_lib.read_metrics(wd)
+    assert [(r["step"], r["num_steps_averaged"]) for r in recs] == \
+        [(2, 2), (3, 1), (4, 1), (6, 2), (8, 2)]
+
+
+def test_rerun_of_a_finished_run_keeps_the_training_record(tmp_path):
+    wd = str(tmp_path)
+    eval_fn = lambda s: {"loss": jnp.mean(jax.tree.leaves(s["model"].params)[0])}
+    _, first = run(wd, 8, eval_fn=eval_fn)
+    with open(os.path.join(wd, "summary.json"), "rb") as f:
+        record = f.read()
+    metrics_before = _tree_bytes(wd)["metrics.jsonl"]
+    assert first["steps_per_sec"] is not None and "reevaluation" not in first
+    _, again = run(wd, 8, eval_fn=eval_fn)
+    # An experiment adds its own fields and writes the summary again: still beside the record.
+    train.write_summary(wd, {**again, "student": again["eval"]})
+    with open(os.path.join(wd, "summary.json"), "rb") as f:
+        assert f.read() == record
+    assert _tree_bytes(wd)["metrics.jsonl"] == metrics_before
+    reeval = train.read_summary(wd, "summary_reeval.json")
+    assert reeval["reevaluation"]["resumed_from"] == 8 and reeval["student"] == first["eval"]
+    for key in ("first_step_sec", "steps_per_sec", "wall_time_sec", "train"):
+        assert reeval[key] == json.loads(record)[key]
+    assert again["eval"] == first["eval"]
+
+
+def test_ctrl_c_saves_and_raises_training_interrupted(straight, tmp_path):
+    s_straight, _, _ = straight
+    wd = str(tmp_path)
+    batcher = make_batcher()
+
+    def step_fn(state, step):
+        if step == 5:
+            raise KeyboardInterrupt
+        return update(state, batcher(step))
+
+    lines = []
+    with pytest.raises(train.TrainingInterrupted) as info:
+        run(wd, 8, step_fn=step_fn, lines=lines)
+    assert isinstance(info.value, KeyboardInterrupt)
+    assert info.value.step == 5 and info.value.workdir == wd
+    assert str(info.value) == (f"interrupted at step 5; checkpoint saved in {wd}/checkpoints; "
+                               "run the same command again to resume.")
+    assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["4", "5"]
+    s_resumed, summary = run(wd, 8)
+    assert summary["resumed_from"] == 5
+    assert_identical(s_straight, s_resumed)
+
+
+def test_progress_lines_fit_80_columns_and_banner_prints_once(tmp_path):
+    line = metrics_lib.progress_line(
+        123456, 1000000, {"critic/fake_dsm_loss": 0.123456, "generator_surrogate_loss": 1.5e-7,
+                          "discriminator_accuracy": 0.5, "weight_cv": 12.0},
+        steps_per_sec=1234.5, eta=86400 * 3 + 5, phase="distill")
+    assert len(line) <= 80, line
+    assert line.startswith("[distill] step  123456/1000000  12% | crit") and "~ 0.1235 | " in line
+    assert line.endswith(" | 1234 steps/s | ETA 72:00:05")
+    long_name = metrics_lib.progress_line(5, 10, {"a" * 120: 1.0, "b_loss": 2.0},
+                                          steps_per_sec=2.0, eta=2.5)
+    assert long_name.startswith("step  5/10  50% | b_loss 2 | 2.0 steps/s | ETA 0:00:02")
+    assert len(metrics_lib.progress_line(5, 10, {"a" * 120: 1.0})) <= 80
+    lines = []
+    banner = "f-distill | js on ring8 | 8 cpu devices | workdir " + str(tmp_path)
+    many = {f"metric_number_{i}": jnp.float32(i) for i in range(12)}
+    batcher = make_batcher()
+
+    def step_fn(state, step):
+        state, m = update(state, batcher(step))
+        return state, {**many, **m}
+
+    run(str(tmp_path), 4, step_fn=step_fn, lines=lines, banner=banner,
+        eval_fn=lambda s: {f"eval_metric_{i}": float(i) for i in range(15)})
+    assert lines[0] == banner and lines.count(banner) == 1
+    assert all(len(l) <= 80 for l in lines[1:]), [l for l in lines if len(l) > 80]
+    train_lines = [l for l in lines if l.startswith("step ")]
+    assert [l.split(" | ")[0] for l in train_lines] == ["step 2/4  50%", "step 4/4 100%"]
+    assert all(" loss " in l and "steps/s" in l and "ETA" in l for l in train_lines[1:])
+    shown = " ".join(l for l in lines if not l.startswith("step "))
+    assert all(f"eval_metric_{i} {i}" in shown for i in range(15))

@@ -16,32 +16,46 @@ State (`fdiv.train.state`)
 
 Loop (`fdiv.train.loop`, `fdiv.train.config`)
   ``LoopOptions(num_steps, log_every=100, eval_every=0, checkpoint_every_steps=1000,
-  checkpoint_every_secs=600.0, keep_checkpoints=3, async_checkpoints=True)``;
+  checkpoint_every_secs=600.0, keep_checkpoints=3, async_checkpoints=True, resume="auto")``;
   ``LoopOptions.from_config(config)`` reads those names from the top level of a config.
   ``fit(state, step_fn, *, workdir, options, eval_fn=None, meta=None, print_fn=None,
-  plot=True) -> (state, summary)`` with ``step_fn(state, step) -> (state, metrics)`` (host
-  side; calls jitted update functions, so networks can be updated at different rates) and
-  ``eval_fn(state) -> metrics``. Resumes from the newest readable checkpoint, logs, evaluates,
-  checkpoints, writes ``curves.png`` and ``summary.json``.
+  plot=True, banner=None, phase=None) -> (state, summary)`` with ``step_fn(state, step) ->
+  (state, metrics)`` (host side; calls jitted update functions, so networks can be updated
+  at different rates) and ``eval_fn(state) -> metrics``. Resumes from the newest intact
+  checkpoint, logs, evaluates, checkpoints, writes ``curves.png`` and ``summary.json``
+  (a rerun of a finished run writes ``summary_reeval.json`` beside it). ``resume="restart"``
+  archives a previous run to ``<workdir>/archive/<UTC time>/`` first.
+  ``TrainingInterrupted`` (a KeyboardInterrupt with ``.step``, ``.workdir``): Ctrl-C, after
+  the checkpoint was saved.
   ``check_config(config)`` (NaN -> ValueError), ``to_dataclass(Cls, config)`` (typed config).
 
 Sharding (`fdiv.train.sharding`)
-  ``maybe_initialize_distributed()``, ``make_mesh()`` (axis ``'data'``),
+  ``maybe_initialize_distributed()`` (also called by ``make_mesh()``), ``make_mesh()`` (axis
+  ``'data'``, over the devices of all processes),
   ``replicate(tree, mesh)``, ``shard_batch(batch, mesh)``, ``data_sharding(mesh)``,
   ``replicated_sharding(mesh)``.
 
 Checkpoints (`fdiv.train.checkpoint`)
   ``Checkpointer(workdir, *, every_steps, every_secs, keep, async_save)`` with ``save(step,
-  state, meta)``, ``restore_latest(template) -> (state, meta | None)``, ``restore(step,
-  template)``, ``should_save(step)``, ``all_steps()``, ``wait()``, ``close()``.
+  state, meta)``, ``restore_latest(template, config=None) -> (state, meta | None)``,
+  ``restore(step, template)``, ``read_meta(step)``, ``read_arrays(step)`` (leaves as host
+  arrays, no template needed), ``should_save(step)``, ``all_steps()``, ``wait()``,
+  ``close()``. Every leaf's
+  CRC-32 is stored at save time and verified on restore (a mismatch is a damaged step:
+  warned, moved to ``checkpoints_corrupt/``, the previous step is used).
+  ``ConfigMismatchError`` (a ValueError): the workdir holds valid checkpoints of another
+  config or state structure; raised by ``restore_latest(template, config)`` before anything
+  is touched, naming the fields and the two ways on.
 
-Metrics and plots (`fdiv.train.metrics`, `fdiv.train.plotting`)
-  ``MetricWriter(workdir, num_steps)`` (progress line, ``metrics.jsonl``, TensorBoard if
-  importable), ``read_metrics(workdir)``, ``strip_timing(records)``,
-  ``write_summary(workdir, summary)``; ``plot_curves(workdir)``, ``save_image_grid(images,
+Metric writers and plots (`fdiv.train.writers`, formerly `fdiv.train.metrics`;
+`fdiv.train.plotting`)
+  ``MetricWriter(workdir, num_steps)`` (80-column progress line, ``metrics.jsonl`` with
+  ``num_steps_averaged`` per training record, TensorBoard if importable),
+  ``read_metrics(workdir)``, ``strip_timing(records)``, ``write_summary(workdir, summary)``,
+  ``read_summary(workdir)``; ``plot_curves(workdir)``, ``save_image_grid(images,
   path)``, ``save_scatter(points, path, reference=None, centres=None)``.
 
-An experiment with several networks, e.g. f-distill (SPEC section 4)::
+An experiment with several networks, e.g. f-distill (docs/reference.md section 4)::
 
     import jax, optax
     from fdiv import train
@@ -82,20 +96,22 @@ An experiment with several networks, e.g. f-distill (SPEC section 4)::
         return summary
 """
 
-from fdiv.train import checkpoint, config, loop, metrics, plotting, sharding, state
-from fdiv.train.checkpoint import Checkpointer
+from fdiv.train import checkpoint, config, loop, metrics, plotting, sharding, state, writers
+from fdiv.train.checkpoint import Checkpointer, ConfigMismatchError
 from fdiv.train.config import LoopOptions, check_config, to_dataclass
-from fdiv.train.loop import fit
-from fdiv.train.metrics import MetricWriter, read_metrics, strip_timing, write_summary
+from fdiv.train.loop import TrainingInterrupted, fit
+from fdiv.train.writers import MetricWriter, read_metrics, read_summary, strip_timing, write_summary
 from fdiv.train.plotting import plot_curves, save_image_grid, save_scatter
 from fdiv.train.state import Net, TrainState
 
 __all__ = [
     "Checkpointer",
+    "ConfigMismatchError",
     "LoopOptions",
     "MetricWriter",
     "Net",
     "TrainState",
+    "TrainingInterrupted",
     "check_config",
     "checkpoint",
     "config",
@@ -105,6 +121,7 @@ __all__ = [
     "plot_curves",
     "plotting",
     "read_metrics",
+    "read_summary",
     "save_image_grid",
     "save_scatter",
     "sharding",
@@ -112,4 +129,5 @@ __all__ = [
     "strip_timing",
     "to_dataclass",
     "write_summary",
+    "writers",
 ]

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a whole training state, with exact resume and corrupt-step fallback.
+"""Orbax checkpoints of a whole training state: exact resume, integrity checks, config checks.
 
 `Checkpointer` wraps `orbax.checkpoint.CheckpointManager` (``args`` API). Each checkpoint is a
 step directory ``<workdir>/checkpoints/<step>/`` holding two items:
@@ -7,8 +7,10 @@ step directory ``<workdir>/checkpoints/<step>/`` holding two items:
   optimiser states, EMA, step counter, PRNG key), saved with `ocp.args.StandardSave` as a
   nested dict keyed by the leaves' pytree paths. Typed PRNG keys are stored as their raw
   key data and re-wrapped on restore.
-- ``meta``: JSON (`ocp.args.JsonSave`) with the step, the data-pipeline position and any
-  caller-supplied metadata (the run's config).
+- ``meta``: JSON (`ocp.args.JsonSave`) with the step, the data-pipeline position, any
+  caller-supplied metadata (the run's config under ``"config"``), and two integrity records
+  written at save time: ``"state_structure"`` (leaf path -> [shape, dtype]) and
+  ``"state_crc32"`` (leaf path -> CRC-32 of the leaf's bytes).
 
 Because the data pipeline is a pure function of (seed, step) (`fdiv.data`), the step is the
 complete data-iterator position, and resuming reproduces an uninterrupted run bit for bit.
@@ -17,16 +19,25 @@ Saving policy (`should_save`): every `every_steps` steps, and whenever `every_se
 have passed since the last save; the last `keep` checkpoints are kept. Saves are asynchronous;
 `wait` (called by `restore_latest` and `close`) blocks until they are on disk.
 
-Restoring (`restore_latest`) tries the newest step first. A step that cannot be read (a
-damaged or half-written directory) is reported with a logged warning, moved aside to
-``<workdir>/checkpoints_corrupt/<step>-<unix time>/`` (kept, not deleted, so a later save of
-the same step cannot collide with it and nothing on disk is lost), and the next older step is
-tried. Orbax's own temporary directories of interrupted saves are never considered steps.
+Restoring (`restore_latest(template, config=...)`) distinguishes two situations:
+
+- *A different run* (`ConfigMismatchError`, raised before anything on disk is touched): a
+  readable step whose stored config differs from `config` (fields that only schedule
+  bookkeeping, `RESUME_NEUTRAL_FIELDS`, are ignored), or whose stored state structure (leaf
+  paths, shapes, dtypes) differs from `template`. Such checkpoints are valid; the message
+  names the differing fields and the two ways on (a new workdir, or ``resume="restart"``
+  which makes `fdiv.train.fit` archive the old run under ``<workdir>/archive/``).
+- *A damaged step*: missing or truncated files, unreadable metadata, or a leaf whose CRC-32
+  differs from the one recorded at save time. It is reported in one warning line, moved
+  aside to ``<workdir>/checkpoints_corrupt/<step>-<unix time>/`` (kept, not deleted), and the
+  next older step is tried.
+
+Orbax's own temporary directories of interrupted saves are never considered steps.
 
 Usage::
 
     ckpt = Checkpointer(workdir, every_steps=1000, every_secs=600, keep=3)
-    state = ckpt.restore_latest(state)     # `state` is the template (shapes, shardings)
+    state, meta = ckpt.restore_latest(state, config=config.to_dict())   # state: template
     ...
     if ckpt.should_save(step):
         ckpt.save(step, state, meta={"config": config.to_dict()})
@@ -44,16 +55,43 @@ import os
 import re
 import shutil
 import time
-from typing import Any
+import zlib
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 
 _SAFE = re.compile(r"[^A-Za-z0-9_]")
+
+# Config fields that only schedule logging, evaluation and saving (or say how to resume):
+# changing them between runs of one workdir does not change the trained numbers.
+RESUME_NEUTRAL_FIELDS = frozenset({
+    "log_every", "eval_every", "checkpoint_every_steps", "checkpoint_every_secs",
+    "keep_checkpoints", "async_checkpoints", "resume"})
+
+
+class ConfigMismatchError(ValueError):
+    """The workdir holds valid checkpoints of a different run (other config or state structure).
+
+    Attributes:
+      directory: the checkpoint directory.
+      differences: list of ``(field, old, new)``; ``field`` is a dotted config path or
+        ``"state:<leaf path>"`` for a structure difference.
+    """
+
+    def __init__(self, message: str, *, directory: str, differences: list[tuple[str, Any, Any]]):
+        super().__init__(message)
+        self.directory = directory
+        self.differences = differences
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint step whose data does not match what was recorded when it was saved."""
 
 
 def _key_name(entry: Any) -> str:
@@ -135,6 +173,111 @@ def from_savable(template: Any, restored: dict) -> Any:
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+
+
+# --------------------------------------------------------------------------- integrity records
+
+
+def _leaf_name(path: tuple[str, ...]) -> str:
+    return "/".join(path)
+
+
+def _host_value(x: Any) -> np.ndarray:
+    """The full value of a leaf on this host (a leaf split across processes is gathered)."""
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def _crc32(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a)
+    return f"{zlib.crc32(a.tobytes()) & 0xFFFFFFFF:08x}"
+
+
+def state_structure(tree: Any) -> dict[str, list]:
+    """Leaf path -> ``[shape, dtype name]`` of a state as it is saved (keys as key data)."""
+    paths, leaves, _ = _leaf_paths(tree)
+    out = {}
+    for path, x in zip(paths, leaves):
+        if _is_key(x):
+            x = jax.random.key_data(x)
+        out[_leaf_name(path)] = [list(np.shape(x)), np.dtype(x.dtype).name]
+    return out
+
+
+def state_checksums(savable: dict) -> dict[str, str]:
+    """Leaf path -> CRC-32 (hex) of the leaf's bytes, for a nested dict from `to_savable`."""
+    leaves_with_path = jax.tree_util.tree_flatten_with_path(savable)[0]
+    names = [_leaf_name(tuple(str(e.key) for e in p)) for p, _ in leaves_with_path]
+    values = [x for _, x in leaves_with_path]
+    return {n: _crc32(_host_value(v)) for n, v in zip(names, values)}
+
+
+def _normalise(x: Any) -> Any:
+    """A JSON round trip's view of a value (tuples become lists, keys strings)."""
+    if hasattr(x, "to_dict"):
+        x = x.to_dict()
+    if isinstance(x, Mapping):
+        return {str(k): _normalise(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_normalise(v) for v in x]
+    if isinstance(x, (np.generic, np.ndarray)):
+        return np.asarray(x).tolist()
+    return x
+
+
+def _flatten(x: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(x, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in x.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        if not x and prefix:
+            out[prefix] = {}
+        return out
+    return {prefix: x}
+
+
+_ABSENT = "<absent>"
+
+
+def config_differences(old: Any, new: Any) -> list[tuple[str, Any, Any]]:
+    """``(dotted field, old value, new value)`` for every field that differs, sorted by name;
+    fields in `RESUME_NEUTRAL_FIELDS` (at any depth) are ignored."""
+    a, b = _flatten(_normalise(old)), _flatten(_normalise(new))
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if k.rsplit(".", 1)[-1] in RESUME_NEUTRAL_FIELDS:
+            continue
+        va, vb = a.get(k, _ABSENT), b.get(k, _ABSENT)
+        if va != vb:
+            out.append((k, va, vb))
+    return out
+
+
+def _structure_differences(old: Mapping, new: Mapping) -> list[tuple[str, Any, Any]]:
+    def fmt(v):
+        return _ABSENT if v is None else f"{list(v[0])} {v[1]}"
+
+    return [(f"state:{k}", fmt(old.get(k)), fmt(new.get(k)))
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def _short(v: Any, width: int = 40) -> str:
+    s = str(v)
+    return s if len(s) <= width else s[: width - 3] + "..."
+
+
+_OBJECT_REPR = re.compile(r"<[^<>]*\bat 0x[0-9a-fA-F]+>|\bobject at 0x[0-9a-fA-F]+")
+
+
+def _one_line(e: BaseException, width: int = 200) -> str:
+    """``Type: first line of the message`` without object reprs, at most `width` characters."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = re.sub(r"\s+", " ", _OBJECT_REPR.sub("", text)).strip(" :,")
+    line = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
 class Checkpointer:
     """Periodic, asynchronous, keep-last-k checkpoints of a state pytree in `workdir`.
 
@@ -150,8 +293,9 @@ class Checkpointer:
                  every_secs: float | None = None, keep: int = 3, async_save: bool = True):
         if keep < 1:
             raise ValueError(f"Checkpointer: keep must be >= 1, got {keep}.")
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        self.corrupt_directory = os.path.abspath(os.path.join(workdir, "checkpoints_corrupt"))
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, "checkpoints")
+        self.corrupt_directory = os.path.join(self.workdir, "checkpoints_corrupt")
         self.every_steps = int(every_steps or 0)
         self.every_secs = every_secs
         self.keep = keep
@@ -182,6 +326,9 @@ class Checkpointer:
     def save(self, step: int, state: Any, meta: dict | None = None) -> None:
         """Starts saving `state` as checkpoint `step` (asynchronous; replaces nothing).
 
+        The step's metadata records the state's structure and a CRC-32 of every leaf, which
+        `restore` verifies.
+
         Args:
           step: the number of completed steps the state corresponds to.
           state: pytree (a `TrainState`).
@@ -190,53 +337,166 @@ class Checkpointer:
         step = int(step)
         if step in self._manager.all_steps():
             return
-        meta = {"step": step, "data_position": {"step": step}, "time": time.time(), **(meta or {})}
+        savable = to_savable(state)
+        meta = {"step": step, "data_position": {"step": step}, "time": time.time(),
+                **_normalise(dict(meta or {})),
+                "state_structure": state_structure(state),
+                "state_crc32": state_checksums(savable)}
         self._manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(to_savable(state)),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(savable),
                                     meta=ocp.args.JsonSave(meta)),
             force=True)
         self._last_save_time = time.monotonic()
 
-    def restore(self, step: int, template: Any) -> tuple[Any, dict]:
-        """Reads checkpoint `step` into the structure and shardings of `template`."""
+    def read_meta(self, step: int) -> dict:
+        """The JSON metadata of checkpoint `step` (raises when it cannot be read)."""
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        meta = restored["meta"]
+        if not isinstance(meta, Mapping):
+            raise DamagedCheckpointError(f"metadata of step {step} is not a JSON object")
+        return dict(meta)
+
+    def _mismatch(self, step: int, meta: Mapping, template: Any, config: Any):
+        config_diffs = []
+        if config is not None and "config" in meta:
+            config_diffs = config_differences(meta["config"], config)
+        structure_diffs = []
+        if "state_structure" in meta:
+            structure_diffs = _structure_differences(meta["state_structure"],
+                                                     state_structure(template))
+        if not config_diffs and not structure_diffs:
+            return None
+
+        def listing(diffs, limit, name=lambda k: k):
+            shown = ", ".join(f"{name(k)} {_short(a)} -> {_short(b)}" for k, a, b in diffs[:limit])
+            return shown + (f" and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+        parts = []
+        if config_diffs:
+            parts.append("config field(s) differ: " + listing(config_diffs, 6))
+        if structure_diffs and config_diffs:
+            parts.append("the state structure differs with them")
+        elif structure_diffs:
+            leaf = lambda k: k[len("state:"):].removeprefix("nets/").removesuffix("/value")
+            parts.append("state structure differs: " + listing(structure_diffs, 2, leaf))
+        return ConfigMismatchError(
+            f"{self.directory} holds checkpoints of a different run (step {step}; "
+            f"{'; '.join(parts)}); they are valid and were left untouched. Either use a new "
+            f"--workdir, or pass --config.resume=restart to move the old run to "
+            f"{os.path.join(self.workdir, 'archive', '<UTC time>')}/ and start afresh.",
+            directory=self.directory, differences=config_diffs + structure_diffs)
+
+    def restore(self, step: int, template: Any, *, meta: dict | None = None) -> tuple[Any, dict]:
+        """Reads checkpoint `step` into the structure and shardings of `template`.
+
+        Raises:
+          ConfigMismatchError: the stored state structure differs from `template`.
+          DamagedCheckpointError: a leaf's CRC-32 differs from the one recorded at save time.
+          Exception: whatever orbax raises for missing or truncated files.
+        """
         self.wait()
+        if meta is None:
+            meta = self.read_meta(step)
+        error = self._mismatch(step, meta, template, None)
+        if error is not None:
+            raise error
         paths, leaves, _ = _leaf_paths(template)
         abstract = _nest(paths, [_abstract(x) for x in leaves])
         restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                          meta=ocp.args.JsonRestore()))
-        return from_savable(template, restored["state"]), dict(restored["meta"])
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+        expected = meta.get("state_crc32")
+        if expected is not None:
+            got = state_checksums(restored)
+            bad = sorted(k for k in set(expected) | set(got) if expected.get(k) != got.get(k))
+            if bad:
+                more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+                raise DamagedCheckpointError(f"checksum mismatch in leaf {bad[0]}{more}")
+        return from_savable(template, restored), meta
 
-    def restore_latest(self, template: Any) -> tuple[Any, dict | None]:
-        """The newest readable checkpoint, or (`template`, None) when there is none.
+    def read_arrays(self, step: int) -> dict[str, np.ndarray]:
+        """The leaves of checkpoint `step` as host arrays keyed by leaf path, without a
+        template (for inspection and comparisons; needs a checkpoint written with
+        ``"state_structure"`` metadata). Checksums are verified."""
+        self.wait()
+        meta = self.read_meta(step)
+        structure = meta.get("state_structure")
+        if structure is None:
+            raise ValueError(f"checkpoint step {step} in {self.directory} records no state "
+                             "structure; restore it with restore(step, template).")
+        one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        paths = [tuple(k.split("/")) for k in structure]
+        abstract = _nest(paths, [jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype),
+                                                      sharding=one_device)
+                                 for shape, dtype in structure.values()])
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+        got = state_checksums(restored)
+        bad = sorted(k for k in got if meta["state_crc32"].get(k) != got[k])
+        if bad:
+            raise DamagedCheckpointError(f"checksum mismatch in leaf {bad[0]}")
+        return {"/".join(p): np.asarray(_get(restored, p)) for p in paths}
 
-        Unreadable steps are logged (warning), moved to ``checkpoints_corrupt/`` and skipped.
+    def restore_latest(self, template: Any, config: Any = None) -> tuple[Any, dict | None]:
+        """The newest intact checkpoint, or (`template`, None) when there is none.
+
+        Args:
+          template: state giving the structure, key types and shardings.
+          config: the config of the run being started (a mapping or ConfigDict), compared with
+            each step's stored ``meta["config"]``; None skips the comparison.
 
         Returns:
           (state, meta): the restored state and its JSON metadata.
+
+        Raises:
+          ConfigMismatchError: some readable step was written by a run with another config or
+            state structure. Raised before any step is moved or restored.
         """
         self.wait()
+        steps = list(reversed(self.all_steps()))
+        metas: dict[int, dict | BaseException] = {}
+        for step in steps:
+            try:
+                metas[step] = self.read_meta(step)
+            except Exception as e:  # orbax raises many types for damaged directories
+                metas[step] = e
+        for step in steps:
+            meta = metas[step]
+            if isinstance(meta, dict):
+                error = self._mismatch(step, meta, template, config)
+                if error is not None:
+                    raise error
         moved = False
         result: tuple[Any, dict | None] = (template, None)
-        for step in reversed(self.all_steps()):
+        for step in steps:
+            meta = metas[step]
             try:
-                result = self.restore(step, template)
+                if isinstance(meta, BaseException):
+                    raise meta
+                result = self.restore(step, template, meta=meta)
                 break
+            except ConfigMismatchError:
+                raise
             except Exception as e:  # orbax raises many types for damaged directories
-                dest = os.path.join(self.corrupt_directory, f"{step}-{int(time.time())}")
-                log.warning("checkpoint step %d in %s is unreadable (%s: %s); moving it to %s and "
-                            "trying the previous checkpoint.", step, self.directory,
-                            type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "", dest)
-                if jax.process_index() == 0:
-                    os.makedirs(self.corrupt_directory, exist_ok=True)
-                    shutil.move(os.path.join(self.directory, str(step)), dest)
+                self._move_aside(step, e)
                 moved = True
         if moved:
             self._manager.close()
             self._manager = self._new_manager()
         self._last_save_time = time.monotonic()
         return result
+
+    def _move_aside(self, step: int, error: BaseException) -> None:
+        dest = os.path.join(self.corrupt_directory, f"{step}-{int(time.time())}")
+        reason = (str(error) if isinstance(error, DamagedCheckpointError)
+                  else f"unreadable, {_one_line(error)}")
+        log.warning("checkpoint step %d in %s is damaged (%s); moved it to %s and trying the "
+                    "previous step.", step, self.directory, reason, dest)
+        if jax.process_index() == 0:
+            os.makedirs(self.corrupt_directory, exist_ok=True)
+            shutil.move(os.path.join(self.directory, str(step)), dest)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"fdiv_checkpoint_move_{step}")
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""

@@ -96,6 +96,9 @@ class LoopOptions:
         0 or None: never by time).
       keep_checkpoints: most recent checkpoints kept.
       async_checkpoints: write checkpoints in the background.
+      resume: ``"auto"`` continues from the workdir's checkpoints (a checkpoint of another
+        config is an error); ``"restart"`` first moves the workdir's previous run to
+        ``<workdir>/archive/<UTC time>/`` and starts from step 0.
     """
 
     num_steps: int
@@ -105,6 +108,7 @@ class LoopOptions:
     checkpoint_every_secs: float | None = 600.0
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
+    resume: str = "auto"
 
     def __post_init__(self):
         for f in ("num_steps", "log_every", "eval_every", "checkpoint_every_steps", "keep_checkpoints"):

@@ -17,7 +17,9 @@ Typical use::
 
 Multi-host: `maybe_initialize_distributed` calls `jax.distributed.initialize()` only when the
 environment describes a multi-process job (see its docstring); each process then passes its
-*own* slice of the global batch to `shard_batch` (`fdiv.data.ArrayBatcher` does this).
+*own* slice of the global batch to `shard_batch` (`fdiv.data.ArrayBatcher` does this), and
+`replicate` turns each process's copy of the (identical) initial state into global arrays.
+`tests/test_multihost.py` runs two processes on one machine this way.
 
 References:
   JAX documentation, "Distributed arrays and automatic parallelization" and "Multi-process
@@ -30,16 +32,18 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 
 # Environment variables whose presence means "this process is one of several"; each maps to
 # a predicate on its value. Kept as data so the decision is easy to audit and test.
 _MULTI_PROCESS_ENV = {
-    # Explicit JAX coordinator (jax.distributed reads these itself).
+    # Explicit JAX coordinator, with JAX_NUM_PROCESSES / JAX_PROCESS_ID on plain hosts.
     "JAX_COORDINATOR_ADDRESS": lambda v: bool(v),
+    "JAX_NUM_PROCESSES": lambda v: v.isdigit() and int(v) > 1,
     # SLURM launches one task per process; a single task is an ordinary local run.
     "SLURM_NTASKS": lambda v: v.isdigit() and int(v) > 1,
     # Open MPI / mpirun.
@@ -79,16 +83,51 @@ def maybe_initialize_distributed(environ: dict[str, str] | None = None) -> bool:
     """
     if jax.distributed.is_initialized():
         return True
+    environ = os.environ if environ is None else environ
     if not is_multi_process_env(environ):
         return False
-    jax.distributed.initialize()
+    try:
+        jax.distributed.initialize(**distributed_arguments(environ))
+    except RuntimeError as e:
+        raise RuntimeError(
+            "the environment describes a multi-process job, but jax.distributed.initialize "
+            f"failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); call "
+            "fdiv.train.sharding.maybe_initialize_distributed() before anything uses the "
+            "devices.") from e
     return True
 
 
+def distributed_arguments(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments for `jax.distributed.initialize` read from ``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (hosts without a cluster manager); what is
+    unset is left to JAX's own detection (SLURM, Open MPI, Cloud TPU)."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    if environ.get("JAX_COORDINATOR_ADDRESS"):
+        out["coordinator_address"] = environ["JAX_COORDINATOR_ADDRESS"]
+    for key, name in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        value = environ.get(key, "")
+        if value:
+            if not value.isdigit():
+                raise ValueError(f"environment variable {key}={value!r} must be a non-negative "
+                                 "integer.")
+            out[name] = int(value)
+    return out
+
+
 def make_mesh(devices: Any = None) -> Mesh:
-    """A one-dimensional mesh with axis ``'data'`` over `devices` (default: all devices)."""
+    """A one-dimensional mesh with axis ``'data'`` over `devices`, built by `jax.make_mesh`
+    (device order suited to the interconnect).
+
+    With ``devices=None`` the mesh spans all devices of all processes; when the environment
+    describes a multi-process job, `maybe_initialize_distributed` is called first (a no-op
+    otherwise, and when the job is already initialised), so an experiment started on every
+    host of a job forms one mesh.
+    """
+    if devices is None:
+        maybe_initialize_distributed()
     devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), (AxisType.Auto,), devices=devices)
 
 
 def replicated_sharding(mesh: Mesh) -> NamedSharding:
@@ -101,13 +140,29 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def _global_replicated(x: Any, sharding: NamedSharding) -> jax.Array:
+    """A global array of this process's value `x` on every device of a multi-process mesh."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x if x.sharding == sharding else jax.device_put(x, sharding)
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _global_replicated(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places every array leaf of `tree` replicated on all devices of `mesh`.
 
     Typed PRNG keys and integer/float leaves alike; non-array static parts of the pytree
-    (graph definitions, optimiser functions) are untouched.
+    (graph definitions, optimiser functions) are untouched. In a multi-process run each
+    process passes its own copy of the same values (e.g. created from the same seed); the
+    result is a global array whose shards on this process's devices hold that copy.
     """
-    return jax.device_put(tree, replicated_sharding(mesh))
+    sharding = replicated_sharding(mesh)
+    if all(d.process_index == jax.process_index() for d in mesh.devices.flat):
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda x: _global_replicated(x, sharding), tree)
 
 
 def shard_batch(batch: Any, mesh: Mesh) -> Any:

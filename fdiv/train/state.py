@@ -150,8 +150,8 @@ class Net:
         params = optax.apply_updates(self.params, updates)
         ema = self.ema_params
         if ema is not None:
-            d = self.ema_decay
-            ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
+            # ema <- decay * ema + (1 - decay) * params
+            ema = optax.incremental_update(params, ema, 1.0 - self.ema_decay)
         return self.replace(params=params, opt_state=opt_state, ema_params=ema)
 
     def num_params(self) -> int:
