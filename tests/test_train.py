@@ -417,6 +417,36 @@ def test_metric_writer_line_jsonl_and_tensorboard_path(tmp_path, monkeypatch):
     assert ("loss", 0.25, 50) in calls and ("eval/accuracy", 0.75, 50) in calls and ("close",) in calls
 
 
+def test_tensorboard_never_goes_through_torch(tmp_path, monkeypatch):
+    """TensorBoard comes from tensorboardX alone, even where torch is importable."""
+    made = []
+
+    class Writer:
+        def __init__(self, logdir):
+            made.append(type(self).__qualname__)
+
+        def add_scalar(self, *a):
+            pass
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    class TorchWriter(Writer):
+        pass
+
+    torch_tb = types.SimpleNamespace(SummaryWriter=TorchWriter)
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(utils=None))
+    monkeypatch.setitem(sys.modules, "torch.utils", types.SimpleNamespace(tensorboard=torch_tb))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", torch_tb)
+    monkeypatch.setitem(sys.modules, "tensorboardX", types.SimpleNamespace(SummaryWriter=Writer))
+    w = metrics_lib.MetricWriter(str(tmp_path), 10, print_fn=lambda s: None)
+    w.close()
+    assert made == [Writer.__qualname__]
+
+
 def test_metric_writer_without_tensorboard(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
     monkeypatch.setitem(sys.modules, "torch", None)

@@ -15,8 +15,9 @@
   "wall_time": 4.1}``); a training record says over how many loop steps its values are
   averaged (fewer than ``log_every`` for the first record after a resume from a step that
   was not a logging step);
-- TensorBoard scalars under ``<workdir>/tensorboard`` when `tensorboard` (through
-  ``torch.utils.tensorboard`` or ``tensorboardX``) is importable; silently nothing otherwise.
+- TensorBoard scalars under ``<workdir>/tensorboard`` when ``tensorboardX`` is installed
+  (``pip install -e ".[tensorboard]"``); nothing otherwise. torch is never imported: its
+  ``torch.utils.tensorboard`` would pull a second framework into a JAX process.
 
 `write_summary(workdir, summary)` writes ``<workdir>/summary.json``, the training record; a
 summary marked as a re-evaluation (``summary["reevaluation"]`` set, as `fdiv.train.fit`
@@ -48,12 +49,9 @@ LINE_WIDTH = 80
 def _tensorboard_writer(logdir: str) -> Any:
     """A SummaryWriter-like object with add_scalar/flush/close, or None when unavailable."""
     try:
-        from torch.utils.tensorboard import SummaryWriter  # type: ignore
-    except Exception:
-        try:
-            from tensorboardX import SummaryWriter  # type: ignore
-        except Exception:
-            return None
+        from tensorboardX import SummaryWriter  # type: ignore
+    except ImportError:
+        return None
     return SummaryWriter(logdir)
 
 
