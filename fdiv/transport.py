@@ -24,6 +24,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Optional, Union
 
@@ -153,10 +154,40 @@ def sinkhorn_divergence(
     x_p, x_q = x_p.astype(dtype), x_q.astype(dtype)
     a = _weights(weights_p, x_p.shape[0], "weights_p", dtype)
     b = _weights(weights_q, x_q.shape[0], "weights_q", dtype)
+    return _point_cloud_divergence(x_p, x_q, a, b, jnp.asarray(epsilon, dtype), cost_fn,
+                                   float(threshold), int(max_iterations))
+
+
+# Compiled once per shape and cost: ott-jax's loops called eagerly would recompile every call.
+@functools.partial(jax.jit, static_argnums=(6, 7))
+def _point_cloud_divergence(x_p, x_q, a, b, epsilon, cost_fn, threshold, max_iterations):
     value, _ = _ott_sinkhorn_divergence.sinkhorn_divergence(
         pointcloud.PointCloud, x_p, x_q, cost_fn=cost_fn, epsilon=epsilon, a=a, b=b,
         solve_kwargs={"threshold": threshold, "max_iterations": max_iterations})
     return value
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def _histogram_divergence(a, b, cost_matrix, epsilon, threshold, max_iterations):
+    value, _ = _ott_sinkhorn_divergence.sinkhorn_divergence(
+        geometry.Geometry, cost_matrix=(cost_matrix, cost_matrix, cost_matrix), epsilon=epsilon,
+        a=a, b=b, solve_kwargs={"threshold": threshold, "max_iterations": max_iterations})
+    return value
+
+
+@functools.partial(jax.jit, static_argnums=(4,))
+def _sinkd(t, s, temperature, epsilon, num_iters):
+    p_t = jax.nn.softmax(t / temperature, axis=-1)
+    p_s = jax.nn.softmax(s / temperature, axis=-1)
+    batch = t.shape[0]
+    cost = jnp.sum(jnp.abs(p_s[:, None, :] - p_t[None, :, :]), axis=-1)  # [i student, j teacher]
+    geom = geometry.Geometry(cost_matrix=cost.T, epsilon=epsilon)
+    uniform = jnp.full((batch,), 1.0 / batch, t.dtype)
+    out = linear.solve(
+        geom, a=uniform, b=uniform,
+        lse_mode=True, min_iterations=num_iters, max_iterations=num_iters,
+        inner_iterations=num_iters, implicit_diff=None, use_danskin=False)
+    return batch * jnp.sum(out.matrix * cost.T)
 
 
 def histogram_sinkhorn_divergence(
@@ -201,10 +232,8 @@ def histogram_sinkhorn_divergence(
     a = _weights(a, n, "a", dtype)
     b = _weights(b, n, "b", dtype)
     cost_matrix = cost_matrix.astype(dtype)
-    value, _ = _ott_sinkhorn_divergence.sinkhorn_divergence(
-        geometry.Geometry, cost_matrix=(cost_matrix, cost_matrix, cost_matrix), epsilon=epsilon,
-        a=a, b=b, solve_kwargs={"threshold": threshold, "max_iterations": max_iterations})
-    return value
+    return _histogram_divergence(a, b, cost_matrix, jnp.asarray(epsilon, dtype), float(threshold),
+                                 int(max_iterations))
 
 
 def sinkd(
@@ -266,14 +295,5 @@ def sinkd(
         raise ValueError(f"num_iters must be a positive integer, got {num_iters!r}.")
     dtype = jnp.result_type(t, s)
     t, s = t.astype(dtype), s.astype(dtype)
-    p_t = jax.nn.softmax(t / temperature, axis=-1)
-    p_s = jax.nn.softmax(s / temperature, axis=-1)
-    batch = t.shape[0]
-    cost = jnp.sum(jnp.abs(p_s[:, None, :] - p_t[None, :, :]), axis=-1)  # [i student, j teacher]
-    geom = geometry.Geometry(cost_matrix=cost.T, epsilon=epsilon)
-    uniform = jnp.full((batch,), 1.0 / batch, dtype)
-    out = linear.solve(
-        geom, a=uniform, b=uniform,
-        lse_mode=True, min_iterations=int(num_iters), max_iterations=int(num_iters),
-        inner_iterations=int(num_iters), implicit_diff=None, use_danskin=False)
-    return batch * jnp.sum(out.matrix * cost.T)
+    return _sinkd(t, s, jnp.asarray(temperature, dtype), jnp.asarray(epsilon, dtype),
+                  int(num_iters))
