@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Sequence, Union
@@ -203,7 +204,11 @@ def mmd2(x_p: ArrayLike, x_q: ArrayLike, *, bandwidth: Bandwidth,
     """
     x_p, x_q = _pair(x_p, x_q, min_rows=2)
     bws = _bandwidths(bandwidth, x_p.dtype)
-    block_size = _block_size(block_size)
+    return _mmd2(x_p, x_q, bws, _block_size(block_size))
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _mmd2(x_p, x_q, bws, block_size):
     n, m = x_p.shape[0], x_q.shape[0]
     k_pp = _kernel_sum(x_p, x_p, bws, block_size, exclude_diagonal=True) / (n * (n - 1))
     k_qq = _kernel_sum(x_q, x_q, bws, block_size, exclude_diagonal=True) / (m * (m - 1))
@@ -238,7 +243,11 @@ def cauchy_schwarz(x_p: ArrayLike, x_q: ArrayLike, *, bandwidth: Bandwidth,
     """
     x_p, x_q = _pair(x_p, x_q, min_rows=2)
     bws = _bandwidths(bandwidth, x_p.dtype)
-    block_size = _block_size(block_size)
+    return _cauchy_schwarz(x_p, x_q, bws, _block_size(block_size))
+
+
+@functools.partial(jax.jit, static_argnums=(3,))
+def _cauchy_schwarz(x_p, x_q, bws, block_size):
     n, m = x_p.shape[0], x_q.shape[0]
     log_pp = _kernel_log_sum(x_p, x_p, bws, block_size, exclude_diagonal=True) - math.log(n * (n - 1))
     log_qq = _kernel_log_sum(x_q, x_q, bws, block_size, exclude_diagonal=True) - math.log(m * (m - 1))
@@ -282,7 +291,6 @@ def median_bandwidth(x_p: ArrayLike, x_q: ArrayLike, *, block_size: int = _DEFAU
         raise ValueError(f"bins must be an integer >= 2, got {bins!r}.")
     if not isinstance(passes, numbers.Integral) or passes < 1:
         raise ValueError(f"passes must be a positive integer, got {passes!r}.")
-    block_size = _block_size(block_size)
     dtype = jnp.result_type(x_p, x_q)
     z = jnp.concatenate([x_p.astype(dtype), x_q.astype(dtype)])
     n = z.shape[0]
@@ -293,8 +301,13 @@ def median_bandwidth(x_p: ArrayLike, x_q: ArrayLike, *, block_size: int = _DEFAU
                          f"pooled samples, got {n}; pass a random subset (the median of a "
                          "subset of 10^4 points is accurate to about 1%).")
     num_pairs = n * (n - 1) // 2
-    # 0-based rank of the lower median among the ordered pair distances.
-    rank = (num_pairs - 1) // 2
+    return _median(z, _block_size(block_size), int(bins), int(passes), (num_pairs - 1) // 2)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _median(z, block_size, bins, passes, rank):
+    """``rank`` (0-based) is that of the lower median among the pair distances ``i < j``."""
+    dtype = z.dtype
 
     def max_fn(sq, valid):
         return jnp.max(jnp.where(valid, sq, 0.0))
