@@ -22,6 +22,7 @@ the design notes: cheaper than ``nnx.jit`` per step on CPU).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Optional, Sequence, Union
 
@@ -115,10 +116,26 @@ def _estimate(objective: str, divergence, l_p: Array, l_q: Array) -> Array:
     return _objective_value(objective, divergence, l_p, l_q)
 
 
+def _draw_rows(key: Array, n: int, data: Array) -> Array:
+    """``n`` rows of ``data`` drawn uniformly with replacement."""
+    return data[jax.random.randint(key, (n,), 0, data.shape[0])]
+
+
+@functools.lru_cache(maxsize=64)
+def _sampler_draw(sampler: Sampler):
+    """``(key, n, data) -> sampler(key, n)``, one object per sampler so compilations are reused."""
+    return lambda key, n, data: sampler(key, n)
+
+
+@functools.lru_cache(maxsize=16)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    return optax.adam(learning_rate)
+
+
 def _as_source(sample, name: str, holdout: int):
-    """``(draw_train(key, n), eval_array_or_None, dim)`` for a sampler or an array."""
+    """``(draw(key, n, data), train_data, held_out_or_None, dim)`` for a sampler or an array."""
     if callable(sample):
-        return sample, None, None
+        return _sampler_draw(sample), jnp.zeros((1, 1), jnp.float32), None, None
     data = jnp.asarray(sample)
     if data.ndim != 2 or not jnp.issubdtype(data.dtype, jnp.floating):
         raise ValueError(f"{name} must be a sampler (key, n) -> [n, d] or a floating [n, d] "
@@ -131,12 +148,43 @@ def _as_source(sample, name: str, holdout: int):
         raise ValueError(f"{name} has {n} samples, but {holdout} are held out for evaluation "
                          "and at least 1 is needed for training; pass more samples or a "
                          "smaller eval_batches * batch_size (or holdout).")
-    train, held = data[: n - holdout], data[n - holdout:]
+    return _draw_rows, data[: n - holdout], data[n - holdout:], data.shape[1]
 
-    def draw(key, m):
-        return train[jax.random.randint(key, (m,), 0, train.shape[0])]
 
-    return draw, held, data.shape[1]
+# Module-level and keyed by static arguments, so repeated calls (seeds, sample sizes of an
+# experiment) reuse one compilation instead of tracing a fresh closure each time.
+@functools.partial(jax.jit, static_argnames=(
+    "graphdef", "objective", "divergence", "batch_size", "steps", "tx", "draw_p", "draw_q"))
+def _train(state, opt_state, key, data_p, data_q, *, graphdef, objective, divergence,
+           batch_size, steps, tx, draw_p, draw_q):
+    def loss_fn(state, x_p, x_q):
+        model = nnx.merge(graphdef, state)
+        return -_objective_value(objective, divergence, model(x_p), model(x_q))
+
+    def step(carry, step_key):
+        state, opt_state = carry
+        kp, kq = jax.random.split(step_key)
+        x_p = draw_p(kp, batch_size, data_p).astype(jnp.float32)
+        x_q = draw_q(kq, batch_size, data_q).astype(jnp.float32)
+        loss, grads = jax.value_and_grad(loss_fn)(state, x_p, x_q)
+        updates, opt_state = tx.update(grads, opt_state, state)
+        return (optax.apply_updates(state, updates), opt_state), loss
+
+    (state, _), losses = jax.lax.scan(step, (state, opt_state), jax.random.split(key, steps))
+    return state, losses
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "objective", "divergence",
+                                             "eval_batches"))
+def _evaluate(state, x_p, x_q, *, graphdef, objective, divergence, eval_batches):
+    model = nnx.merge(graphdef, state)
+    l_p, l_q = model(x_p.astype(jnp.float32)), model(x_q.astype(jnp.float32))
+    total = _estimate(objective, divergence, l_p, l_q)
+    chunks_p = l_p[: (l_p.shape[0] // eval_batches) * eval_batches].reshape(eval_batches, -1)
+    chunks_q = l_q[: (l_q.shape[0] // eval_batches) * eval_batches].reshape(eval_batches, -1)
+    per_batch = jax.vmap(lambda a, b: _estimate(objective, divergence, a, b))(chunks_p, chunks_q)
+    offset = -(jax.nn.logsumexp(l_q) - jnp.log(l_q.shape[0]))
+    return total, per_batch, offset
 
 
 def train_critic(
@@ -208,71 +256,41 @@ def train_critic(
         n = int(np.shape(sample)[0]) if np.ndim(sample) >= 1 else 0
         return holdout if holdout is not None else min(eval_batches * batch_size, n // 2)
 
-    draw_p, held_p, dim_p = _as_source(sample_p, "sample_p", holdout_for(sample_p))
-    draw_q, held_q, dim_q = _as_source(sample_q, "sample_q", holdout_for(sample_q))
+    draw_p, data_p, held_p, dim_p = _as_source(sample_p, "sample_p", holdout_for(sample_p))
+    draw_q, data_q, held_q, dim_q = _as_source(sample_q, "sample_q", holdout_for(sample_q))
     key = jax.random.PRNGKey(seed)
     key_init, key_train, key_eval = jax.random.split(key, 3)
     # The dimension of a sampler is read off one draw (traced only for its shape).
     if dim_p is None:
-        dim_p = jax.eval_shape(lambda k: draw_p(k, 2), key_eval).shape[-1]
+        dim_p = jax.eval_shape(lambda k: sample_p(k, 2), key_eval).shape[-1]
     if dim_q is None:
-        dim_q = jax.eval_shape(lambda k: draw_q(k, 2), key_eval).shape[-1]
+        dim_q = jax.eval_shape(lambda k: sample_q(k, 2), key_eval).shape[-1]
     if dim_p != dim_q:
         raise ValueError(f"P and Q samples must have the same dimension, got {dim_p} and "
                          f"{dim_q}.")
     if critic is None:
         seed_init = int(jax.random.randint(key_init, (), 0, 2**31 - 1))
         critic = CriticMLP(dim_p, hidden=hidden, rngs=nnx.Rngs(seed_init))
-    tx = optimizer if optimizer is not None else optax.adam(learning_rate)
+    tx = optimizer if optimizer is not None else _adam(float(learning_rate))
 
     graphdef, state = nnx.split(critic)
-    opt_state = tx.init(state)
-
-    def loss_fn(state, x_p, x_q):
-        model = nnx.merge(graphdef, state)
-        value = _objective_value(objective, d, model(x_p), model(x_q))
-        return -value
-
-    @jax.jit
-    def run(state, opt_state, key):
-        def step(carry, step_key):
-            state, opt_state = carry
-            kp, kq = jax.random.split(step_key)
-            x_p = draw_p(kp, batch_size).astype(jnp.float32)
-            x_q = draw_q(kq, batch_size).astype(jnp.float32)
-            loss, grads = jax.value_and_grad(loss_fn)(state, x_p, x_q)
-            updates, opt_state = tx.update(grads, opt_state, state)
-            return (optax.apply_updates(state, updates), opt_state), loss
-
-        (state, opt_state), losses = jax.lax.scan(
-            step, (state, opt_state), jax.random.split(key, steps))
-        return state, losses
-
-    state, losses = run(state, opt_state, key_train)
+    state, losses = _train(state, tx.init(state), key_train, data_p, data_q, graphdef=graphdef,
+                           objective=objective, divergence=d, batch_size=batch_size,
+                           steps=steps, tx=tx, draw_p=draw_p, draw_q=draw_q)
     nnx.update(critic, state)
 
     kp, kq = jax.random.split(key_eval)
     if held_p is None:
-        held_p = draw_p(kp, eval_batches * batch_size)
+        held_p = sample_p(kp, eval_batches * batch_size)
     if held_q is None:
-        held_q = draw_q(kq, eval_batches * batch_size)
-
-    @jax.jit
-    def evaluate(state, x_p, x_q):
-        model = nnx.merge(graphdef, state)
-        l_p, l_q = model(x_p.astype(jnp.float32)), model(x_q.astype(jnp.float32))
-        total = _estimate(objective, d, l_p, l_q)
-        chunks_p = l_p[: (l_p.shape[0] // eval_batches) * eval_batches].reshape(eval_batches, -1)
-        chunks_q = l_q[: (l_q.shape[0] // eval_batches) * eval_batches].reshape(eval_batches, -1)
-        per_batch = jax.vmap(lambda a, b: _estimate(objective, d, a, b))(chunks_p, chunks_q)
-        offset = -(jax.nn.logsumexp(l_q) - jnp.log(l_q.shape[0]))
-        return total, per_batch, offset
-
+        held_q = sample_q(kq, eval_batches * batch_size)
     if min(held_p.shape[0], held_q.shape[0]) < eval_batches:
         raise ValueError(f"the held-out samples ({held_p.shape[0]} of P, {held_q.shape[0]} of "
                          f"Q) cannot be cut into eval_batches={eval_batches} batches; lower "
                          "eval_batches or hold out more samples.")
-    total, per_batch, offset = evaluate(state, held_p, held_q)
+    total, per_batch, offset = _evaluate(state, held_p, held_q, graphdef=graphdef,
+                                         objective=objective, divergence=d,
+                                         eval_batches=eval_batches)
     per_batch = np.asarray(per_batch, np.float64)
     se = float(np.std(per_batch, ddof=1) / math.sqrt(eval_batches)) if eval_batches > 1 else \
         float("nan")
