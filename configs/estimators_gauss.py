@@ -9,9 +9,10 @@ Pairs: P = N(0, I), Q = N(shift, 1.2^2 I) with ||shift|| = 0.5 in dimensions 1, 
 1-D two-component mixture P against one Gaussian Q. Sizes 256..16384 (factors of 4), 10 seeds
 for Monte Carlo and kernels (3 seeds at n = 16384 for the kernels), critics (4 bounds and a
 classifier per cell, 600 Adam steps) at n = 1024 and 16384 for 3 seeds on the 1-D and 16-D
-Gaussians and the mixture. Measured runtime: see the report of the run (README).
+Gaussians and the mixture. Runtime on the shared 2-core CPU: RUNTIME_PLACEHOLDER.
 
-Variant ``quick``: one small pair, two sizes, two seeds, 50 critic steps (seconds).
+Variant ``quick``: one small pair, two sizes, two seeds, one KL critic and one classifier of
+50 steps (about 30 s on the loaded 2-core CPU, mostly compilation).
 """
 
 import ml_collections
@@ -42,10 +43,12 @@ def get_config(arg=None):
     c.critic_sizes = [1024, 16384]
     c.critic_seeds = 3
     c.critic_pairs = ["gauss_d1", "gauss_d16", "mixture_d1"]
+    c.critic_divergences = ["forward_kl", "js", "squared_hellinger", "pearson"]
     c.critic_steps = 600
     c.critic_batch = 256
     c.critic_hidden = [64, 64]
     c.critic_lr = 2e-3
+    c.checkpoint_every = 8
     if arg == "quick":
         c.pairs = [_pair("gauss_d1", "gauss", 1)]
         c.sizes = [64, 256]
@@ -55,7 +58,10 @@ def get_config(arg=None):
         c.critic_sizes = [256]
         c.critic_seeds = 1
         c.critic_pairs = ["gauss_d1"]
+        c.critic_divergences = ["forward_kl"]
         c.critic_steps = 50
         c.critic_batch = 64
         c.critic_hidden = [16]
+        c.checkpoint_every = 2
+    c.num_steps = len(c.pairs) * len(c.sizes) * c.seeds  # one step per (pair, size, seed) cell
     return c

@@ -19,10 +19,10 @@ Truth: closed forms for Gaussian pairs (section 9; JS by 2e6-sample Monte Carlo 
 densities), and for the Gaussian-vs-mixture pair large-sample Monte Carlo with exact densities
 for the f-divergences and exact Gaussian-mixture sums for MMD^2 and CS.
 
-Outputs in ``workdir``: ``raw.jsonl`` (one row per pair, size, seed, estimator; a rerun skips
-the rows already there, which is how the experiment resumes), ``results.json`` (bias, std and
-mean per pair, estimator, quantity and size), and ``estimators_<pair>.png`` (estimate +- std
-against sample size, true value dashed).
+Outputs in ``workdir``: ``results.json`` and ``summary.json`` (bias, std and mean per pair,
+estimator, quantity and size, and the truths), ``table.txt``, ``estimators_<pair>.png``
+(estimate +- std against sample size, true value dashed), ``metrics.jsonl``/``curves.png``
+(seconds per cell), Orbax checkpoints of the rows computed so far (resume).
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ def _critic_estimates(x_p, x_q, cfg, seed):
                   hidden=tuple(cfg.critic_hidden), eval_batches=eval_batches, holdout=held,
                   learning_rate=cfg.critic_lr)
     hp, hq = x_p[n - held:], x_q[n - held:]
-    for name in CRITIC_DIVERGENCES:
+    for name in cfg.critic_divergences:
         res = critic_lib.train_critic(x_p, x_q, name, objective="bound", **common)
         out[("bound", name)] = res.estimate
         if name == "forward_kl":
@@ -256,53 +256,75 @@ def _plot(results, pair, path):
 # ----------------------------------------------------------------------------------------------
 
 
+def _cells(config):
+    """Every ``(pair_spec, n, seed)`` in run order; ``config.num_steps`` counts them."""
+    return [(spec, n, seed) for spec in config.pairs for n in config.sizes
+            for seed in range(config.seeds)]
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict:
-    """Runs every cell of `config` not yet in ``workdir/raw.jsonl``; writes results and plots.
+    """Runs every (pair, size, seed) cell of `config`; writes results, tables and plots.
+
+    One "step" is one cell. Progress goes to ``metrics.jsonl`` (seconds per cell); every
+    ``config.checkpoint_every`` cells the rows so far are checkpointed with Orbax
+    (``fdiv.train.Checkpointer``, rows in the checkpoint's metadata), and a rerun in the same
+    `workdir` resumes after the newest checkpoint.
 
     Returns:
-      ``{"results": [...], "truth": {...}, "seconds": float}`` (also in ``results.json``).
+      The summary (also ``summary.json``): ``results`` (bias/std/mean rows), ``truth``,
+      ``num_steps``, ``seconds``.
     """
+    from fdiv import train  # pylint: disable=import-outside-toplevel
+
+    cells = _cells(config)
+    if config.num_steps != len(cells):
+        raise ValueError(f"config.num_steps must equal the number of (pair, size, seed) cells, "
+                         f"{len(cells)}; got {config.num_steps}.")
     os.makedirs(workdir, exist_ok=True)
-    raw_path = os.path.join(workdir, "raw.jsonl")
-    done = {}
-    if os.path.exists(raw_path):
-        with open(raw_path) as f:
-            for line in f:
-                r = json.loads(line)
-                done.setdefault((r["pair"], r["n"], r["seed"]), []).append(r)
+    ckpt = train.Checkpointer(workdir, every_steps=config.checkpoint_every, keep=2,
+                              async_save=False)
+    writer = train.MetricWriter(workdir, len(cells), tensorboard=False)
+    _, meta = ckpt.restore_latest({"cells_done": np.zeros((), np.int32)})
+    rows = list(meta["rows"]) if meta else []
+    first = int(meta["step"]) if meta else 0
+    writer.truncate_after(first)
+    if first:
+        print(f"resuming after cell {first} of {len(cells)}", flush=True)
     start = time.time()
-    truths, rows = {}, []
+    truths, pairs = {}, {}
     for spec in config.pairs:
         p, q = make_pair(spec)
+        pairs[spec.name] = (p, q)
         truths[spec.name] = true_values(p, q, math.sqrt(p.dim), config.truth_samples, 0)
-        for n in config.sizes:
-            for seed in range(config.seeds):
-                key = (spec.name, n, seed)
-                if key in done:
-                    rows.extend(done[key])
-                    continue
-                t0 = time.time()
-                with_critic = (n in config.critic_sizes and seed < config.critic_seeds
-                               and spec.name in config.critic_pairs)
-                with_kernel = n <= config.kernel_max_n or seed < config.kernel_large_seeds
-                out = _cell(p, q, n, seed, config, with_critic=with_critic,
-                            with_kernel=with_kernel)
-                new = [{"pair": spec.name, "n": n, "seed": seed, "estimator": est,
-                        "quantity": qty, "value": v} for (est, qty), v in out.items()]
-                with open(raw_path, "a") as f:
-                    for r in new:
-                        f.write(json.dumps(r) + "\n")
-                rows.extend(new)
-                print(f"pair {spec.name} n {n:6d} seed {seed} critic {int(with_critic)} "
-                      f"{time.time() - t0:6.1f}s (total {time.time() - start:7.1f}s)", flush=True)
+    for step, (spec, n, seed) in enumerate(cells[first:], start=first + 1):
+        p, q = pairs[spec.name]
+        t0 = time.time()
+        with_critic = (n in config.critic_sizes and seed < config.critic_seeds
+                       and spec.name in config.critic_pairs)
+        with_kernel = n <= config.kernel_max_n or seed < config.kernel_large_seeds
+        out = _cell(p, q, n, seed, config, with_critic=with_critic, with_kernel=with_kernel)
+        rows.extend({"pair": spec.name, "n": n, "seed": seed, "estimator": est, "quantity": qty,
+                     "value": v} for (est, qty), v in out.items())
+        print(f"pair {spec.name} n {n:6d} seed {seed} critic {int(with_critic)}", flush=True)
+        writer.write(step, {"cell_seconds": time.time() - t0,
+                            "mc_forward_kl_error": out[("mc", "forward_kl")]
+                            - truths[spec.name]["forward_kl"]},
+                     wall_time=time.time() - start)
+        if ckpt.should_save(step) or step == len(cells):
+            ckpt.save(step, {"cells_done": np.asarray(step, np.int32)}, {"rows": rows})
+    ckpt.wait()
+    writer.close()
     results = _aggregate(rows, truths)
     table = format_table(results)
     print(table, flush=True)
-    summary = {"results": results, "truth": truths, "seconds": time.time() - start}
+    summary = {"results": results, "truth": truths, "num_steps": len(cells),
+               "seconds": time.time() - start}
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
     with open(os.path.join(workdir, "table.txt"), "w") as f:
         f.write(table + "\n")
     for spec in config.pairs:
         _plot(results, spec.name, os.path.join(workdir, f"estimators_{spec.name}.png"))
+    train.plot_curves(workdir)
+    train.write_summary(workdir, summary)
     return summary
