@@ -214,7 +214,8 @@ def _aggregate(rows, truths):
         results.append({"pair": pair, "estimator": est, "quantity": qty, "n": n,
                         "seeds": len(v), "truth": truth, "mean": float(v.mean()),
                         "bias": float(v.mean() - truth),
-                        "std": float(v.std(ddof=1)) if len(v) > 1 else float("nan")})
+                        # None (JSON null) where one seed gives no spread.
+                        "std": float(v.std(ddof=1)) if len(v) > 1 else None})
     return results
 
 
@@ -223,7 +224,8 @@ def format_table(results) -> str:
              f"{'bias':>9s} {'std':>9s} seeds"]
     for r in results:
         lines.append(f"{r['pair']:10s} {r['quantity']:18s} {r['estimator']:10s} {r['n']:6d} "
-                     f"{r['truth']:9.4f} {r['bias']:+9.4f} {r['std']:9.4f} {r['seeds']}")
+                     f"{r['truth']:9.4f} {r['bias']:+9.4f} "
+                     f"{'-' if r['std'] is None else format(r['std'], '9.4f'):>9s} {r['seeds']}")
     return "\n".join(lines)
 
 
@@ -237,7 +239,8 @@ def _plot(results, pair, path):
     for ax, qty in zip(axes[0], quantities):
         sel = [r for r in rows if r["quantity"] == qty]
         for est in sorted({r["estimator"] for r in sel}):
-            pts = sorted((r["n"], r["mean"], r["std"]) for r in sel if r["estimator"] == est)
+            pts = sorted((r["n"], r["mean"], r["std"] or 0.0) for r in sel
+                         if r["estimator"] == est)
             ns, means, stds = (np.asarray(c) for c in zip(*pts))
             ax.errorbar(ns, means, yerr=np.nan_to_num(stds), marker="o", ms=3, capsize=2,
                         label=est)
