@@ -39,8 +39,7 @@ import numpy as np
 
 import fdiv
 from fdiv import critic as critic_lib
-from fdiv import kernel
-from fdiv import variational
+from fdiv import kernel, variational
 
 F_DIVERGENCES = ("forward_kl", "reverse_kl", "js", "squared_hellinger", "pearson")
 CRITIC_DIVERGENCES = ("forward_kl", "js", "squared_hellinger", "pearson")
@@ -127,7 +126,8 @@ def _mixture_log_mean_kernel(a: Mixture, b: Mixture, s: float) -> float:
     for wa, ma, va in zip(a.weights, a.means, a.variances):
         for wb, mb, vb in zip(b.weights, b.means, b.variances):
             cov = (va + vb) * np.eye(a.dim)
-            terms.append(math.log(wa * wb) + float(kernel._gauss_log_mean_kernel(  # pylint: disable=protected-access
+            # pylint: disable-next=protected-access
+            terms.append(math.log(wa * wb) + float(kernel._gauss_log_mean_kernel(
                 jnp.asarray(ma, jnp.float32), jnp.asarray(cov, jnp.float32) * 0.5,
                 jnp.asarray(mb, jnp.float32), jnp.asarray(cov, jnp.float32) * 0.5, s)))
     return float(jax.nn.logsumexp(jnp.asarray(terms)))
@@ -233,7 +233,8 @@ def _plot(results, pair, path):
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
     rows = [r for r in results if r["pair"] == pair]
-    quantities = [q for q in (*F_DIVERGENCES, "mmd2", "cs") if any(r["quantity"] == q for r in rows)]
+    quantities = [q for q in (*F_DIVERGENCES, "mmd2", "cs")
+                  if any(r["quantity"] == q for r in rows)]
     fig, axes = plt.subplots(1, len(quantities), figsize=(3.2 * len(quantities), 3.0),
                              squeeze=False)
     for ax, qty in zip(axes[0], quantities):

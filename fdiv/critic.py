@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -188,20 +188,20 @@ def _evaluate(state, x_p, x_q, *, graphdef, objective, divergence, eval_batches)
 
 
 def train_critic(
-    sample_p: Union[Sampler, Array],
-    sample_q: Union[Sampler, Array],
-    divergence: "_divergences.FDivergence | str" = "forward_kl",
+    sample_p: Sampler | Array,
+    sample_q: Sampler | Array,
+    divergence: _divergences.FDivergence | str = "forward_kl",
     *,
-    critic: Optional[nnx.Module] = None,
+    critic: nnx.Module | None = None,
     steps: int = 2000,
     batch_size: int = 256,
     seed: int = 0,
     objective: str = "bound",
     learning_rate: float = 1e-3,
-    optimizer: Optional[optax.GradientTransformation] = None,
+    optimizer: optax.GradientTransformation | None = None,
     hidden: Sequence[int] = (64, 64),
     eval_batches: int = 16,
-    holdout: Optional[int] = None,
+    holdout: int | None = None,
 ) -> CriticResult:
     """Trains a log-ratio critic between P (target) and Q (model) and estimates the divergence.
 

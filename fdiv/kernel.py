@@ -26,7 +26,8 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from typing import Sequence, Union
+from collections.abc import Sequence
+from typing import Union
 
 import jax
 import jax.numpy as jnp
@@ -249,8 +250,10 @@ def cauchy_schwarz(x_p: ArrayLike, x_q: ArrayLike, *, bandwidth: Bandwidth,
 @functools.partial(jax.jit, static_argnums=(3,))
 def _cauchy_schwarz(x_p, x_q, bws, block_size):
     n, m = x_p.shape[0], x_q.shape[0]
-    log_pp = _kernel_log_sum(x_p, x_p, bws, block_size, exclude_diagonal=True) - math.log(n * (n - 1))
-    log_qq = _kernel_log_sum(x_q, x_q, bws, block_size, exclude_diagonal=True) - math.log(m * (m - 1))
+    log_pp = (_kernel_log_sum(x_p, x_p, bws, block_size, exclude_diagonal=True)
+              - math.log(n * (n - 1)))
+    log_qq = (_kernel_log_sum(x_q, x_q, bws, block_size, exclude_diagonal=True)
+              - math.log(m * (m - 1)))
     log_pq = _kernel_log_sum(x_p, x_q, bws, block_size, exclude_diagonal=False) - math.log(n * m)
     return log_pp + log_qq - 2.0 * log_pq
 
@@ -312,7 +315,8 @@ def _median(z, block_size, bins, passes, rank):
     def max_fn(sq, valid):
         return jnp.max(jnp.where(valid, sq, 0.0))
 
-    hi = jnp.sqrt(jnp.max(_pair_reduce(z, z, block_size, max_fn, exclude_diagonal=True, upper=True)))
+    hi = jnp.sqrt(jnp.max(_pair_reduce(z, z, block_size, max_fn, exclude_diagonal=True,
+                                       upper=True)))
     # The interval [lo, hi) contains the median; `below` counts the distances under lo.
     lo = jnp.zeros((), dtype)
     hi = hi * (1.0 + 4.0 * jnp.finfo(dtype).eps) + jnp.finfo(dtype).tiny

@@ -25,14 +25,12 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 import numbers
-from typing import Optional, Union
 
 import jax
 import jax.numpy as jnp
-from ott.geometry import costs
-from ott.geometry import geometry
-from ott.geometry import pointcloud
+from ott.geometry import costs, geometry, pointcloud
 from ott.solvers import linear
 from ott.tools import sinkhorn_divergence as _ott_sinkhorn_divergence
 
@@ -69,7 +67,7 @@ def _check_finite(x: Array, name: str) -> None:
 def _check_positive(value, name: str) -> None:
     if isinstance(value, numbers.Real) or (_is_concrete(value) and jnp.ndim(value) == 0):
         v = float(value)
-        if not v > 0 or v != v or v == float("inf"):
+        if not (v > 0 and math.isfinite(v)):
             raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
     elif jnp.ndim(value) != 0:
         raise ValueError(f"{name} must be a scalar, got shape {jnp.shape(value)}.")
@@ -104,9 +102,9 @@ def sinkhorn_divergence(
     x_q: ArrayLike,
     *,
     epsilon: float,
-    cost: Union[str, costs.CostFn] = "sqeuclidean",
-    weights_p: Optional[ArrayLike] = None,
-    weights_q: Optional[ArrayLike] = None,
+    cost: str | costs.CostFn = "sqeuclidean",
+    weights_p: ArrayLike | None = None,
+    weights_q: ArrayLike | None = None,
     threshold: float = 1e-3,
     max_iterations: int = 2000,
 ) -> Array:

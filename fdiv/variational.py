@@ -1,4 +1,4 @@
-"""Variational (critic) estimates of f-divergences from samples, and density ratios by classification.
+"""Variational (critic) estimates of f-divergences from samples; density ratios by classifiers.
 
 Convention (docs/reference.md section 1): ``P`` is the target (data, teacher), ``Q`` the model
 (generator, student), ``D_f(P || Q) = E_Q[f(p/q)]``. Every function here takes the outputs of a
@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -190,7 +190,7 @@ def _table_activation(name: str):
     return None
 
 
-def fgan_activation(divergence: "_divergences.FDivergence | str") -> FGANActivation:
+def fgan_activation(divergence: _divergences.FDivergence | str) -> FGANActivation:
     """The output activation used by ``lower_bound(..., parametrization="fgan")``.
 
     For the divergences of the f-GAN paper's table 6 (forward and reverse KL, Pearson and
@@ -225,7 +225,7 @@ def _bound_terms(critic_p, critic_q, d, parametrization):
 def lower_bound(
     critic_p: ArrayLike,
     critic_q: ArrayLike,
-    divergence: "_divergences.FDivergence | str",
+    divergence: _divergences.FDivergence | str,
     *,
     parametrization: str = "log_ratio",
 ) -> Array:

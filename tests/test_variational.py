@@ -11,7 +11,8 @@ import pytest
 import fdiv
 from fdiv import variational
 
-MEAN_P, STD_P = 0.5, 0.9  # P = N(0.5, 0.9^2), Q = N(0, 1): every chi^2-type term has finite variance
+# P = N(0.5, 0.9^2), Q = N(0, 1): every chi^2-type term has finite variance.
+MEAN_P, STD_P = 0.5, 0.9
 N = 20000
 
 
