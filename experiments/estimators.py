@@ -43,6 +43,7 @@ from fdiv import kernel, variational
 
 F_DIVERGENCES = ("forward_kl", "reverse_kl", "js", "squared_hellinger", "pearson")
 CRITIC_DIVERGENCES = ("forward_kl", "js", "squared_hellinger", "pearson")
+ESTIMATORS = ("mc", "bound", "nwj", "dv", "classifier", "mmd2", "cs")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,21 +238,28 @@ def _plot(results, pair, path):
                   if any(r["quantity"] == q for r in rows)]
     fig, axes = plt.subplots(1, len(quantities), figsize=(3.2 * len(quantities), 3.0),
                              squeeze=False)
+    colours = {est: f"C{i}" for i, est in enumerate(ESTIMATORS)}
     for ax, qty in zip(axes[0], quantities):
         sel = [r for r in rows if r["quantity"] == qty]
-        for est in sorted({r["estimator"] for r in sel}):
+        truth = sel[0]["truth"]
+        for est in [e for e in ESTIMATORS if any(r["estimator"] == e for r in sel)]:
             pts = sorted((r["n"], r["mean"], r["std"] or 0.0) for r in sel
                          if r["estimator"] == est)
             ns, means, stds = (np.asarray(c) for c in zip(*pts))
-            ax.errorbar(ns, means, yerr=np.nan_to_num(stds), marker="o", ms=3, capsize=2,
-                        label=est)
-        ax.axhline(sel[0]["truth"], color="k", ls="--", lw=1, label="truth")
+            ax.errorbar(ns, means, yerr=np.nan_to_num(stds, posinf=0.0), marker="o", ms=3,
+                        capsize=2, label=est, color=colours[est])
+        ax.axhline(truth, color="k", ls="--", lw=1, label="truth")
+        # Overfitted critics can give estimates off by orders of magnitude (or +-inf): keep
+        # the axis on the scale of the truth; the table has every value.
+        span = 1.5 * abs(truth) + 0.02
+        ax.set_ylim(truth - span, truth + span)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("samples per distribution n")
         ax.set_ylabel("estimate")
         ax.set_title(qty)
         ax.legend(fontsize=6)
-    fig.suptitle(f"estimators on pair {pair}: mean +- std over seeds")
+    fig.suptitle(f"estimators on pair {pair}: mean +- std over seeds (values beyond the axes: "
+                 "see table.txt)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
