@@ -198,7 +198,10 @@ def fgan_activation(divergence: _divergences.FDivergence | str) -> FGANActivatio
     activation, rescaled to fdiv's generators (fdiv's JSD and squared Hellinger are half the
     paper's; see docs/reference.md section 2). Every other divergence gets the rule that
     reproduces the table from the conjugate's domain ``t < s``, ``s = lim_{u->inf} f(u)/u``:
-    ``g(v) = v`` when ``s = inf``, else ``g(v) = s - softplus(-v)``.
+    ``g(v) = v`` when ``s = inf``, else ``g(v) = s - softplus(-v)``. In float32 that
+    activation reaches ``s`` itself once ``softplus(-v)`` drops below half an ulp of ``s``
+    (``v`` above ~17), where the conjugate of some members (e.g. ``modified_gan``) is
+    returned as ``+inf``: keep raw outputs moderate, or use the log-ratio parametrization.
     """
     d = _divergences.resolve(divergence)
     pair = _table_activation(d.name)
