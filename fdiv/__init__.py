@@ -57,3 +57,5 @@ __all__ = [
     "skew_kl",
     "skew_reverse_kl",
 ]
+from fdiv import kernel
+from fdiv import variational
