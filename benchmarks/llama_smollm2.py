@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from fdiv import data
-from fdiv.nets import generate as gen
+from fdiv.nets import sampling as gen
 from fdiv.nets import llama
 
 PROMPTS = [

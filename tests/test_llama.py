@@ -1,4 +1,4 @@
-"""Tests for fdiv.nets.llama and fdiv.nets.generate.
+"""Tests for fdiv.nets.llama and fdiv.nets.sampling.
 
 The reference is a direct float64 NumPy Llama in the Hugging Face layout (half-rotation RoPE,
 ``repeat_kv`` for grouped-query attention, ``[out, in]`` weights): the model under test gets
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fdiv.nets import generate as gen
+from fdiv.nets import sampling as gen
 from fdiv.nets import llama
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ Parameters of the blocks are stacked along a leading layer axis and the blocks r
 
 KV cache: `Llama.init_cache` makes a `KVCache` (keys and values for every layer, and the
 number of filled positions, shared by the batch); ``model(tokens, cache=cache)`` appends the
-new tokens' keys/values and returns ``(logits, new_cache)``. See `fdiv.nets.generate`.
+new tokens' keys/values and returns ``(logits, new_cache)``. See `fdiv.nets.sampling`.
 
 References:
   Touvron et al. 2023, "LLaMA"; Su et al. 2021, "RoFormer" (RoPE); Ainslie et al. 2023,
