@@ -370,6 +370,36 @@ def sample_quality(cfg, teacher, tokenizer, prompts, new_tokens) -> tuple[dict, 
     return out, texts
 
 
+def teacher_reference(cfg: KDLMConfig, teacher, tokenizer, held: np.ndarray) -> dict:
+    """The teacher's own held-out CE and sample metrics (cached: the same for every student)."""
+    key = {"teacher": cfg.teacher, "random_teacher": dataclasses.asdict(cfg.random_teacher),
+           "seed": cfg.seed, "corpus": cfg.corpus, "max_corpus_chars": cfg.max_corpus_chars,
+           "seq_len": cfg.seq_len, "eval_windows": cfg.eval_windows,
+           "num_samples": cfg.num_samples, "prompt_len": cfg.prompt_len,
+           "sample_tokens": cfg.sample_tokens, "sample_temperature": cfg.sample_temperature,
+           "version": 1}
+    path = os.path.join(_cache_dir(cfg), f"kd_lm_teacher_reference_{_digest(key)}.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    t_fwd = _jit_forward(teacher)
+    ce = []
+    for i in range(0, len(held), cfg.eval_batch_size):
+        x = jnp.asarray(held[i:i + cfg.eval_batch_size])
+        logq = jax.nn.log_softmax(t_fwd(x), -1)
+        ce.append(-np.asarray(jnp.take_along_axis(logq[:, :-1], x[:, 1:, None], -1)))
+    prompts = jnp.asarray(held[: cfg.num_samples, : cfg.prompt_len])
+    t_gen = sampling.generate(teacher, prompts, max_new_tokens=cfg.sample_tokens,
+                              temperature=cfg.sample_temperature,
+                              key=jax.random.key(cfg.seed + 1))
+    quality, texts = sample_quality(cfg, teacher, tokenizer, prompts, t_gen.tokens)
+    ref = {"heldout_ce": float(np.mean(np.concatenate(ce))), **quality, "samples": texts}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(ref, f)
+    return ref
+
+
 def train_and_evaluate(config: Any, workdir: str) -> dict:
     """Distils the teacher into a student for ``config.divergence`` and ``config.mode``.
 
@@ -430,25 +460,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     if last_eval.get("step") != int(state.step):
         eval_fn(state)
     final, texts = last_eval["metrics"], last_eval["texts"]
-    t_fwd = _jit_forward(teacher)
-    ce = []
-    for i in range(0, len(held), cfg.eval_batch_size):
-        x = jnp.asarray(held[i:i + cfg.eval_batch_size])
-        logq = jax.nn.log_softmax(t_fwd(x), -1)
-        ce.append(-np.asarray(jnp.take_along_axis(logq[:, :-1], x[:, 1:, None], -1)))
-    prompts = jnp.asarray(held[: cfg.num_samples, : cfg.prompt_len])
-    t_gen = sampling.generate(teacher, prompts, max_new_tokens=cfg.sample_tokens,
-                              temperature=cfg.sample_temperature,
-                              key=jax.random.key(cfg.seed + 1))
-    t_quality, t_texts = sample_quality(cfg, teacher, tokenizer, prompts, t_gen.tokens)
+    teacher_ref = teacher_reference(cfg, teacher, tokenizer, held)
     sps = summary.get("steps_per_sec") or 0.0
     summary = {**summary, "divergence": cfg.divergence, "mode": cfg.mode, **final,
                "samples": texts, "student_params": state["student"].num_params(),
                "student_train_tokens_per_sec": sps * cfg.batch_size * cfg.seq_len,
                "teacher_cache_sec": float(cache["sec"]),
                "teacher_cache_tokens_per_sec": float(cache["tokens_per_sec"]),
-               "teacher": {"heldout_ce": float(np.mean(np.concatenate(ce))), **t_quality,
-                           "samples": t_texts},
+               "teacher": teacher_ref,
                "total_sec": time.perf_counter() - t_start}
     train.write_summary(workdir, summary)
     print(f"{cfg.mode} {cfg.divergence}: held-out CE {final['heldout_ce']:.3f} (teacher "
