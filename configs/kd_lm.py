@@ -13,8 +13,8 @@ All divergences and modes with the same seed and token budget, and the table:
     python -m benchmarks.kd_lm_divergences --config=configs/kd_lm.py --workdir=runs/kd_lm
 
 Variants: default (student 4 x 256, 1024 cached windows of 128 tokens, 300 steps of
-8 x 128 tokens = 307k tokens), ``cpu_small`` (120 steps; what fits one 2-core CPU session per
-divergence), ``accelerator`` (student 6 x 256, 16384 windows, 4000 steps of 32 x 256 tokens),
+8 x 128 tokens = 307k tokens), ``cpu_small`` (256 cached windows, 60 steps = 61k tokens:
+what a shared 2-core CPU fits in one session), ``accelerator`` (student 6 x 256, 16384 windows, 4000 steps of 32 x 256 tokens),
 ``quick`` (tiny random byte-level teacher, no package needed; seconds, for the tests).
 Expected runtime on the 2-core CPU (shared): the teacher cache stage is measured in
 ``teacher_cache_sec`` of each summary (minutes, once per corpus); each student run a few
@@ -71,9 +71,10 @@ def get_config(arg=None):
     c.async_checkpoints = True
 
     if arg == "cpu_small":
-        c.num_steps = 120
-        c.train_windows = 512
-        c.log_every = 20
+        c.num_steps = 60
+        c.train_windows = 256
+        c.log_every = 10
+        c.checkpoint_every_steps = 30
     elif arg == "accelerator":
         c.student = _shape(6, 256, 4, 2, 64, 768)
         c.seq_len = 256
