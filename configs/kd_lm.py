@@ -14,7 +14,8 @@ All divergences and modes with the same seed and token budget, and the table:
 
 Variants: default (student 4 x 256, 1024 cached windows of 128 tokens, 300 steps of
 8 x 128 tokens = 307k tokens), ``cpu_small`` (256 cached windows, 60 steps = 61k tokens:
-what a shared 2-core CPU fits in one session), ``accelerator`` (student 6 x 256, 16384 windows, 4000 steps of 32 x 256 tokens),
+what a shared 2-core CPU fits in one session), ``accelerator`` (student 6 x 256, 16384
+windows, 4000 steps of 32 x 256 tokens),
 ``quick`` (tiny random byte-level teacher, no package needed; seconds, for the tests).
 Expected runtime on the 2-core CPU (shared): the teacher cache stage is measured in
 ``teacher_cache_sec`` of each summary (minutes, once per corpus); each student run a few

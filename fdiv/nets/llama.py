@@ -125,7 +125,7 @@ def rms_norm(x: Array, weight: Array, eps: float) -> Array:
 
 
 def rope_angles(positions: Array, head_dim: int, base: float) -> tuple[Array, Array]:
-    """cos and sin of the RoPE angles ``pos * base^(-2i/head_dim)``, float32 ``[..., head_dim/2]``."""
+    """cos, sin of the RoPE angles ``pos * base^(-2i/head_dim)``, float32 ``[..., head_dim/2]``."""
     inv_freq = base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq
     return jnp.cos(angles), jnp.sin(angles)
@@ -239,7 +239,7 @@ _LAYER_SHAPES = {
 
 
 class Llama(nnx.Module):
-    """Llama decoder: ``model(tokens)`` maps int ``[batch, seq]`` to float32 logits ``[batch, seq, V]``.
+    """Llama decoder: ``model(tokens)``, int ``[batch, seq]`` -> float32 logits ``[batch, seq, V]``.
 
     Parameters (nnx.Param): ``embed`` ``[V, D]``; the blocks' weights stacked over layers in
     ``layers[name]`` (``attn_norm``, ``ffn_norm`` ``[L, D]``; kernels ``wq``, ``wk``, ``wv``,
@@ -274,7 +274,7 @@ class Llama(nnx.Module):
         self.lm_head = None if c.tie_embeddings else nnx.Param(normal((c.dim, c.vocab_size)))
 
     def init_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty `KVCache` for `batch_size` rows of up to `max_len` positions (default max_seq_len)."""
+        """An empty `KVCache` of `batch_size` rows and `max_len` positions (default max_seq_len)."""
         c = self.config
         max_len = c.max_seq_len if max_len is None else max_len
         if batch_size < 1 or max_len < 1:
@@ -431,7 +431,7 @@ class GGUFTokenizer:
 
     def apply_chat_template(self, messages: Sequence[dict], *,
                             add_generation_prompt: bool = True) -> str:
-        """The prompt text of `messages` (dicts with ``role`` and ``content``) under the file's template.
+        """The prompt of `messages` (dicts with ``role``, ``content``) under the file's template.
 
         Rendered with a sandboxed Jinja environment, as Hugging Face ``transformers`` does.
         """
@@ -494,7 +494,7 @@ def _field(reader, key: str, default: Any = KeyError):
 
 
 def dequantize_tensor(tensor) -> np.ndarray:
-    """A `gguf.ReaderTensor` as float32 NumPy ``[ne_{n-1}, ..., ne_0]`` (GGUF's innermost axis last).
+    """A `gguf.ReaderTensor` as float32 NumPy ``[ne_{n-1}, ..., ne_0]`` (innermost axis last).
 
     Uses ``gguf.quants.dequantize`` (Q4_0/Q4_1/Q5_*/Q8_0/K-quants, F16, BF16, F32).
     """
