@@ -598,3 +598,12 @@ def test_smollm2_cached_equals_uncached():
     a, cache = model(ids[:, :5], cache=cache)
     b, cache = model(ids[:, 5:], cache=cache)
     np.testing.assert_allclose(jnp.concatenate([a, b], 1), full, atol=1e-4)
+
+
+def test_public_names():
+    """``fdiv.nets.generate`` is the function; its module is ``fdiv.nets.sampling`` (a module
+    of the same name as the function would be shadowed by the re-export)."""
+    from fdiv import nets
+
+    assert nets.generate is gen.generate and nets.sampling_log_probs is gen.sampling_log_probs
+    assert nets.from_gguf is llama.from_gguf and nets.Llama is llama.Llama
