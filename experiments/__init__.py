@@ -25,6 +25,7 @@ EXPERIMENTS = {
     "classifier": "experiments.classifier",
     "fdistill": "experiments.fdistill",
     "estimators": "experiments.estimators",
+    "kd_lm": "experiments.kd_lm",
 }
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
