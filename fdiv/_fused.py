@@ -1,0 +1,335 @@
+"""Fused large-vocabulary divergence: ``D(softmax(h_t W_t) || softmax(h_s W_s))`` by token chunks.
+
+Public through :func:`fdiv.kd.fused_linear_divergence`; see its docstring. This module also holds
+the divergence resolver shared by every loss in :mod:`fdiv.kd`.
+
+Why the structure is what it is (after levanter's blockwise cross-entropy, MaxText's vocabulary
+tiling and Liger's fused linear losses):
+
+* The unit of work is a chunk of ``chunk_size`` tokens with the *whole* vocabulary. A divergence
+  between two distributions needs both normalisers and, for most divergences, elementwise terms
+  of both log-probabilities at once, so chunking over tokens (not over the vocabulary, as an
+  online-logsumexp cross-entropy may) keeps every divergence exact with one pass per chunk.
+* ``jax.custom_vjp``: the forward pass stores only its inputs; the backward pass recomputes each
+  chunk's logits with the same matmul and applies ``jax.vjp`` of the per-row categorical
+  divergence inside the chunk, so the largest live intermediate is ``O(chunk_size x vocab)``
+  in both passes. The head gradients are accumulated in a float32 carry.
+* Matmuls take the inputs' dtype and accumulate in float32 (``preferred_element_type``); for
+  bfloat16 inputs the products are exact in float32, so the logits equal float32 logits of the
+  same (bfloat16) numbers up to summation order. The backward matmuls multiply the float32
+  logit gradients by float32 copies of the heads. Only the returned gradients are rounded to
+  the inputs' dtype (a ``custom_vjp`` must return cotangents of the primal dtype).
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from typing import Callable, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fdiv import discrete as _discrete
+from fdiv import divergences as _divergences
+
+Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
+
+# Divergences that are not f-divergences, by name; each has the signature
+# ``fn(target_logits, model_logits, *, temperature, where)`` and reduces the last axis.
+NON_F_DIVERGENCES: dict[str, Callable[..., Array]] = {
+    "skew_kl": _discrete.skew_kl,
+    "skew_reverse_kl": _discrete.skew_reverse_kl,
+    "generalized_jsd": _discrete.generalized_jsd,
+    "cauchy_schwarz": _discrete.cauchy_schwarz,
+}
+
+DivergenceSpec = Union[str, "_divergences.FDivergence", Callable[..., Array]]
+
+
+def resolve_divergence(divergence: DivergenceSpec) -> Callable[..., Array]:
+    """Returns ``fn(target_logits, model_logits, *, temperature, where)``, per position.
+
+    ``divergence`` is a registered f-divergence name or alias (``fdiv.divergences.names()``),
+    an :class:`~fdiv.divergences.FDivergence`, one of the names ``"skew_kl"``,
+    ``"skew_reverse_kl"``, ``"generalized_jsd"``, ``"cauchy_schwarz"`` (the functions of
+    :mod:`fdiv.discrete` at their default parameters), or a callable with that signature, e.g.
+    ``functools.partial(fdiv.discrete.generalized_jsd, beta=0.9)``.
+    """
+    if isinstance(divergence, _divergences.FDivergence):
+        return functools.partial(_discrete.categorical_divergence, divergence=divergence)
+    if isinstance(divergence, str):
+        if divergence in NON_F_DIVERGENCES:
+            return NON_F_DIVERGENCES[divergence]
+        try:
+            resolved = _divergences.get(divergence)
+        except ValueError as e:
+            raise ValueError(
+                f"{e} Non-f divergences: {', '.join(NON_F_DIVERGENCES)}; for other parameters"
+                " pass functools.partial(fdiv.discrete.skew_kl, alpha=...) or"
+                " fdiv.divergences.get(name, **params)."
+            ) from None
+        return functools.partial(_discrete.categorical_divergence, divergence=resolved)
+    if callable(divergence):
+        return divergence
+    raise ValueError(
+        "divergence must be a registered name, an FDivergence or a callable"
+        " fn(target_logits, model_logits, *, temperature, where), got"
+        f" {type(divergence).__name__}."
+    )
+
+
+def _matmul(hidden, head):
+    # Products of bfloat16 numbers are exact in float32: accumulating in float32 gives float32
+    # logits of the bfloat16 inputs.
+    return jnp.dot(hidden, head, preferred_element_type=jnp.float32)
+
+
+def _row_divergence(div_fn, temperature, student_logits, teacher_logits):
+    return div_fn(teacher_logits, student_logits, temperature=temperature, where=None)
+
+
+def _teacher_chunk(teacher_hidden_chunk, teacher_head):
+    if teacher_head is None:  # the chunk is teacher logits given directly
+        return teacher_hidden_chunk.astype(jnp.float32)
+    return _matmul(teacher_hidden_chunk, teacher_head)
+
+
+def _chunks(x, chunk_size):
+    return x.reshape((x.shape[0] // chunk_size, chunk_size) + x.shape[1:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _fused(div_fn, chunk_size, train_teacher, s_hidden, s_head, t_hidden, t_head, temperature):
+    return _fused_fwd(div_fn, chunk_size, train_teacher, s_hidden, s_head, t_hidden, t_head,
+                      temperature)[0]
+
+
+def _fused_fwd(div_fn, chunk_size, train_teacher, s_hidden, s_head, t_hidden, t_head,
+               temperature):
+    def body(_, xs):
+        s_chunk, t_chunk = xs
+        value = _row_divergence(div_fn, temperature, _matmul(s_chunk, s_head),
+                                _teacher_chunk(t_chunk, t_head))
+        return None, value.astype(jnp.float32)
+
+    _, values = jax.lax.scan(
+        body, None, (_chunks(s_hidden, chunk_size), _chunks(t_hidden, chunk_size)))
+    return values.reshape(-1), (s_hidden, s_head, t_hidden, t_head, temperature)
+
+
+def _fused_bwd(div_fn, chunk_size, train_teacher, residuals, cotangent):
+    s_hidden, s_head, t_hidden, t_head, temperature = residuals
+    f32 = jnp.float32
+    s_head32 = s_head.astype(f32)
+    teacher_has_head = t_head is not None
+    t_head32 = t_head.astype(f32) if (train_teacher and teacher_has_head) else None
+
+    def body(carry, xs):
+        d_s_head, d_t_head = carry
+        s_chunk, t_chunk, g_chunk = xs
+        s_logits = _matmul(s_chunk, s_head)
+        t_logits = _teacher_chunk(t_chunk, t_head)
+        if train_teacher:
+            _, vjp = jax.vjp(functools.partial(_row_divergence, div_fn, temperature),
+                             s_logits, t_logits)
+            d_s_logits, d_t_logits = vjp(g_chunk)
+        else:
+            _, vjp = jax.vjp(
+                lambda s: _row_divergence(div_fn, temperature, s, t_logits), s_logits)
+            (d_s_logits,) = vjp(g_chunk)
+        d_s_logits = d_s_logits.astype(f32)
+        d_s_chunk = jnp.dot(d_s_logits, s_head32.T)
+        d_s_head = d_s_head + jnp.dot(s_chunk.astype(f32).T, d_s_logits)
+        if not train_teacher:
+            d_t_chunk = jnp.zeros(t_chunk.shape, f32)
+        elif teacher_has_head:
+            d_t_logits = d_t_logits.astype(f32)
+            d_t_chunk = jnp.dot(d_t_logits, t_head32.T)
+            d_t_head = d_t_head + jnp.dot(t_chunk.astype(f32).T, d_t_logits)
+        else:
+            d_t_chunk = d_t_logits.astype(f32)
+        return (d_s_head, d_t_head), (d_s_chunk, d_t_chunk)
+
+    init_t = (jnp.zeros(t_head.shape, f32) if (train_teacher and teacher_has_head)
+              else jnp.zeros((), f32))
+    (d_s_head, d_t_head), (d_s_hidden, d_t_hidden) = jax.lax.scan(
+        body, (jnp.zeros(s_head.shape, f32), init_t),
+        (_chunks(s_hidden, chunk_size), _chunks(t_hidden, chunk_size),
+         _chunks(cotangent.astype(f32), chunk_size)))
+    d_s_hidden = d_s_hidden.reshape(s_hidden.shape).astype(s_hidden.dtype)
+    d_t_hidden = d_t_hidden.reshape(t_hidden.shape).astype(t_hidden.dtype)
+    if not teacher_has_head:
+        d_t_head = None
+    elif train_teacher:
+        d_t_head = d_t_head.astype(t_head.dtype)
+    else:
+        d_t_head = jnp.zeros(t_head.shape, t_head.dtype)
+    return (d_s_hidden, d_s_head.astype(s_head.dtype), d_t_hidden, d_t_head,
+            jnp.zeros_like(temperature))
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _check_float(x, name):
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{name} must be floating point, got {x.dtype}; cast with"
+                         " .astype(jnp.float32) or jnp.bfloat16.")
+    return x
+
+
+def fused_linear_divergence(
+    student_hidden: ArrayLike,
+    student_head: ArrayLike,
+    teacher_hidden: Optional[ArrayLike],
+    teacher_head: Optional[ArrayLike],
+    divergence: DivergenceSpec,
+    *,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    where: Optional[ArrayLike] = None,
+    teacher_logits: Optional[ArrayLike] = None,
+    train_teacher: bool = False,
+    trim_teacher_vocab: bool = False,
+) -> Array:
+    r"""Token-level divergence of ``softmax(hidden @ head)``, never materialising the logits.
+
+    Equals ``fdiv.kd.divergence_loss(teacher_hidden @ teacher_head, student_hidden @
+    student_head, divergence, temperature=temperature, where=where)``, i.e.
+    ``tau^2 D(P_t || Q_s)`` per token with ``P`` the teacher (target) and ``Q`` the student
+    (model) at temperature ``tau`` (``docs/reference.md`` sections 1, 3 and 7), in value and
+    gradients, while the ``[tokens, vocab]`` logits exist only ``chunk_size`` rows at a time in
+    the forward and the backward pass (a ``lax.scan`` over token chunks and a custom VJP that
+    recomputes each chunk's logits). Memory is ``O(chunk_size x vocab + hidden x vocab)``
+    instead of ``O(tokens x vocab)``; the cost is one extra pair of logit matmuls in the backward
+    pass.
+
+    Args:
+      student_hidden: ``[..., d_s]`` final hidden states of the student, floating point
+        (bfloat16 is fine: matmuls accumulate in float32).
+      student_head: ``[d_s, vocab]`` output projection, ``logits = hidden @ head``.
+      teacher_hidden: ``[..., d_t]`` teacher hidden states with the same leading shape; ``None``
+        when ``teacher_logits`` is given.
+      teacher_head: ``[d_t, vocab_t]``; ``None`` when ``teacher_logits`` is given.
+      divergence: any divergence accepted by :func:`fdiv.kd.divergence_loss`: a registered
+        f-divergence name or ``FDivergence``, ``"skew_kl"``, ``"skew_reverse_kl"``,
+        ``"generalized_jsd"``, ``"cauchy_schwarz"``, or a callable with the signature of
+        :func:`fdiv.discrete.skew_kl` (e.g. a ``functools.partial`` of it).
+      chunk_size: tokens per chunk (a positive int; need not divide the token count: the last
+        chunk is padded with masked rows). Peak memory grows linearly with it.
+      temperature: softmax temperature for both sides; the result is multiplied by
+        ``temperature**2`` as every loss in :mod:`fdiv.kd`. A positive Python number.
+      where: optional boolean mask of the leading shape; masked tokens give exactly ``0`` and
+        zero gradients, whatever their hidden states contain.
+      teacher_logits: optional ``[..., vocab]`` teacher logits used instead of
+        ``teacher_hidden @ teacher_head`` (offline or already computed teachers); only the
+        student side is then fused.
+      train_teacher: when ``False`` (default) the teacher is a constant: its gradients are
+        zeros and cost nothing. ``True`` also returns exact gradients for the teacher's hidden
+        states and head (or for ``teacher_logits``), for online/mutual distillation.
+      trim_teacher_vocab: drop the teacher's columns beyond the student's vocabulary (padding
+        of a vocabulary rounded up for the hardware); otherwise differing vocabularies raise.
+
+    Returns:
+      ``float32`` loss per token, shape ``student_hidden.shape[:-1]`` (no reduction; use
+      :func:`fdiv.kd.reduce`).
+
+    Raises:
+      ValueError: mismatched shapes or vocabularies, non-floating inputs, a non-positive
+        ``chunk_size`` or ``temperature``, a bad ``where``, an unknown divergence.
+
+    References:
+      levanter ``src/levanter/models/loss.py`` (blockwise cross-entropy with a custom VJP);
+      Wijmans et al., `Cut Your Losses in Large-Vocabulary Language Models
+      <https://arxiv.org/abs/2411.09009>`_, 2024; Hsu et al., `Liger Kernel
+      <https://arxiv.org/abs/2410.10989>`_, 2024 (fused linear losses).
+    """
+    div_fn = resolve_divergence(divergence)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or (
+            chunk_size <= 0):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}; 1024 is"
+                         " a good start, lower it to save memory.")
+    if not isinstance(temperature, numbers.Real) or not float(temperature) > 0:
+        raise ValueError(f"temperature must be a positive Python number, got {temperature!r}.")
+    student_hidden = _check_float(student_hidden, "student_hidden")
+    student_head = _check_float(student_head, "student_head")
+    if student_hidden.ndim < 1 or student_head.ndim != 2 or (
+            student_head.shape[0] != student_hidden.shape[-1]):
+        raise ValueError(
+            "student_hidden must be [..., d] and student_head [d, vocab], got"
+            f" student_hidden.shape={student_hidden.shape},"
+            f" student_head.shape={student_head.shape}.")
+    lead = student_hidden.shape[:-1]
+    vocab = student_head.shape[1]
+
+    if teacher_logits is not None:
+        if teacher_hidden is not None or teacher_head is not None:
+            raise ValueError("pass either teacher_logits or (teacher_hidden, teacher_head),"
+                             " not both; set the others to None.")
+        t_hidden = _check_float(teacher_logits, "teacher_logits")
+        t_head = None
+        t_vocab = t_hidden.shape[-1] if t_hidden.ndim else None
+        t_lead = t_hidden.shape[:-1]
+        t_name = f"teacher_logits.shape={t_hidden.shape}"
+    else:
+        if teacher_hidden is None or teacher_head is None:
+            raise ValueError("teacher_hidden and teacher_head are both required unless"
+                             " teacher_logits is given.")
+        t_hidden = _check_float(teacher_hidden, "teacher_hidden")
+        t_head = _check_float(teacher_head, "teacher_head")
+        if t_head.ndim != 2 or t_hidden.ndim < 1 or t_head.shape[0] != t_hidden.shape[-1]:
+            raise ValueError(
+                "teacher_hidden must be [..., d_t] and teacher_head [d_t, vocab], got"
+                f" teacher_hidden.shape={t_hidden.shape}, teacher_head.shape={t_head.shape}.")
+        t_vocab = t_head.shape[1]
+        t_lead = t_hidden.shape[:-1]
+        t_name = f"teacher_head.shape={t_head.shape}"
+    if t_lead != lead:
+        raise ValueError(
+            f"teacher and student must have the same token shape, got {t_lead} (teacher) and"
+            f" {lead} (student_hidden.shape={student_hidden.shape}).")
+    if t_vocab != vocab:
+        if trim_teacher_vocab and t_vocab > vocab:
+            if t_head is None:
+                t_hidden = t_hidden[..., :vocab]
+            else:
+                t_head = t_head[:, :vocab]
+        else:
+            raise ValueError(vocab_mismatch_message(t_vocab, vocab, t_name,
+                                                    f"student_head.shape={student_head.shape}"))
+
+    n = int(np.prod(lead, dtype=np.int64))
+    s_flat = student_hidden.reshape(n, student_hidden.shape[-1])
+    t_flat = t_hidden.reshape(n, t_hidden.shape[-1])
+    if where is not None:
+        mask = _discrete._check_mask(where, lead, f"the token shape {lead}")
+        mask = jnp.broadcast_to(mask, lead).reshape(n)
+        # Zeroing the rows (not only the outputs) keeps NaN/inf in masked tokens out of the head
+        # gradients, which sum over tokens.
+        s_flat = jnp.where(mask[:, None], s_flat, jnp.zeros((), s_flat.dtype))
+        t_flat = jnp.where(mask[:, None], t_flat, jnp.zeros((), t_flat.dtype))
+    chunk = min(int(chunk_size), max(n, 1))
+    padded = -(-n // chunk) * chunk
+    if padded != n:
+        s_flat = jnp.pad(s_flat, ((0, padded - n), (0, 0)))
+        t_flat = jnp.pad(t_flat, ((0, padded - n), (0, 0)))
+    tau = float(temperature)
+    values = _fused(div_fn, chunk, bool(train_teacher), s_flat, student_head, t_flat, t_head,
+                    jnp.asarray(tau, jnp.float32))
+    values = values[:n].reshape(lead) * jnp.float32(tau * tau)
+    if where is not None:
+        values = jnp.where(mask.reshape(lead), values, jnp.zeros((), values.dtype))
+    return values
+
+
+def vocab_mismatch_message(teacher_vocab, student_vocab, teacher_what, student_what):
+    hint = (f"if the teacher's last {teacher_vocab - student_vocab} columns are padding (a"
+            " vocabulary rounded up for the hardware), pass trim_teacher_vocab=True to drop"
+            " them" if teacher_vocab > student_vocab else
+            "map both models to one shared vocabulary first")
+    return (f"teacher vocabulary size {teacher_vocab} differs from student vocabulary size"
+            f" {student_vocab} ({teacher_what}, {student_what}); {hint}.")
