@@ -446,7 +446,8 @@ def nkd_loss(
     log_s = jax.nn.log_softmax(student, axis=-1)
     t_target = jax.lax.stop_gradient(jnp.exp(jnp.sum(jnp.where(target, log_t, 0), axis=-1)))
     s_target = jnp.sum(jnp.where(target, log_s, 0), axis=-1)
-    target_term = -t_target * s_target
+    # A target the teacher gives probability 0 contributes 0 even where log q[y] = -inf.
+    target_term = jnp.where(t_target > 0, -t_target * s_target, jnp.zeros((), t_target.dtype))
 
     tau = jnp.asarray(temperature, teacher.dtype)
     neg_inf = jnp.full((), -jnp.inf, teacher.dtype)
@@ -501,6 +502,7 @@ def topk_divergence_loss(
     *,
     temperature: ArrayLike = 1.0,
     where: Optional[ArrayLike] = None,
+    tail_floor: Optional[float] = None,
 ) -> Array:
     r"""Divergence against an offline teacher stored as its top-k log-probabilities and ids.
 
@@ -521,8 +523,11 @@ def topk_divergence_loss(
       ``(V - k)^{1 - 1/tau} r^{1/tau}`` for tail mass ``r``), which is exact when the teacher's
       tail is flat and an approximation otherwise.
     * The stored log-probabilities must be those of the full teacher distribution at
-      temperature 1 (as returned by inference servers), not renormalised over the ``k`` ids;
-      a tail mass that rounds below zero is clipped to zero.
+      temperature 1 (as returned by inference servers), not renormalised over the ``k`` ids.
+      A tail mass computed from stored probabilities that sum to nearly 1 is known only to the
+      dtype's resolution (about ``1e-7`` in float32) and may round to zero; it is floored at
+      ``tail_floor`` (default: the dtype's epsilon) so that divergences infinite where
+      ``p = 0 < q`` (reverse KL, Neyman) stay finite. ``tail_floor=0`` disables the floor.
 
     Args:
       teacher_topk_logprobs: ``[..., k]`` the teacher's log-probabilities of its top classes.
@@ -532,6 +537,7 @@ def topk_divergence_loss(
       divergence: as in :func:`divergence_loss`.
       temperature: temperature of both sides (see above); the result is times ``tau**2``.
       where: optional boolean mask of real positions.
+      tail_floor: the least teacher tail mass (see above); ``None`` is the dtype's epsilon.
 
     Returns:
       ``[...]`` float32 losses.
@@ -569,6 +575,10 @@ def topk_divergence_loss(
     dtype = jnp.result_type(topk.dtype, student.dtype)
     topk, student = topk.astype(dtype), student.astype(dtype)
     tau = jnp.asarray(temperature, dtype)
+    if tail_floor is None:
+        tail_floor = float(jnp.finfo(dtype).eps)
+    elif not 0.0 <= float(tail_floor) < 1.0:
+        raise ValueError(f"tail_floor must be in [0, 1), got {tail_floor}.")
 
     log_q = jax.nn.log_softmax(student / tau, axis=-1)
     s_top = jnp.take_along_axis(log_q, ids, axis=-1)
@@ -583,6 +593,9 @@ def topk_divergence_loss(
         full = top_mass >= 0
         t_tail = jnp.where(full, -jnp.inf,
                            jnp.log(-jnp.expm1(jnp.where(full, -1.0, top_mass))))
+        if tail_floor:
+            t_tail = jnp.maximum(t_tail, math.log(tail_floor))
+            full = jnp.zeros_like(full)
         log_rest = math.log(vocab - k)
         t_tail = jnp.where(full, -jnp.inf,
                            (jnp.where(full, 0.0, t_tail) - log_rest) / tau + log_rest)
