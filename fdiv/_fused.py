@@ -92,9 +92,20 @@ def _row_divergence(div_fn, temperature, student_logits, teacher_logits):
 
 
 def _teacher_chunk(teacher_hidden_chunk, teacher_head):
-    if teacher_head is None:  # the chunk is teacher logits given directly
+    if teacher_head is None:  # the chunk is teacher logits (or integer labels) given directly
+        if jnp.issubdtype(teacher_hidden_chunk.dtype, jnp.integer):
+            return teacher_hidden_chunk
         return teacher_hidden_chunk.astype(jnp.float32)
     return _matmul(teacher_hidden_chunk, teacher_head)
+
+
+def _cross_entropy_rows(labels, student_logits, *, temperature, where):
+    """``-log softmax(z / tau)[y]`` per row; the "teacher" is the integer label."""
+    del where
+    z = student_logits / temperature
+    top = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    lse = top[..., 0] + jnp.log(jnp.sum(jnp.exp(z - top), axis=-1))
+    return lse - jnp.take_along_axis(z, labels[..., None], axis=-1)[..., 0]
 
 
 def _chunks(x, chunk_size):
@@ -160,7 +171,10 @@ def _fused_bwd(div_fn, chunk_size, train_teacher, residuals, cotangent):
         (_chunks(s_hidden, chunk_size), _chunks(t_hidden, chunk_size),
          _chunks(cotangent.astype(f32), chunk_size)))
     d_s_hidden = d_s_hidden.reshape(s_hidden.shape).astype(s_hidden.dtype)
-    d_t_hidden = d_t_hidden.reshape(t_hidden.shape).astype(t_hidden.dtype)
+    if jnp.issubdtype(t_hidden.dtype, jnp.integer):
+        d_t_hidden = np.zeros(t_hidden.shape, jax.dtypes.float0)
+    else:
+        d_t_hidden = d_t_hidden.reshape(t_hidden.shape).astype(t_hidden.dtype)
     if not teacher_has_head:
         d_t_head = None
     elif train_teacher:
@@ -333,3 +347,65 @@ def vocab_mismatch_message(teacher_vocab, student_vocab, teacher_what, student_w
             "map both models to one shared vocabulary first")
     return (f"teacher vocabulary size {teacher_vocab} differs from student vocabulary size"
             f" {student_vocab} ({teacher_what}, {student_what}); {hint}.")
+
+
+def fused_linear_cross_entropy(
+    hidden: ArrayLike,
+    head: ArrayLike,
+    labels: ArrayLike,
+    *,
+    chunk_size: int = 1024,
+    temperature: float = 1.0,
+    where: Optional[ArrayLike] = None,
+) -> Array:
+    """Cross-entropy ``-log softmax(hidden @ head / tau)[label]`` per token, by token chunks.
+
+    The label-only member of :func:`fused_linear_divergence` (forward KL against a one-hot
+    teacher, without materialising the one-hot teacher or the logits); same chunking, custom
+    VJP, float32 accumulation and masking. Not multiplied by ``tau**2`` (it is a label loss).
+
+    Args:
+      hidden: ``[..., d]`` hidden states; head: ``[d, vocab]``.
+      labels: ``[...]`` integer labels in ``[0, vocab)`` (not checked under tracing).
+      chunk_size, where: as in :func:`fused_linear_divergence`; mask ``ignore_index`` labels
+        with ``where=fdiv.kd.mask_from_labels(labels)``.
+
+    Returns:
+      ``[...]`` float32 losses.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or (
+            chunk_size <= 0):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
+    if not isinstance(temperature, numbers.Real) or not float(temperature) > 0:
+        raise ValueError(f"temperature must be a positive Python number, got {temperature!r}.")
+    hidden = _check_float(hidden, "hidden")
+    head = _check_float(head, "head")
+    labels = jnp.asarray(labels)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integers, got {labels.dtype}.")
+    if head.ndim != 2 or hidden.ndim < 1 or head.shape[0] != hidden.shape[-1] or (
+            labels.shape != hidden.shape[:-1]):
+        raise ValueError(
+            "hidden must be [..., d], head [d, vocab] and labels [...], got"
+            f" hidden.shape={hidden.shape}, head.shape={head.shape},"
+            f" labels.shape={labels.shape}.")
+    lead = hidden.shape[:-1]
+    n = int(np.prod(lead, dtype=np.int64))
+    flat = hidden.reshape(n, hidden.shape[-1])
+    flat_labels = labels.reshape(n).astype(jnp.int32)
+    if where is not None:
+        mask = jnp.broadcast_to(_discrete._check_mask(where, lead, f"the token shape {lead}"),
+                                lead).reshape(n)
+        flat = jnp.where(mask[:, None], flat, jnp.zeros((), flat.dtype))
+        flat_labels = jnp.where(mask, flat_labels, 0)
+    chunk = min(int(chunk_size), max(n, 1))
+    padded = -(-n // chunk) * chunk
+    if padded != n:
+        flat = jnp.pad(flat, ((0, padded - n), (0, 0)))
+        flat_labels = jnp.pad(flat_labels, (0, padded - n))
+    values = _fused(_cross_entropy_rows, chunk, False, flat, head, flat_labels, None,
+                    jnp.asarray(float(temperature), jnp.float32))
+    values = values[:n].reshape(lead)
+    if where is not None:
+        values = jnp.where(mask.reshape(lead), values, jnp.zeros((), values.dtype))
+    return values

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fdiv import discrete as _discrete
+from fdiv._fused import fused_linear_cross_entropy
 from fdiv._fused import fused_linear_divergence
 from fdiv._fused import NON_F_DIVERGENCES
 from fdiv._fused import resolve_divergence
@@ -55,6 +56,7 @@ __all__ = [
     "bdkd_loss",
     "divergence_loss",
     "entropy_balance_weight",
+    "fused_linear_cross_entropy",
     "fused_linear_divergence",
     "kd_loss",
     "mask_from_labels",

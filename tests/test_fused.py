@@ -161,3 +161,27 @@ def test_fused_does_not_materialise_logits():
     temp_naive = naive.lower(hs, ws, hs, ws).compile().memory_analysis().temp_size_in_bytes
     assert temp_naive >= 2 * logits_bytes
     assert temp_fused < logits_bytes / 2, (temp_fused, logits_bytes)
+
+
+def test_fused_cross_entropy_equals_optax_and_jax_cce():
+    optax = pytest.importorskip("optax")
+    hs, ws, _, _, cot = _inputs(6)
+    labels = jnp.arange(N) * 7 % V
+    where = jnp.arange(N) != 4
+
+    def fused(hs, ws):
+        return kd.fused_linear_cross_entropy(hs, ws, labels, chunk_size=5, where=where)
+
+    def naive(hs, ws):
+        ce = optax.softmax_cross_entropy_with_integer_labels(hs @ ws, labels)
+        return jnp.where(where, ce, 0.0)
+
+    got_v, got_g = _value_and_grads(fused, (hs, ws), cot)
+    want_v, want_g = _value_and_grads(naive, (hs, ws), cot)
+    _assert_close(got_v, want_v)
+    for g, w in zip(got_g, want_g):
+        _assert_close(g, w)
+    jax_cce = pytest.importorskip("jax_cce")
+    peer = jax_cce.linear_cross_entropy(hs, ws.T, labels, chunk_size=8)
+    np.testing.assert_allclose(float(kd.reduce(kd.fused_linear_cross_entropy(hs, ws, labels))),
+                               float(peer), rtol=1e-6)
