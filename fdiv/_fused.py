@@ -112,14 +112,7 @@ def _chunks(x, chunk_size):
     return x.reshape((x.shape[0] // chunk_size, chunk_size) + x.shape[1:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _fused(div_fn, chunk_size, train_teacher, s_hidden, s_head, t_hidden, t_head, temperature):
-    return _fused_fwd(div_fn, chunk_size, train_teacher, s_hidden, s_head, t_hidden, t_head,
-                      temperature)[0]
-
-
-def _fused_fwd(div_fn, chunk_size, train_teacher, s_hidden, s_head, t_hidden, t_head,
-               temperature):
+def _values(div_fn, chunk_size, s_hidden, s_head, t_hidden, t_head, temperature):
     def body(_, xs):
         s_chunk, t_chunk = xs
         value = _row_divergence(div_fn, temperature, _matmul(s_chunk, s_head),
@@ -128,40 +121,101 @@ def _fused_fwd(div_fn, chunk_size, train_teacher, s_hidden, s_head, t_hidden, t_
 
     _, values = jax.lax.scan(
         body, None, (_chunks(s_hidden, chunk_size), _chunks(t_hidden, chunk_size)))
-    return values.reshape(-1), (s_hidden, s_head, t_hidden, t_head, temperature)
+    return values.reshape(-1)
 
 
-def _fused_bwd(div_fn, chunk_size, train_teacher, residuals, cotangent):
-    s_hidden, s_head, t_hidden, t_head, temperature = residuals
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _fused(div_fn, chunk_size, train_teacher, s_hidden, s_head, t_hidden, t_head, temperature):
+    return _values(div_fn, chunk_size, s_hidden, s_head, t_hidden, t_head, temperature)
+
+
+def _logit_grads(div_fn, temperature, train_teacher, s_logits, t_logits, g_chunk):
+    """Value and cotangents of the per-row divergence w.r.t. both logit chunks (float32)."""
+    if train_teacher:
+        value, vjp = jax.vjp(functools.partial(_row_divergence, div_fn, temperature),
+                             s_logits, t_logits)
+        d_s, d_t = vjp(g_chunk)
+        return value, d_s.astype(jnp.float32), d_t.astype(jnp.float32)
+    value, vjp = jax.vjp(lambda s: _row_divergence(div_fn, temperature, s, t_logits), s_logits)
+    (d_s,) = vjp(g_chunk)
+    return value, d_s.astype(jnp.float32), None
+
+
+def _fast_path(train_teacher, t_head):
+    # Teacher logits given directly and trained would need their [tokens, vocab] gradient kept.
+    return t_head is not None or not train_teacher
+
+
+def _fused_fwd(div_fn, chunk_size, train_teacher, s_hidden, s_head, t_hidden, t_head,
+               temperature):
+    """Forward pass under differentiation; also the gradients for a unit cotangent.
+
+    The hidden-state gradient of a row is linear in that row's cotangent, so
+    ``J_r W^T`` (``[tokens, d]``) is kept and scaled in the backward pass: exact for any
+    cotangent. The head gradient ``sum_r g_r h_r^T J_r`` is kept for ``g = 1``; the backward
+    pass uses it when the cotangent is one constant over the rows that contribute (a mean, also
+    a masked one), and otherwise recomputes the chunks. So a mean loss costs the naive
+    computation's four matmuls instead of six.
+    """
+    residuals = (s_hidden, s_head, t_hidden, t_head, temperature)
+    if not _fast_path(train_teacher, t_head):
+        return (_values(div_fn, chunk_size, s_hidden, s_head, t_hidden, t_head, temperature),
+                (residuals, None))
     f32 = jnp.float32
     s_head32 = s_head.astype(f32)
+    teach = train_teacher  # with a head (fast path)
+    t_head32 = t_head.astype(f32) if teach else None
+
+    def body(carry, xs):
+        d_s_head, d_t_head = carry
+        s_chunk, t_chunk = xs
+        s_logits = _matmul(s_chunk, s_head)
+        t_logits = _teacher_chunk(t_chunk, t_head)
+        ones = jnp.ones(s_chunk.shape[:1], f32)
+        value, j_s, j_t = _logit_grads(div_fn, temperature, teach, s_logits, t_logits, ones)
+        a_s = jnp.dot(j_s, s_head32.T)
+        d_s_head = d_s_head + jnp.dot(s_chunk.astype(f32).T, j_s)
+        if teach:
+            a_t = jnp.dot(j_t, t_head32.T)
+            d_t_head = d_t_head + jnp.dot(t_chunk.astype(f32).T, j_t)
+        else:
+            a_t = jnp.zeros((), f32)
+        return (d_s_head, d_t_head), (value.astype(f32), a_s, a_t)
+
+    init_t = jnp.zeros(t_head.shape, f32) if teach else jnp.zeros((), f32)
+    (d_s_head, d_t_head), (values, a_s, a_t) = jax.lax.scan(
+        body, (jnp.zeros(s_head.shape, f32), init_t),
+        (_chunks(s_hidden, chunk_size), _chunks(t_hidden, chunk_size)))
+    unit = (a_s.reshape(s_hidden.shape), d_s_head,
+            a_t.reshape(t_hidden.shape) if teach else None, d_t_head if teach else None)
+    return values.reshape(-1), (residuals, unit)
+
+
+def _recompute_head_grads(div_fn, chunk_size, train_teacher, residuals, cotangent,
+                          hidden_grads):
+    """Backward pass by chunks: head gradients, and hidden gradients if ``hidden_grads``."""
+    s_hidden, s_head, t_hidden, t_head, temperature = residuals
+    f32 = jnp.float32
+    s_head32 = s_head.astype(f32) if hidden_grads else None
     teacher_has_head = t_head is not None
-    t_head32 = t_head.astype(f32) if (train_teacher and teacher_has_head) else None
+    t_head32 = t_head.astype(f32) if (hidden_grads and train_teacher and teacher_has_head) else None
 
     def body(carry, xs):
         d_s_head, d_t_head = carry
         s_chunk, t_chunk, g_chunk = xs
         s_logits = _matmul(s_chunk, s_head)
         t_logits = _teacher_chunk(t_chunk, t_head)
-        if train_teacher:
-            _, vjp = jax.vjp(functools.partial(_row_divergence, div_fn, temperature),
-                             s_logits, t_logits)
-            d_s_logits, d_t_logits = vjp(g_chunk)
-        else:
-            _, vjp = jax.vjp(
-                lambda s: _row_divergence(div_fn, temperature, s, t_logits), s_logits)
-            (d_s_logits,) = vjp(g_chunk)
-        d_s_logits = d_s_logits.astype(f32)
-        d_s_chunk = jnp.dot(d_s_logits, s_head32.T)
+        _, d_s_logits, d_t_logits = _logit_grads(div_fn, temperature, train_teacher, s_logits,
+                                                 t_logits, g_chunk)
         d_s_head = d_s_head + jnp.dot(s_chunk.astype(f32).T, d_s_logits)
-        if not train_teacher:
-            d_t_chunk = jnp.zeros(t_chunk.shape, f32)
-        elif teacher_has_head:
-            d_t_logits = d_t_logits.astype(f32)
-            d_t_chunk = jnp.dot(d_t_logits, t_head32.T)
+        d_s_chunk = jnp.dot(d_s_logits, s_head32.T) if hidden_grads else jnp.zeros((), f32)
+        d_t_chunk = jnp.zeros((), f32)
+        if train_teacher and teacher_has_head:
             d_t_head = d_t_head + jnp.dot(t_chunk.astype(f32).T, d_t_logits)
-        else:
-            d_t_chunk = d_t_logits.astype(f32)
+            if hidden_grads:
+                d_t_chunk = jnp.dot(d_t_logits, t_head32.T)
+        elif train_teacher and hidden_grads:
+            d_t_chunk = d_t_logits
         return (d_s_head, d_t_head), (d_s_chunk, d_t_chunk)
 
     init_t = (jnp.zeros(t_head.shape, f32) if (train_teacher and teacher_has_head)
@@ -169,12 +223,54 @@ def _fused_bwd(div_fn, chunk_size, train_teacher, residuals, cotangent):
     (d_s_head, d_t_head), (d_s_hidden, d_t_hidden) = jax.lax.scan(
         body, (jnp.zeros(s_head.shape, f32), init_t),
         (_chunks(s_hidden, chunk_size), _chunks(t_hidden, chunk_size),
-         _chunks(cotangent.astype(f32), chunk_size)))
-    d_s_hidden = d_s_hidden.reshape(s_hidden.shape).astype(s_hidden.dtype)
+         _chunks(cotangent, chunk_size)))
+    return d_s_head, d_t_head, d_s_hidden, d_t_hidden
+
+
+def _fused_bwd(div_fn, chunk_size, train_teacher, saved, cotangent):
+    residuals, unit = saved
+    s_hidden, s_head, t_hidden, t_head, temperature = residuals
+    f32 = jnp.float32
+    g = cotangent.astype(f32)
+    teacher_has_head = t_head is not None
+    if unit is None:
+        d_s_head, d_t_head, d_s_hidden, d_t_hidden = _recompute_head_grads(
+            div_fn, chunk_size, train_teacher, residuals, g, hidden_grads=True)
+        d_s_hidden = d_s_hidden.reshape(s_hidden.shape)
+        if train_teacher:
+            d_t_hidden = d_t_hidden.reshape(t_hidden.shape)
+    else:
+        a_s, unit_s_head, a_t, unit_t_head = unit
+        d_s_hidden = g[:, None] * a_s
+        d_t_hidden = g[:, None] * a_t if train_teacher else None
+        # Rows with zero hidden states (masked or padding) add nothing to the head gradients,
+        # so only the other rows' cotangents need to be equal.
+        used = jnp.any(s_hidden != 0, axis=1)
+        if train_teacher:
+            used = used | jnp.any(t_hidden != 0, axis=1)
+        top = jnp.max(jnp.where(used, g, -jnp.inf))
+        low = jnp.min(jnp.where(used, g, jnp.inf))
+        constant = (top == low) | ~jnp.any(used)
+        scale = jnp.where(jnp.any(used), top, 0.0)
+
+        def from_unit():
+            return scale * unit_s_head, (scale * unit_t_head if train_teacher
+                                         else jnp.zeros((), f32))
+
+        def recompute():
+            d_s, d_t, _, _ = _recompute_head_grads(div_fn, chunk_size, train_teacher,
+                                                   residuals, g, hidden_grads=False)
+            return d_s, d_t
+
+        d_s_head, d_t_head = jax.lax.cond(constant, from_unit, recompute)
+
+    d_s_hidden = d_s_hidden.astype(s_hidden.dtype)
     if jnp.issubdtype(t_hidden.dtype, jnp.integer):
         d_t_hidden = np.zeros(t_hidden.shape, jax.dtypes.float0)
+    elif train_teacher:
+        d_t_hidden = d_t_hidden.astype(t_hidden.dtype)
     else:
-        d_t_hidden = d_t_hidden.reshape(t_hidden.shape).astype(t_hidden.dtype)
+        d_t_hidden = jnp.zeros(t_hidden.shape, t_hidden.dtype)
     if not teacher_has_head:
         d_t_head = None
     elif train_teacher:

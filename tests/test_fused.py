@@ -185,3 +185,22 @@ def test_fused_cross_entropy_equals_optax_and_jax_cce():
     peer = jax_cce.linear_cross_entropy(hs, ws.T, labels, chunk_size=8)
     np.testing.assert_allclose(float(kd.reduce(kd.fused_linear_cross_entropy(hs, ws, labels))),
                                float(peer), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mask_in_fused", [True, False])
+def test_mean_loss_gradients(mask_in_fused):
+    """A (masked) mean gives a constant cotangent: the head gradient kept from the forward pass
+    is used; masking only in `reduce` gives zero cotangents to non-zero rows: recomputed."""
+    hs, ws, ht, wt, _ = _inputs(7)
+    where = jnp.arange(N) % 4 != 2
+
+    def mean(fn):
+        return jax.jit(jax.value_and_grad(lambda *a: kd.reduce(fn(*a), where), (0, 1, 2, 3)))
+
+    inner = where if mask_in_fused else None
+    want_v, want_g = mean(_naive("js", 2.0, inner))(hs, ws, ht, wt)
+    for train_teacher in (True, False):
+        got_v, got_g = mean(_fused("js", 2.0, inner, 6, train_teacher))(hs, ws, ht, wt)
+        _assert_close(got_v, want_v)
+        for i, (g, w) in enumerate(zip(got_g, want_g)):
+            _assert_close(g, w if (train_teacher or i < 2) else 0.0 * w)
