@@ -28,6 +28,7 @@ Usage (heavy: hold the shared lock)::
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -36,13 +37,13 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import app, flags
 
 from fdiv import kd
 
@@ -77,20 +78,30 @@ def losses(chunk_sizes: Sequence[int]) -> dict:
     """``{(loss, method): scalar_loss(hs, ws, ht, wt, labels)}``."""
     import jax_cce  # pylint: disable=import-outside-toplevel
 
+    def naive(d, hs, ws, ht, wt, y):
+        return kd.reduce(kd.divergence_loss(jax.lax.stop_gradient(ht @ wt), hs @ ws, d))
+
+    def fused(d, c, hs, ws, ht, wt, y):
+        return kd.reduce(kd.fused_linear_divergence(hs, ws, ht, wt, d, chunk_size=c))
+
+    def naive_ce(hs, ws, ht, wt, y):
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(hs @ ws, y))
+
+    def fused_ce(c, hs, ws, ht, wt, y):
+        return kd.reduce(kd.fused_linear_cross_entropy(hs, ws, y, chunk_size=c))
+
+    def jax_cce_ce(hs, ws, ht, wt, y):
+        return jax_cce.linear_cross_entropy(hs, ws.T, y)
+
     out = {}
     for d in DIVERGENCES:
-        out[(d, "naive")] = (lambda d: lambda hs, ws, ht, wt, y: kd.reduce(
-            kd.divergence_loss(jax.lax.stop_gradient(ht @ wt), hs @ ws, d)))(d)
+        out[(d, "naive")] = functools.partial(naive, d)
         for c in chunk_sizes:
-            out[(d, f"fused c={c}")] = (lambda d, c: lambda hs, ws, ht, wt, y: kd.reduce(
-                kd.fused_linear_divergence(hs, ws, ht, wt, d, chunk_size=c)))(d, c)
-    out[("cross_entropy", "naive")] = lambda hs, ws, ht, wt, y: jnp.mean(
-        optax.softmax_cross_entropy_with_integer_labels(hs @ ws, y))
+            out[(d, f"fused c={c}")] = functools.partial(fused, d, c)
+    out[("cross_entropy", "naive")] = naive_ce
     for c in chunk_sizes:
-        out[("cross_entropy", f"fused c={c}")] = (lambda c: lambda hs, ws, ht, wt, y: kd.reduce(
-            kd.fused_linear_cross_entropy(hs, ws, y, chunk_size=c)))(c)
-    out[("cross_entropy", "jax_cce")] = lambda hs, ws, ht, wt, y: jax_cce.linear_cross_entropy(
-        hs, ws.T, y)
+        out[("cross_entropy", f"fused c={c}")] = functools.partial(fused_ce, c)
+    out[("cross_entropy", "jax_cce")] = jax_cce_ce
     return out
 
 
@@ -204,12 +215,12 @@ def table(r: dict) -> str:
     res = r["results"]
     measured = "peak_over_inputs_mib" in next(iter(res.values()))
     lines = [
-        f"{r['tokens']} tokens, hidden {r['hidden']}, vocabulary {r['vocab']}, float32, value +"
-        f" gradients w.r.t. student hidden states and head; {r['cpu_model']}"
-        f" ({r['cpu_count']} cores), median of {r['repeats']} interleaved runs",
+        (f"{r['tokens']} tokens, hidden {r['hidden']}, vocabulary {r['vocab']}, float32, value"
+         f" + gradients w.r.t. student hidden states and head; {r['cpu_model']}"
+         f" ({r['cpu_count']} cores), median of {r['repeats']} interleaved runs"),
         "",
-        "| loss | method | time (s) | time / naive | compiled peak (MiB) | naive / this |"
-        + (" measured peak (MiB) | naive / this |" if measured else ""),
+        ("| loss | method | time (s) | time / naive | compiled peak (MiB) | naive / this |"
+         + (" measured peak (MiB) | naive / this |" if measured else "")),
         "|---|---|---:|---:|---:|---:|" + ("---:|---:|" if measured else ""),
     ]
     for key, e in res.items():

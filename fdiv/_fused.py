@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Callable, Optional, Union
+from collections.abc import Callable
+from typing import Union
 
 import jax
 import jax.numpy as jnp
@@ -295,14 +296,14 @@ def _check_float(x, name):
 def fused_linear_divergence(
     student_hidden: ArrayLike,
     student_head: ArrayLike,
-    teacher_hidden: Optional[ArrayLike],
-    teacher_head: Optional[ArrayLike],
+    teacher_hidden: ArrayLike | None,
+    teacher_head: ArrayLike | None,
     divergence: DivergenceSpec,
     *,
     chunk_size: int = 1024,
     temperature: float = 1.0,
-    where: Optional[ArrayLike] = None,
-    teacher_logits: Optional[ArrayLike] = None,
+    where: ArrayLike | None = None,
+    teacher_logits: ArrayLike | None = None,
     train_teacher: bool = False,
     trim_teacher_vocab: bool = False,
 ) -> Array:
@@ -452,7 +453,7 @@ def fused_linear_cross_entropy(
     *,
     chunk_size: int = 1024,
     temperature: float = 1.0,
-    where: Optional[ArrayLike] = None,
+    where: ArrayLike | None = None,
 ) -> Array:
     """Cross-entropy ``-log softmax(hidden @ head / tau)[label]`` per token, by token chunks.
 

@@ -36,23 +36,26 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fdiv import discrete as _discrete
-from fdiv._fused import fused_linear_cross_entropy
-from fdiv._fused import fused_linear_divergence
-from fdiv._fused import NON_F_DIVERGENCES
-from fdiv._fused import resolve_divergence
-from fdiv._fused import vocab_mismatch_message
+from fdiv._fused import (
+    NON_F_DIVERGENCES,
+    fused_linear_cross_entropy,
+    fused_linear_divergence,
+    resolve_divergence,
+    vocab_mismatch_message,
+)
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
 __all__ = [
+    "NON_F_DIVERGENCES",
     "bdkd_loss",
     "divergence_loss",
     "entropy_balance_weight",
@@ -61,7 +64,6 @@ __all__ = [
     "kd_loss",
     "mask_from_labels",
     "nkd_loss",
-    "NON_F_DIVERGENCES",
     "reduce",
     "resolve_divergence",
     "sinkd_loss",
@@ -170,7 +172,7 @@ def mask_from_labels(labels: ArrayLike, ignore_index: int = -100) -> Array:
     return labels != ignore_index
 
 
-def reduce(loss: ArrayLike, where: Optional[ArrayLike] = None) -> Array:
+def reduce(loss: ArrayLike, where: ArrayLike | None = None) -> Array:
     """Mean of a per-position ``loss`` over the real positions (``where`` true).
 
     Masked positions do not count in the numerator nor in the denominator, and NaN/inf there
@@ -202,8 +204,8 @@ def kd_loss(
     student_logits: ArrayLike,
     *,
     temperature: ArrayLike,
-    where: Optional[ArrayLike] = None,
-    softcap: Optional[float] = None,
+    where: ArrayLike | None = None,
+    softcap: float | None = None,
     trim_teacher_vocab: bool = False,
 ) -> Array:
     r"""Classic KD: ``tau^2 KL(softmax(z_t / tau) || softmax(z_s / tau))`` per position.
@@ -235,11 +237,11 @@ def kd_loss(
 def divergence_loss(
     teacher_logits: ArrayLike,
     student_logits: ArrayLike,
-    divergence: Union[str, Callable[..., Array]],
+    divergence: str | Callable[..., Array],
     *,
     temperature: ArrayLike = 1.0,
-    where: Optional[ArrayLike] = None,
-    softcap: Optional[float] = None,
+    where: ArrayLike | None = None,
+    softcap: float | None = None,
     trim_teacher_vocab: bool = False,
 ) -> Array:
     r"""``tau^2 D(P_t || Q_s)`` per position for any divergence, ``P``/``Q`` softmaxed at ``tau``.
@@ -317,10 +319,10 @@ def bdkd_loss(
     teacher_logits: ArrayLike,
     student_logits: ArrayLike,
     *,
-    weight: Union[ArrayLike, Callable[[Array, Array], Array]] = entropy_balance_weight,
+    weight: ArrayLike | Callable[[Array, Array], Array] = entropy_balance_weight,
     temperature: ArrayLike = 1.0,
-    where: Optional[ArrayLike] = None,
-    softcap: Optional[float] = None,
+    where: ArrayLike | None = None,
+    softcap: float | None = None,
     trim_teacher_vocab: bool = False,
 ) -> Array:
     r"""BD-KD: ``tau^2 [w KL(p_t || p_s) + (1 - w) KL(p_s || p_t)]`` per position.
@@ -376,9 +378,9 @@ def nkd_loss(
     *,
     temperature: ArrayLike = 1.0,
     gamma: ArrayLike = 1.5,
-    where: Optional[ArrayLike] = None,
-    ignore_index: Optional[int] = -100,
-    softcap: Optional[float] = None,
+    where: ArrayLike | None = None,
+    ignore_index: int | None = -100,
+    softcap: float | None = None,
     trim_teacher_vocab: bool = False,
 ) -> Array:
     r"""Normalised KD (NKD), per position, as in its authors' released code.
@@ -500,11 +502,11 @@ def topk_divergence_loss(
     teacher_topk_logprobs: ArrayLike,
     teacher_topk_ids: ArrayLike,
     student_logits: ArrayLike,
-    divergence: Union[str, Callable[..., Array]] = "forward_kl",
+    divergence: str | Callable[..., Array] = "forward_kl",
     *,
     temperature: ArrayLike = 1.0,
-    where: Optional[ArrayLike] = None,
-    tail_floor: Optional[float] = None,
+    where: ArrayLike | None = None,
+    tail_floor: float | None = None,
 ) -> Array:
     r"""Divergence against an offline teacher stored as its top-k log-probabilities and ids.
 

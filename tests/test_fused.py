@@ -204,3 +204,19 @@ def test_mean_loss_gradients(mask_in_fused):
         _assert_close(got_v, want_v)
         for i, (g, w) in enumerate(zip(got_g, want_g)):
             _assert_close(g, w if (train_teacher or i < 2) else 0.0 * w)
+
+
+def test_benchmark_quick_run_agrees_and_tabulates():
+    from benchmarks import fused_linear
+
+    r = fused_linear.run(tokens=48, hidden=8, vocab=128, chunk_sizes=[20], repeats=1,
+                         measure_rss=False, print_fn=lambda s: None)
+    assert set(r["agreement"]) == {"forward_kl/fused c=20", "reverse_kl/fused c=20",
+                                   "js/fused c=20", "cross_entropy/fused c=20",
+                                   "cross_entropy/jax_cce"}
+    for errors in r["agreement"].values():
+        assert max(errors.values()) < 1e-5, r["agreement"]
+    rows = [line for line in fused_linear.table(r).splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + len(r["results"])
+    naive = r["results"]["forward_kl/naive"]
+    assert naive["total_mib"] > 0 and naive["median_s"] > 0
