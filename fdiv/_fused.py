@@ -316,8 +316,15 @@ def fused_linear_divergence(
     gradients, while the ``[tokens, vocab]`` logits exist only ``chunk_size`` rows at a time in
     the forward and the backward pass (a ``lax.scan`` over token chunks and a custom VJP that
     recomputes each chunk's logits). Memory is ``O(chunk_size x vocab + hidden x vocab)``
-    instead of ``O(tokens x vocab)``; the cost is one extra pair of logit matmuls in the backward
-    pass.
+    instead of ``O(tokens x vocab)``.
+
+    Cost: under differentiation the forward pass also forms the gradients for a unit cotangent
+    (the hidden-state part is exact for any cotangent, being linear in it row by row). When the
+    cotangent is one constant over the tokens that contribute, as for ``fdiv.kd.reduce`` of the
+    result (masked or not, provided the mask is passed as ``where``), the backward pass only
+    scales them: the same four ``[tokens, d] x [d, vocab]`` matmuls as the naive computation.
+    Any other cotangent recomputes the chunks for the head gradients (two more logit matmuls and
+    one head-gradient matmul).
 
     Args:
       student_hidden: ``[..., d_s]`` final hidden states of the student, floating point
