@@ -55,6 +55,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per function (median r
 _MEASURE = flags.DEFINE_bool("measure_rss", True, "Measure peak RSS in one subprocess each.")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes (a smoke test of seconds).")
 _ONE = flags.DEFINE_string("measure_one", None, "Internal: measure one function's peak RSS.")
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False, "Only the compiled memory statistics (nothing runs; light).")
 _OUTPUT = flags.DEFINE_string(
     "output", os.path.join(os.path.dirname(__file__), "results", "fused_linear.json"),
     "Where to write the JSON results (the Markdown table goes beside it as .md).")
@@ -200,6 +202,34 @@ def run(tokens: int, hidden: int, vocab: int, chunk_sizes: Sequence[int], repeat
     }
 
 
+def compiled_memory(tokens: int, hidden: int, vocab: int, chunk_sizes: Sequence[int]) -> dict:
+    """Compiled memory statistics of every function at this size, without running anything."""
+    shapes = (jax.ShapeDtypeStruct((tokens, hidden), jnp.float32),
+              jax.ShapeDtypeStruct((hidden, vocab), jnp.float32),
+              jax.ShapeDtypeStruct((tokens, hidden), jnp.float32),
+              jax.ShapeDtypeStruct((hidden, vocab), jnp.float32),
+              jax.ShapeDtypeStruct((tokens,), jnp.int32))
+    results = {"/".join(key): _memory_stats(_value_and_grad(fn).lower(*shapes).compile())
+               for key, fn in losses(chunk_sizes).items()}
+    return {"tokens": tokens, "hidden": hidden, "vocab": vocab, "chunk_sizes": list(chunk_sizes),
+            "dtype": "float32", "jax_version": jax.__version__, "results": results}
+
+
+def compiled_table(r: dict) -> str:
+    res = r["results"]
+    lines = [(f"{r['tokens']} tokens, hidden {r['hidden']}, vocabulary {r['vocab']}, float32,"
+              " value + gradients w.r.t. student hidden states and head: compiled memory"
+              " (XLA CPU buffer assignment)"), "",
+             ("| loss | method | temporaries (MiB) | peak: temporaries + arguments + outputs"
+              " (MiB) | naive / this |"), "|---|---|---:|---:|---:|"]
+    for key, e in res.items():
+        loss, method = key.split("/")
+        naive = res[f"{loss}/naive"]
+        lines.append(f"| {loss} | {method} | {e['temp_mib']:.0f} | {e['total_mib']:.0f} |"
+                     f" {naive['total_mib'] / e['total_mib']:.1f} |")
+    return "\n".join(lines)
+
+
 def _cpu_model():
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -244,6 +274,17 @@ def main(argv):
                  "chunk_sizes": [int(c) for c in _CHUNKS.value], "repeats": _REPEATS.value}
     if _ONE.value:
         print(json.dumps(measure_one(_ONE.value, sizes)))
+        return
+    if _COMPILE_ONLY.value:
+        r = compiled_memory(sizes["tokens"], sizes["hidden"], sizes["vocab"], sizes["chunk_sizes"])
+        r["table"] = compiled_table(r)
+        print(r["table"])
+        output = os.path.join(os.path.dirname(_OUTPUT.value), "fused_linear_compiled.json")
+        with open(output, "w") as f:
+            json.dump(r, f, indent=2)
+        with open(os.path.splitext(output)[0] + ".md", "w") as f:
+            f.write(r["table"] + "\n")
+        print(f"\nwrote {output}")
         return
     r = run(sizes["tokens"], sizes["hidden"], sizes["vocab"], sizes["chunk_sizes"],
             repeats=sizes["repeats"], measure_rss=_MEASURE.value)
