@@ -55,6 +55,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per function (median r
 _MEASURE = flags.DEFINE_bool("measure_rss", True, "Measure peak RSS in one subprocess each.")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes (a smoke test of seconds).")
 _ONE = flags.DEFINE_string("measure_one", None, "Internal: measure one function's peak RSS.")
+_RSS_ONLY = flags.DEFINE_bool(
+    "rss_only", False, "Only (re)measure the peak RSS of each function into --output's JSON.")
 _COMPILE_ONLY = flags.DEFINE_bool(
     "compile_only", False, "Only the compiled memory statistics (nothing runs; light).")
 _OUTPUT = flags.DEFINE_string(
@@ -130,11 +132,30 @@ def measure_one(key: str, sizes: dict) -> dict:
     compiled = _value_and_grad(losses(sizes["chunk_sizes"])[(loss, method)]).lower(
         *args).compile()
     base = _rss_mib()
-    # The peak is a high-water mark: if compiling peaked higher, this over-states the call.
+    _reset_peak_rss()
     jax.block_until_ready(compiled(*args))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mib()
     return {"rss_with_inputs_mib": base, "peak_rss_mib": peak,
             "peak_over_inputs_mib": peak - base}
+
+
+def _reset_peak_rss():
+    # Writing 5 to clear_refs resets this process's VmHWM (Linux >= 4.0), so the peak below is
+    # the call's, not the compiler's. ru_maxrss is no use here: Linux carries it across
+    # fork/exec from the parent.
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _measure_in_subprocess(key: str, sizes: dict) -> dict:
@@ -274,6 +295,19 @@ def main(argv):
                  "chunk_sizes": [int(c) for c in _CHUNKS.value], "repeats": _REPEATS.value}
     if _ONE.value:
         print(json.dumps(measure_one(_ONE.value, sizes)))
+        return
+    if _RSS_ONLY.value:
+        with open(_OUTPUT.value) as f:
+            r = json.load(f)
+        for key, entry in r["results"].items():
+            entry.update(_measure_in_subprocess(key, sizes))
+            print(f"{key}: {entry['peak_over_inputs_mib']:.0f} MiB measured", flush=True)
+        r["table"] = table(r)
+        print(r["table"])
+        with open(_OUTPUT.value, "w") as f:
+            json.dump(r, f, indent=2)
+        with open(os.path.splitext(_OUTPUT.value)[0] + ".md", "w") as f:
+            f.write(r["table"] + "\n")
         return
     if _COMPILE_ONLY.value:
         r = compiled_memory(sizes["tokens"], sizes["hidden"], sizes["vocab"], sizes["chunk_sizes"])
