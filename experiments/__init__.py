@@ -26,6 +26,7 @@ EXPERIMENTS = {
     "fdistill": "experiments.fdistill",
     "estimators": "experiments.estimators",
     "kd_lm": "experiments.kd_lm",
+    "kd_fashion": "experiments.kd_fashion",
 }
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

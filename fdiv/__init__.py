@@ -19,6 +19,7 @@ arrays. Training code lives in submodules that are imported explicitly:
 from fdiv import diffusion
 from fdiv import distill
 from fdiv import divergences
+from fdiv import kd
 from fdiv import metrics
 from fdiv.discrete import categorical_divergence
 from fdiv.discrete import cauchy_schwarz
