@@ -57,3 +57,4 @@ __all__ = [
     "skew_kl",
     "skew_reverse_kl",
 ]
+from fdiv import policy  # noqa: E402
