@@ -24,6 +24,7 @@ from typing import Any
 EXPERIMENTS = {
     "classifier": "experiments.classifier",
     "fdistill": "experiments.fdistill",
+    "fdpg": "experiments.fdpg",
 }
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

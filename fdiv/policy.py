@@ -410,7 +410,8 @@ class MovingBaseline:
 
     Attributes:
       accumulator: EMA mode: the un-debiased EMA; windowed mode: unused (0).
-      buffer: windowed mode: ``[window]`` ring buffer of the last rewards; EMA mode: ``[0]``.
+      buffer: windowed mode: ``[window]`` ring buffer of the last rewards; EMA mode: ``[1]``,
+        unused (checkpoint writers reject empty arrays).
       count: number of updates (EMA) or of rewards seen (windowed), int32.
       decay: EMA decay in ``[0, 1)``, or None in windowed mode.
       window: window length, or None in EMA mode.
@@ -426,7 +427,7 @@ class MovingBaseline:
     def ema(cls, decay: float = 0.99, dtype=jnp.float32) -> MovingBaseline:
         if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 <= decay < 1:
             raise ValueError(f"decay must be a Python number in [0, 1), got {decay!r}.")
-        return cls(jnp.zeros((), dtype), jnp.zeros((0,), dtype), jnp.zeros((), jnp.int32),
+        return cls(jnp.zeros((), dtype), jnp.zeros((1,), dtype), jnp.zeros((), jnp.int32),
                    decay=float(decay), window=None)
 
     @classmethod
