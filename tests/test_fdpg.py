@@ -57,6 +57,11 @@ def test_quick_variant_end_to_end(cache, quick_run):
     assert os.path.getsize(os.path.join(workdir, "comparison.png")) > 10_000
     table = open(os.path.join(workdir, "results.md")).read()
     assert all(f"| {name} |" in table for name in rows)
+    # Running again in the same workdir restores the finished run from its Orbax checkpoint
+    # (policy, proposal, normaliser and baseline states) and reproduces its evaluation exactly.
+    again = fdpg.train_and_evaluate(_config(cache, divergences=("js",)), workdir,
+                                    print_fn=lambda s: None)
+    assert again["results"]["js"] == rows["js"]
 
 
 def test_proposal_mode_reuses_cached_lm_and_rejects_bad_settings(cache, quick_run, tmp_path):
