@@ -1,4 +1,4 @@
-"""f-DPG: align a character-level Shakespeare model to "pi_0 restricted to samples containing a word".
+"""f-DPG: align a character-level Shakespeare model to pi_0 restricted to a word constraint.
 
 pi_0 (a small Flax NNX transformer trained on Shakespeare) is a cached stage: trained once into
 ``<cache_dir>/fdpg_lm_<digest of config.lm>`` and reused. The target is

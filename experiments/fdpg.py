@@ -34,16 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
-from flax import struct
+from flax import nnx, struct
 
 from fdiv import data as fdata
 from fdiv import divergences as fdivergences
 from fdiv import train
 from fdiv.montecarlo import mc_divergence_from_model_samples
-from fdiv.policy import MovingBaseline
-from fdiv.policy import RunningNormalizer
-from fdiv.policy import fdpg_loss
+from fdiv.policy import MovingBaseline, RunningNormalizer, fdpg_loss
 from fdiv.train import plotting
 
 START_CHAR = "\n"
@@ -105,7 +102,8 @@ def _typed(config: Any) -> FDPGConfig:
     if cfg.sampler not in ("policy", "proposal"):
         raise ValueError(f"config.sampler must be 'policy' or 'proposal', got {cfg.sampler!r}.")
     if cfg.baseline not in ("ema", "windowed", "none"):
-        raise ValueError(f"config.baseline must be 'ema', 'windowed' or 'none', got {cfg.baseline!r}.")
+        raise ValueError(f"config.baseline must be 'ema', 'windowed' or 'none', got "
+                         f"{cfg.baseline!r}.")
     if not cfg.divergences:
         raise ValueError("config.divergences is empty; list e.g. ('forward_kl', 'js').")
     for name in cfg.divergences:
@@ -173,7 +171,7 @@ def sequence_log_prob(model, seqs):
 
 
 def sample(model, key, n: int, length: int, start: int):
-    """[n, 1 + length] sequences: the start token, then ``length`` tokens sampled at temperature 1."""
+    """[n, 1 + length]: the start token, then ``length`` tokens sampled at temperature 1."""
     buf = jnp.full((n, length + 1), start, jnp.int32)
 
     def body(buf, inputs):
@@ -399,7 +397,8 @@ def _align(cfg: FDPGConfig, problem: _Problem, divergence: str, workdir: str, pr
     last_texts: list[str] = []
 
     def eval_fn(state):
-        m, texts = problem.evaluate(state["policy"].params, jax.random.fold_in(eval_key, int(state.step)))
+        key = jax.random.fold_in(eval_key, int(state.step))
+        m, texts = problem.evaluate(state["policy"].params, key)
         last_texts[:] = texts
         return m
 
@@ -419,12 +418,12 @@ def _align(cfg: FDPGConfig, problem: _Problem, divergence: str, workdir: str, pr
 
 
 def _table(rows: dict[str, dict], seconds: dict[str, float], cfg: FDPGConfig, problem) -> str:
-    head = ("| model | constraint rate | KL(p\\|\\|pi) | TV(p, pi) | JS(p, pi) | KL(pi\\|\\|pi_0) | "
-            "distinct-1 | distinct-2 | train s |")
-    lines = [f"word {cfg.word!r}, {cfg.sample_len} characters after a newline; Z = P_pi0(b=1) = "
+    head = ("| model | constraint rate | KL(p\\|\\|pi) | TV(p, pi) | JS(p, pi) | "
+            "KL(pi\\|\\|pi_0) | distinct-1 | distinct-2 | train s |")
+    lines = [(f"word {cfg.word!r}, {cfg.sample_len} characters after a newline; Z = P_pi0(b=1) = "
              f"{problem.z:.4f} ({problem.z_hits}/{problem.z_total} pi_0 samples); "
              f"{cfg.num_steps} steps x {cfg.batch_size} samples, sampler {cfg.sampler}, baseline "
-             f"{cfg.baseline}; metrics on {cfg.eval_samples} fresh policy samples.", "",
+             f"{cfg.baseline}; metrics on {cfg.eval_samples} fresh policy samples."), "",
              head, "|" + "---|" * 9]
     for name, m in rows.items():
         t = seconds.get(name)
@@ -443,7 +442,8 @@ def _plot_comparison(workdir: str, names: list[str], pi0_metrics: dict, path: st
     fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
     for ax, key in zip(axes.flat, EVAL_KEYS):
         for name in names:
-            recs = [r for r in train.read_metrics(os.path.join(workdir, name)) if f"eval/{key}" in r]
+            recs = [r for r in train.read_metrics(os.path.join(workdir, name))
+                    if f"eval/{key}" in r]
             steps = [0] + [r["step"] for r in recs]
             vals = [pi0_metrics[key]] + [r[f"eval/{key}"] for r in recs]
             ax.plot(steps, vals, marker="o", ms=3, label=name)

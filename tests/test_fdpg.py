@@ -26,6 +26,11 @@ def _config(cache, **overrides):
     return c
 
 
+def _records(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
 @pytest.fixture(scope="module")
 def quick_run(cache, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("fdpg_quick"))
@@ -50,12 +55,13 @@ def test_quick_variant_end_to_end(cache, quick_run):
     assert summary["lm_dir"].startswith(cache)
     assert os.path.exists(os.path.join(summary["lm_dir"], "summary.json"))
     for name in config.divergences:
-        records = [json.loads(line) for line in open(os.path.join(workdir, name, "metrics.jsonl"))]
+        records = _records(os.path.join(workdir, name))
         assert any("eval/kl_p_pi" in r for r in records)
         assert any("ess" in r and r["ess"] == pytest.approx(config.batch_size) for r in records)
         assert os.path.exists(os.path.join(workdir, f"samples_{name}.txt"))
     assert os.path.getsize(os.path.join(workdir, "comparison.png")) > 10_000
-    table = open(os.path.join(workdir, "results.md")).read()
+    with open(os.path.join(workdir, "results.md")) as f:
+        table = f.read()
     assert all(f"| {name} |" in table for name in rows)
     # Running again in the same workdir restores the finished run from its Orbax checkpoint
     # (policy, proposal, normaliser and baseline states) and reproduces its evaluation exactly.
@@ -72,7 +78,7 @@ def test_proposal_mode_reuses_cached_lm_and_rejects_bad_settings(cache, quick_ru
         _config(cache, sampler="proposal", divergences=("js",), num_steps=2), str(tmp_path / "p"),
         print_fn=lambda s: None)
     assert summary["lm_dir"] == lm_dir
-    records = [json.loads(line) for line in open(tmp_path / "p" / "js" / "metrics.jsonl")]
+    records = _records(tmp_path / "p" / "js")
     assert any("proposal_replaced" in r for r in records)
     # Proposal samples: the effective sample size is at most the batch size.
     assert all(r["ess"] <= 32 + 1e-3 for r in records if "ess" in r)

@@ -318,7 +318,8 @@ def test_full_update_jits():
 @pytest.mark.parametrize("call, match", [
     (lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(3), "not_a_divergence"), "divergence"),
     (lambda: fdpg_loss(jnp.zeros(3, jnp.int32), jnp.zeros(3), "js"), "log_model must be floating"),
-    (lambda: fdpg_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), "js"), r"log_model must have shape \[n\]"),
+    (lambda: fdpg_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), "js"),
+     r"log_model must have shape \[n\]"),
     (lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(4), "js"), "log_target must have the shape"),
     (lambda: fdpg_loss(jnp.zeros(0), jnp.zeros(0), "js"), "empty"),
     (lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(3), "js", log_proposal=jnp.zeros(2)),
