@@ -133,23 +133,56 @@ def _digest(obj: Any) -> str:
 
 
 class _Block(nnx.Module):
+    """Pre-LayerNorm attention + MLP block with a full causal pass and a cached one-token step."""
+
     def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs):
+        self.num_heads = num_heads
         self.ln1 = nnx.LayerNorm(d_model, rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(num_heads, d_model, decode=False, rngs=rngs)
+        self.qkv = nnx.Linear(d_model, 3 * d_model, rngs=rngs)
+        self.proj = nnx.Linear(d_model, d_model, rngs=rngs)
         self.ln2 = nnx.LayerNorm(d_model, rngs=rngs)
         self.fc1 = nnx.Linear(d_model, 4 * d_model, rngs=rngs)
         self.fc2 = nnx.Linear(4 * d_model, d_model, rngs=rngs)
 
-    def __call__(self, h, mask):
-        h = h + self.attn(self.ln1(h), mask=mask, deterministic=True)
+    def _split(self, h):
+        q, k, v = jnp.split(self.qkv(self.ln1(h)), 3, axis=-1)
+        heads = lambda x: x.reshape(*x.shape[:-1], self.num_heads, -1)  # [B, T, H, Dh]
+        return heads(q), heads(k), heads(v)
+
+    def _finish(self, h, attended):
+        h = h + self.proj(attended.reshape(*attended.shape[:-2], -1))
         return h + self.fc2(jax.nn.gelu(self.fc1(self.ln2(h))))
+
+    def __call__(self, h):
+        q, k, v = self._split(h)
+        t = h.shape[-2]
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+        causal = jnp.tril(jnp.ones((t, t), bool))
+        weights = jax.nn.softmax(jnp.where(causal, scores, -1e30), axis=-1)
+        return self._finish(h, jnp.einsum("bhqk,bkhd->bqhd", weights, v))
+
+    def step(self, h, cache, t):
+        """One position: h [B, 1, D] at index t; cache (k, v) each [B, T_max, H, Dh]."""
+        q, k, v = self._split(h)
+        k_cache = jax.lax.dynamic_update_slice_in_dim(cache[0], k, t, axis=1)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(cache[1], v, t, axis=1)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k_cache) / np.sqrt(q.shape[-1])
+        seen = jnp.arange(k_cache.shape[1]) <= t
+        weights = jax.nn.softmax(jnp.where(seen, scores, -1e30), axis=-1)
+        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v_cache)
+        return self._finish(h, attended), (k_cache, v_cache)
 
 
 class CharTransformer(nnx.Module):
-    """A pre-LayerNorm causal transformer over characters: tokens [B, T] -> logits [B, T, V]."""
+    """A pre-LayerNorm causal transformer over characters: tokens [B, T] -> logits [B, T, V].
+
+    `step` advances one position with a key/value cache (`init_cache`), so sampling costs one
+    token's work per position instead of a full pass over the prefix.
+    """
 
     def __init__(self, vocab_size: int, d_model: int, num_layers: int, num_heads: int,
                  max_len: int, *, rngs: nnx.Rngs):
+        self.num_heads, self.d_model = num_heads, d_model
         self.embed = nnx.Embed(vocab_size, d_model, rngs=rngs)
         self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_len, d_model)))
         self.blocks = nnx.List([_Block(d_model, num_heads, rngs=rngs) for _ in range(num_layers)])
@@ -158,10 +191,22 @@ class CharTransformer(nnx.Module):
 
     def __call__(self, tokens):
         h = self.embed(tokens) + self.pos[...][: tokens.shape[-1]]
-        mask = nnx.make_causal_mask(tokens)
         for block in self.blocks:
-            h = block(h, mask)
+            h = block(h)
         return self.head(self.ln(h))
+
+    def init_cache(self, batch: int, length: int):
+        shape = (batch, length, self.num_heads, self.d_model // self.num_heads)
+        return [(jnp.zeros(shape), jnp.zeros(shape)) for _ in self.blocks]
+
+    def step(self, token, cache, t):
+        """Logits [B, V] after `token` [B] at position t, and the updated cache."""
+        h = self.embed(token[:, None]) + jax.lax.dynamic_slice_in_dim(self.pos[...], t, 1)[None]
+        new_cache = []
+        for block, c in zip(self.blocks, cache):
+            h, c = block.step(h, c, t)
+            new_cache.append(c)
+        return self.head(self.ln(h))[:, 0], new_cache
 
 
 def sequence_log_prob(model, seqs):
@@ -172,16 +217,18 @@ def sequence_log_prob(model, seqs):
 
 def sample(model, key, n: int, length: int, start: int):
     """[n, 1 + length]: the start token, then ``length`` tokens sampled at temperature 1."""
-    buf = jnp.full((n, length + 1), start, jnp.int32)
+    first = jnp.full((n,), start, jnp.int32)
 
-    def body(buf, inputs):
+    def body(carry, inputs):
+        token, cache = carry
         t, k = inputs
-        # Causal attention: positions after t do not affect the logits at t.
-        logits = model(buf)[:, t].astype(jnp.float32)
-        return buf.at[:, t + 1].set(jax.random.categorical(k, logits).astype(jnp.int32)), None
+        logits, cache = model.step(token, cache, t)
+        token = jax.random.categorical(k, logits.astype(jnp.float32)).astype(jnp.int32)
+        return (token, cache), token
 
-    buf, _ = jax.lax.scan(body, buf, (jnp.arange(length), jax.random.split(key, length)))
-    return buf
+    _, tokens = jax.lax.scan(body, (first, model.init_cache(n, length)),
+                             (jnp.arange(length), jax.random.split(key, length)))
+    return jnp.concatenate([first[:, None], tokens.T], axis=1)
 
 
 def contains(tokens, word_ids):

@@ -114,3 +114,15 @@ def test_sample_log_prob_matches_sampling_distribution():
     probs = np.zeros(5)
     probs[np.asarray(seqs[:, 1])] = np.exp(np.asarray(log_prob))
     np.testing.assert_allclose(freq, probs, atol=0.012)
+
+
+def test_cached_step_matches_full_forward():
+    from flax import nnx
+
+    model = fdpg.CharTransformer(7, 16, 2, 4, 10, rngs=nnx.Rngs(1))
+    tokens = jax.random.randint(jax.random.key(2), (3, 10), 0, 7)
+    full = model(tokens)
+    cache = model.init_cache(3, 10)
+    for t in range(10):
+        logits, cache = model.step(tokens[:, t], cache, t)
+        np.testing.assert_allclose(logits, full[:, t], rtol=1e-4, atol=1e-5)
