@@ -417,14 +417,15 @@ def _make_step(cfg: FDPGConfig, problem: _Problem, divergence: str):
 AlignState.apply_gradients = train.TrainState.apply_gradients
 
 
-def _align(cfg: FDPGConfig, problem: _Problem, divergence: str, workdir: str, print_fn):
+def _align(cfg: FDPGConfig, problem: _Problem, divergence: str, workdir: str, print_fn,
+           base_kl: float):
     base = problem.base
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))
     policy = train.Net(graphdef=base.graphdef, params=base.params, rest=base.rest, tx=tx,
                        opt_state=tx.init(base.params), ema_params=None, ema_decay=None)
     state = AlignState(step=jnp.zeros((), jnp.int32), rng=jax.random.key(cfg.seed),
                        nets={"policy": policy}, proposal=base.params,
-                       proposal_score=jnp.asarray(np.inf, jnp.float32),
+                       proposal_score=jnp.asarray(base_kl, jnp.float32),
                        normalizer=RunningNormalizer.create(), baseline=_baseline_state(cfg))
     step = _make_step(cfg, problem, divergence)
     eval_key = jax.random.fold_in(jax.random.key(cfg.seed), 11)
@@ -522,7 +523,7 @@ def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
     for name in cfg.divergences:
         t = time.perf_counter()
         _, summary, texts = _align(cfg, problem, name, os.path.join(workdir, name),
-                                   lambda s, n=name: pf(f"[{n}] {s}"))
+                                   lambda s, n=name: pf(f"[{n}] {s}"), pi0_metrics["kl_p_pi"])
         seconds[name] = time.perf_counter() - t
         rows[name] = {k: summary["eval"]["eval/" + k] for k in EVAL_KEYS}
         samples[name] = texts
