@@ -33,7 +33,7 @@ def get_config(arg=None):
     c.lm.num_layers = 2
     c.lm.num_heads = 4
     c.lm.batch_size = 64
-    c.lm.num_steps = 1000
+    c.lm.num_steps = 800
     c.lm.learning_rate = 3e-3
     c.lm.warmup_steps = 100
     c.lm.seed = 0
@@ -48,7 +48,7 @@ def get_config(arg=None):
     c.divergences = ("forward_kl", "reverse_kl", "js", "total_variation")
     c.sampler = "policy"  # "policy" (on-policy) or "proposal" (DPG's offline mode)
     c.proposal_every = 25  # steps between proposal checks (sampler = "proposal")
-    c.num_steps = 150
+    c.num_steps = 100
     c.batch_size = 128
     c.learning_rate = 5e-4
     c.grad_clip = 1.0
@@ -58,7 +58,7 @@ def get_config(arg=None):
     c.log_every = 10
     c.eval_every = 50
     c.eval_samples = 1024
-    c.z_samples = 8192  # pi_0 samples for the constraint rate Z = P_pi0(b = 1)
+    c.z_samples = 4096  # pi_0 samples for the constraint rate Z = P_pi0(b = 1)
     c.show_samples = 8
     c.checkpoint_every_steps = 50
 
