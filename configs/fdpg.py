@@ -10,8 +10,9 @@ Run (the whole comparison, CPU, shared lock)::
     flock /tmp/fdiv-heavy.lock nice -n 5 /work/main/.venv/bin/python -m experiments.main \\
         --config=configs/fdpg.py --workdir=runs/fdpg
 
-Measured runtime: see the report table in ``<workdir>/results.md`` (the README lists the
-numbers); variants: ``:quick`` (seconds, used by the tests), ``:proposal`` (DPG's offline mode:
+Measured runtime: 175 s end to end on the shared 2-core CPU once the lock was held (pi_0 800
+steps ~70 s, then ~23 s of training per divergence); the table is ``<workdir>/results.md``.
+Variants: ``:quick`` (seconds, used by the tests), ``:proposal`` (DPG's offline mode:
 samples from a proposal that is replaced by the policy when the policy's estimated KL(p || .) is
 lower).
 """
