@@ -27,6 +27,7 @@ EXPERIMENTS = {
     "estimators": "experiments.estimators",
     "kd_lm": "experiments.kd_lm",
     "kd_fashion": "experiments.kd_fashion",
+    "fdpg": "experiments.fdpg",
 }
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

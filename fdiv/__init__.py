@@ -9,10 +9,19 @@ arrays. Training code lives in submodules that are imported explicitly:
 * ``fdiv.divergences``: :class:`FDivergence`, :func:`get`, :func:`names`, :func:`from_generator`.
 * ``fdiv.discrete``: exact divergences between categorical distributions given by logits.
 * ``fdiv.montecarlo``: estimates from samples with log-densities, with standard errors.
+* ``fdiv.variational``: variational lower bounds from critic outputs (log-ratio critic for every
+  f, f-GAN, NWJ, DV, InfoNCE), classifier losses and ratios; ``fdiv.critic.train_critic``.
+* ``fdiv.kernel``: MMD^2 and the kernel Cauchy-Schwarz divergence, blockwise.
+* ``fdiv.transport``: Sinkhorn divergences and SinKD through ott-jax (import it explicitly:
+  it loads ott-jax).
+* ``fdiv.kd``: knowledge-distillation losses (KD, any divergence, NKD, BD-KD, top-k offline
+  teacher, SinKD) and the fused large-vocabulary loss.
+* ``fdiv.policy``: f-DPG pseudo-rewards, surrogate loss, running normaliser and baselines.
 * ``fdiv.distill``: f-distill weights and losses (SPEC section 4).
 * ``fdiv.diffusion``: EDM preconditioning, denoising score matching, Heun/Euler samplers.
 * ``fdiv.metrics``: sample-quality metrics (mode coverage, energy distance, MMD, Frechet).
-* ``fdiv.nets`` (Flax NNX networks), ``fdiv.data`` (offline data sets), ``fdiv.train``
+* ``fdiv.nets`` (Flax NNX networks, the Llama decoder with its GGUF loader and KV-cache
+  sampling), ``fdiv.data`` (offline data sets), ``fdiv.train``
   (sharded multi-network training, Orbax checkpoints, metric writers): import them directly.
 """
 
@@ -20,7 +29,10 @@ from fdiv import diffusion
 from fdiv import distill
 from fdiv import divergences
 from fdiv import kd
+from fdiv import kernel
 from fdiv import metrics
+from fdiv import policy
+from fdiv import variational
 from fdiv.discrete import categorical_divergence
 from fdiv.discrete import cauchy_schwarz
 from fdiv.discrete import generalized_jsd
@@ -49,14 +61,16 @@ __all__ = [
     "from_generator",
     "generalized_jsd",
     "get",
+    "kd",
+    "kernel",
     "mc_divergence_from_model_samples",
     "mc_divergence_from_target_samples",
     "mc_divergence_self_normalized",
     "mc_log_normalizer",
     "metrics",
     "names",
+    "policy",
     "skew_kl",
     "skew_reverse_kl",
+    "variational",
 ]
-from fdiv import kernel
-from fdiv import variational
