@@ -224,3 +224,20 @@ def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
 def _fmt(m: dict) -> str:
     return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                      for k, v in m.items())
+
+
+def cache_entry(config: Any, sigma_data: float | None = None) -> str:
+    """The cache directory the teacher of `config` lives in (trained or not).
+
+    `sigma_data` defaults to ``teacher.sigma_data`` or, when that is 0, the data's measured
+    scale.
+    """
+    cfg = _as_stage(config)
+    if sigma_data is None:
+        sigma_data = cfg.teacher.sigma_data or _data_sigma(cfg.data)
+    return cache.entry_dir(f"teacher_{cfg.data}", _key(cfg, sigma_data), cache_dir=cfg.cache_dir,
+                           code=cache.code_version(*CODE))
+
+
+def _data_sigma(name: str) -> float:
+    return problems.Problem(name, eval_samples=1, classifier=settings.ClassifierConfig()).sigma_data
