@@ -53,7 +53,8 @@ def _make_state(cfg: ClassifierConfig, image_shape, num_classes: int) -> train.T
     model = Classifier(image_shape, num_classes, kind=cfg.model.kind, channels=tuple(cfg.model.channels),
                        hidden=cfg.model.hidden, rngs=nnx.Rngs(cfg.seed))
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, min(cfg.warmup_steps, max(cfg.num_steps - 1, 1)), max(cfg.num_steps, 1))
+        0.0, cfg.learning_rate, min(cfg.warmup_steps, max(cfg.loop.num_steps - 1, 1)),
+        max(cfg.loop.num_steps, 1))
     tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
     return train.TrainState.create(cfg.seed, model=train.Net.create(model, tx))
 
