@@ -357,9 +357,13 @@ def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
         pf("fresh target samples: " + _fmt(target_eval))
     models = {"target": target_eval, "teacher": teacher_eval, "generator_init": init_eval}
     meta = {"config": config.to_dict() if hasattr(config, "to_dict") else dict(config)}
+    banner = (f"f-distill: {label} on {cfg.data}, seed {cfg.seed}, {cfg.loop.num_steps} steps "
+              f"(1 critic + 1/{cfg.generator_every} generator update each), "
+              f"{run.mesh.devices.size} device(s), workdir {workdir}")
     t_fit = time.perf_counter()
     state, fit_summary = train.fit(run.state, run.loop_step, workdir=workdir, options=cfg.loop,
-                                   eval_fn=eval_fn, meta=meta, print_fn=print_fn)
+                                   eval_fn=eval_fn, meta=meta, print_fn=print_fn,
+                                   **_banner_kw(banner, pf))
     fit_sec = time.perf_counter() - t_fit
     student = {k[len("eval/"):]: v for k, v in (fit_summary.get("eval") or {}).items()}
     models["student"] = student
@@ -387,6 +391,16 @@ def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
     for line in result_lines(summary):
         pf(line)
     return summary
+
+
+def _banner_kw(banner: str, print_fn) -> dict:
+    """``banner=`` for a `fit` that prints one; otherwise the banner is printed here."""
+    import inspect
+
+    if "banner" in inspect.signature(train.fit).parameters:
+        return {"banner": banner}
+    print_fn(banner)
+    return {}
 
 
 def _plot_curves(workdir: str, cfg: FDistillConfig, label: str, models: dict) -> None:
