@@ -63,7 +63,8 @@ REFERENCE_RESULTS = {
     ("ring8", "reverse_kl"): {
         "label": "reverse KL (mode seeking, = DMD/VSD), seed 0",
         "num_steps": 6000,
-        "student": {"modes_recovered": 5.0, "energy_distance": 0.0304, "weight_error": 0.573},
+        # Measured on a fresh machine (issue 9); the ring8 table of the README has all seeds.
+        "student": {"energy_distance": 0.0304, "weight_error": 0.573},
         "command": "python -m experiments.main --config=configs/fdistill_toy2d.py "
                    "--workdir=runs/toy_rkl --config.divergence=reverse_kl",
     },
