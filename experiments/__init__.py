@@ -2,10 +2,15 @@
 
 `EXPERIMENTS` maps ``config.experiment`` to a module path; it is a literal dict (no
 registration side effects), so a name resolves the same way in a script, a test or a
-notebook. `get_experiment(name)` imports the module; `run(config, workdir)` validates the
-config and calls its ``train_and_evaluate``. `load_config(name, arg)` loads
-``configs/<name>.py`` of this repository and calls its ``get_config(arg)`` (for notebooks and
-tests; the command line goes through ``experiments.main``).
+notebook. `get_experiment(name)` imports the module; `run(config, workdir)` calls its
+``train_and_evaluate``, which validates the whole config (one `ConfigError` listing every bad
+field) before any work. `load_config(name, arg)` is ``configs.get_config(name, arg)`` (for
+notebooks and tests; the command line goes through ``experiments.main``).
+
+Stages (``edm_teacher``, ``classifier``) are experiments too, with ``load_or_train(config)``
+for the experiments that use them; shared pieces live below both (`experiments.settings`:
+typed configs; `experiments.cache`: the stage cache; `experiments.problems`: data and
+metrics).
 
 Notebook use::
 
@@ -17,20 +22,18 @@ Notebook use::
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 from typing import Any
 
 EXPERIMENTS = {
     "classifier": "experiments.classifier",
+    "edm_teacher": "experiments.edm_teacher",
     "fdistill": "experiments.fdistill",
     "estimators": "experiments.estimators",
     "kd_lm": "experiments.kd_lm",
     "kd_fashion": "experiments.kd_fashion",
     "fdpg": "experiments.fdpg",
 }
-
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def get_experiment(name: str):
@@ -59,33 +62,33 @@ def get_experiment(name: str):
 
 
 def run(config: Any, workdir: str) -> dict:
-    """Validates `config` (no NaN) and runs ``get_experiment(config.experiment).train_and_evaluate``."""
-    from fdiv.train.config import check_config
+    """Runs ``get_experiment(config.experiment).train_and_evaluate(config, workdir)``.
 
+    Raises:
+      ValueError: (a `ConfigError` for bad fields) before any training work.
+    """
     if "experiment" not in config:
-        raise ValueError(f"config has no 'experiment' field; set config.experiment to one of {sorted(EXPERIMENTS)}.")
-    check_config(config)
+        raise ValueError(f"config has no 'experiment' field; set config.experiment to one of "
+                         f"{sorted(EXPERIMENTS)}.")
     return get_experiment(config.experiment).train_and_evaluate(config, workdir)
 
 
 def config_names() -> list[str]:
-    """Names of the config files ``configs/*.py`` (without the extension)."""
-    if not os.path.isdir(CONFIGS_DIR):
-        return []
-    return sorted(f[:-3] for f in os.listdir(CONFIGS_DIR) if f.endswith(".py") and not f.startswith("_"))
+    """Names of the configs (``configs/*.py``)."""
+    import configs
+
+    return configs.names()
 
 
 def load_config(name: str, arg: str | None = None):
-    """``configs/<name>.py``'s ``get_config(arg)``; `name` may also be a path to a config file.
+    """``configs/<name>.py``'s ``get_config(arg)``; `name` may also be ``configs/<name>.py``.
 
     Raises:
-      ValueError: when the file does not exist (the message lists the available configs).
+      ValueError: for a config that does not exist (the message lists those that do) or an
+        unknown variant.
     """
-    path = name if name.endswith(".py") else os.path.join(CONFIGS_DIR, f"{name}.py")
-    if not os.path.exists(path):
-        raise ValueError(f"no config file {path}; available configs: {config_names()}.")
-    module_name = "_fdiv_config_" + os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    import configs
+
+    if name.endswith(".py"):
+        name = os.path.splitext(os.path.basename(name))[0]
+    return configs.get_config(name, arg)

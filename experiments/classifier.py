@@ -1,4 +1,5 @@
-"""Image classifier on 8x8 digits or Fashion-MNIST, and a cached feature extractor from it.
+"""Classifier stage: an image classifier on 8x8 digits or Fashion-MNIST, and a cached
+feature extractor from it (the features of image Frechet distances).
 
 ``train_and_evaluate(config, workdir)`` trains `fdiv.nets.classifier.Classifier` with AdamW
 (warmup + cosine decay) and softmax cross-entropy through `fdiv.train.fit` (checkpoints,
@@ -6,10 +7,10 @@
 of misclassified test images (``misclassified.png``). Returns the summary dict, whose
 ``test_accuracy`` is the final test accuracy.
 
-``load_or_train_classifier(dataset, cache_dir)`` returns a `FeatureExtractor` with
-``features(images) -> [N, D]`` for Frechet distances (`fdiv.metrics`); the classifier is
-trained once into ``<cache_dir>/classifier_<dataset>_<config hash>`` and restored from its
-checkpoint afterwards.
+``load_or_train(config)`` (used by f-distill and the EDM teacher's image metrics) returns a
+`FeatureExtractor` with ``features(images) -> [N, D]``; the classifier is trained once into
+the stage cache (`experiments.cache`, key `settings.ClassifierConfig.model_key` plus the code
+version of ``fdiv/`` and this module) and restored from its checkpoint afterwards.
 
 Configs: ``configs/classifier_digits.py``, ``configs/classifier_fashion.py``.
 """
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import os
 from typing import Any
 
@@ -33,41 +32,10 @@ from fdiv import data as data_lib
 from fdiv import train
 from fdiv.nets.classifier import Classifier
 from fdiv.train import sharding
+from experiments import cache, settings
 
-CONFIG_FILES = {"digits": "classifier_digits", "fashion_mnist": "classifier_fashion"}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Network shape (see `fdiv.nets.classifier.Classifier`)."""
-
-    kind: str = "cnn"
-    channels: tuple[int, ...] = (16, 32)
-    hidden: int = 128
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassifierConfig:
-    """Typed form of the classifier config (unknown config fields are errors)."""
-
-    experiment: str = "classifier"
-    dataset: str = "digits"
-    seed: int = 0
-    batch_size: int = 128
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    max_train_examples: int = 0  # 0: all
-    max_test_examples: int = 0  # 0: all
-    eval_batch_size: int = 256
-    model: ModelConfig = ModelConfig()
-    num_steps: int = 1000
-    log_every: int = 100
-    eval_every: int = 0
-    checkpoint_every_steps: int = 500
-    checkpoint_every_secs: float = 600.0
-    keep_checkpoints: int = 2
-    async_checkpoints: bool = True
+ClassifierConfig = settings.ClassifierConfig
+CODE = ("fdiv", "experiments/classifier.py", "experiments/cache.py")
 
 
 def _load_data(cfg: ClassifierConfig):
@@ -85,7 +53,8 @@ def _make_state(cfg: ClassifierConfig, image_shape, num_classes: int) -> train.T
     model = Classifier(image_shape, num_classes, kind=cfg.model.kind, channels=tuple(cfg.model.channels),
                        hidden=cfg.model.hidden, rngs=nnx.Rngs(cfg.seed))
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, min(cfg.warmup_steps, max(cfg.num_steps - 1, 1)), max(cfg.num_steps, 1))
+        0.0, cfg.learning_rate, min(cfg.warmup_steps, max(cfg.loop.num_steps - 1, 1)),
+        max(cfg.loop.num_steps, 1))
     tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
     return train.TrainState.create(cfg.seed, model=train.Net.create(model, tx))
 
@@ -125,11 +94,14 @@ def evaluate(net: train.Net, split: data_lib.LabelledImages, batch_size: int, me
             np.concatenate(preds))
 
 
-def _train(config: Any, workdir: str, print_fn=None) -> tuple[train.TrainState, dict, ClassifierConfig, Any]:
-    train.check_config(config)
-    cfg = train.to_dataclass(ClassifierConfig, config)
+def _check(cfg: ClassifierConfig) -> ClassifierConfig:
     if cfg.dataset not in data_lib.IMAGE_DATASETS:
-        raise ValueError(f"config.dataset must be one of {sorted(data_lib.IMAGE_DATASETS)}, got {cfg.dataset!r}.")
+        raise settings.ConfigError(f"config.dataset={cfg.dataset!r} must be one of "
+                                   f"{sorted(data_lib.IMAGE_DATASETS)}")
+    return cfg
+
+
+def _train(cfg: ClassifierConfig, workdir: str, print_fn=None) -> tuple[train.TrainState, dict, Any]:
     mesh = sharding.make_mesh()
     splits = _load_data(cfg)
     batcher = data_lib.ArrayBatcher(splits["train"].arrays(), cfg.batch_size, cfg.seed, mesh=mesh)
@@ -143,12 +115,12 @@ def _train(config: Any, workdir: str, print_fn=None) -> tuple[train.TrainState, 
     def eval_fn(state):
         return evaluate(state["model"], splits["test"], eval_bs, mesh)[0]
 
-    state, summary = train.fit(state, step_fn, workdir=workdir, options=train.LoopOptions.from_config(config),
-                               eval_fn=eval_fn, meta={"config": config.to_dict()}, print_fn=print_fn)
-    return state, summary, cfg, (splits, mesh, eval_bs)
+    state, summary = train.fit(state, step_fn, workdir=workdir, options=cfg.loop, eval_fn=eval_fn,
+                               meta={"config": dataclasses.asdict(cfg)}, print_fn=print_fn)
+    return state, summary, (splits, mesh, eval_bs)
 
 
-def train_and_evaluate(config: Any, workdir: str) -> dict:
+def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
     """Trains the classifier described by `config` in `workdir` (resuming if possible).
 
     Returns:
@@ -156,7 +128,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
       ``test_loss``, ``num_params``, ``steps_per_sec``, ``first_step_sec`` (compile + first
       step) and the loop fields of `fdiv.train.fit`.
     """
-    state, summary, cfg, (splits, mesh, eval_bs) = _train(config, workdir)
+    cfg = _check(settings.read(ClassifierConfig, config, workdir))
+    state, summary, (splits, mesh, eval_bs) = _train(cfg, workdir, print_fn=print_fn)
     test, preds = evaluate(state["model"], splits["test"], eval_bs, mesh)
     summary = {**summary, "dataset": cfg.dataset, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
                "num_params": state["model"].num_params(), "num_devices": int(mesh.devices.size)}
@@ -165,7 +138,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
         train.save_image_grid(splits["test"].images[wrong], os.path.join(workdir, "misclassified.png"),
                               title=f"{wrong.size} misclassified test images (of the first shown)")
     train.write_summary(workdir, summary)
-    print(f"test accuracy {test['accuracy']:.4f} ({len(splits['test'])} images)", flush=True)
+    (print_fn or (lambda s: print(s, flush=True)))(
+        f"test accuracy {test['accuracy']:.4f} ({len(splits['test'])} images)")
     return summary
 
 
@@ -222,33 +196,36 @@ class FeatureExtractor:
         return self._run(images, batch_size, logits=True)
 
 
-def load_or_train_classifier(dataset: str, cache_dir: str, *, quick: bool = False, config: Any = None,
-                             print_fn=None) -> FeatureExtractor:
-    """A trained classifier for `dataset` as a `FeatureExtractor`, trained on first use.
-
-    The run lives in ``<cache_dir>/classifier_<dataset>_<hash of the config>``; when its
-    checkpoint already reached ``num_steps`` nothing is trained, the parameters are restored.
+def load_or_train(config: Any, *, cache_dir: str | None = None, print_fn=None) -> FeatureExtractor:
+    """The trained classifier of `config` as a `FeatureExtractor`, trained on first use.
 
     Args:
-      dataset: ``"digits"`` or ``"fashion_mnist"``.
-      cache_dir: directory for cached runs.
-      quick: use the config's ``quick`` variant (for tests; lower accuracy).
-      config: a full classifier config instead of ``configs/classifier_<...>.py``.
+      config: a classifier config (`settings.ClassifierConfig` or its ConfigDict, e.g.
+        ``configs.classifier_digits.get_config("quick")``).
+      cache_dir: cache root instead of ``config.cache_dir`` (see `experiments.cache`).
       print_fn: progress-line sink while training (default print).
 
     Raises:
-      ValueError: on an unknown `dataset`.
+      ConfigError: on a bad config (e.g. an unknown dataset).
     """
-    if config is None:
-        if dataset not in CONFIG_FILES:
-            raise ValueError(f"load_or_train_classifier: dataset must be one of {sorted(CONFIG_FILES)}, got {dataset!r}.")
-        import experiments
-
-        config = experiments.load_config(CONFIG_FILES[dataset], "quick" if quick else None)
-    digest = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:10]
-    workdir = os.path.join(cache_dir, f"classifier_{dataset}_{digest}")
-    state, summary, cfg, (splits, mesh, eval_bs) = _train(config, workdir, print_fn=print_fn)
-    acc = (summary.get("eval") or {}).get("eval/accuracy", float("nan"))
-    net = state["model"]
-    frozen = train.Net(net.graphdef, net.params, net.rest, None, None, None, None)
-    return FeatureExtractor(frozen, cfg.dataset, tuple(splits["train"].images.shape[1:]), float(acc), workdir)
+    cfg = _check(settings.read(ClassifierConfig, config))
+    root = cfg.cache_dir if cache_dir is None else cache_dir
+    pf = print_fn or (lambda s: print(f"[classifier] {s}", flush=True))
+    directory = cache.cached_run(f"classifier_{cfg.dataset}", cfg.model_key(),
+                                 lambda d: _train(cfg, d, print_fn=pf), cache_dir=root,
+                                 code=cache.code_version(*CODE), print_fn=pf)
+    splits = _load_data(cfg)
+    mesh = sharding.make_mesh()
+    template = sharding.replicate(
+        _make_state(cfg, splits["train"].images.shape[1:], splits["train"].num_classes), mesh)
+    ckpt = train.Checkpointer(directory, every_steps=0, keep=1, async_save=False)
+    try:
+        state, _ = ckpt.restore(ckpt.latest_step(), template)
+    finally:
+        ckpt.close()
+    n_dev = mesh.devices.size
+    eval_bs = -(-cfg.eval_batch_size // n_dev) * n_dev
+    frozen = state["model"].freeze()
+    acc = evaluate(frozen, splits["test"], eval_bs, mesh)[0]["accuracy"]
+    return FeatureExtractor(frozen, cfg.dataset, tuple(splits["train"].images.shape[1:]),
+                            float(acc), directory)

@@ -8,11 +8,13 @@ estimators never do (DESIGN.md). At the experiment boundary:
 - `to_dataclass(Cls, config.model)` builds a (frozen) dataclass, nested dataclass fields
   included, rejecting unknown keys and listing the valid ones (as vdm converts its config
   before the model sees it);
-- `LoopOptions.from_config(config)` reads the loop fields shared by all experiments.
+- `LoopOptions.from_config(config)` reads the loop fields shared by all experiments;
+- `ConfigError` carries one message per bad field, so that a user sees every mistake of a
+  config at once, in one line, before any work starts.
 
 Shared top-level config fields read by `LoopOptions.from_config` (all optional):
 ``num_steps``, ``log_every``, ``eval_every``, ``checkpoint_every_steps``,
-``checkpoint_every_secs``, ``keep_checkpoints``, ``async_checkpoints``.
+``checkpoint_every_secs``, ``keep_checkpoints``, ``async_checkpoints``, ``resume``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,18 @@ import dataclasses
 import math
 import typing
 from typing import Any, Mapping
+
+
+class ConfigError(ValueError):
+    """A config with one or more bad fields.
+
+    Attributes:
+      problems: one message per bad field, each naming the field and the fix.
+    """
+
+    def __init__(self, problems: list[str] | tuple[str, ...] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
 
 
 def _as_mapping(config: Any) -> Mapping:
@@ -83,6 +97,37 @@ def to_dataclass(cls: type, config: Any, *, name: str | None = None) -> Any:
     return cls(**kwargs)
 
 
+RESUME_MODES = ("auto", "restart")
+
+
+def loop_problems(values: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Messages for the bad loop fields in `values` (a mapping of `LoopOptions` fields).
+
+    `prefix` is prepended to each field name (e.g. ``"config.teacher."``).
+    """
+    out = []
+    for f in ("num_steps", "log_every", "eval_every", "checkpoint_every_steps", "keep_checkpoints"):
+        if f in values and (not isinstance(values[f], int) or isinstance(values[f], bool)):
+            out.append(f"{prefix}{f} must be an int, got {values[f]!r}")
+    if out:
+        return out
+
+    def bad(f, ok, need):
+        if f in values and not ok(values[f]):
+            out.append(f"{prefix}{f}={values[f]!r} must be {need}")
+
+    bad("num_steps", lambda v: v >= 0, ">= 0")
+    bad("log_every", lambda v: v >= 1, ">= 1")
+    bad("eval_every", lambda v: v >= 0, ">= 0 (0: only at the end)")
+    bad("checkpoint_every_steps", lambda v: v >= 0, ">= 0 (0: only at the end)")
+    bad("keep_checkpoints", lambda v: v >= 1, ">= 1")
+    bad("checkpoint_every_secs", lambda v: v is None or (isinstance(v, (int, float)) and v >= 0),
+        ">= 0 (0: never) or None")
+    bad("resume", lambda v: v in RESUME_MODES,
+        f"one of {RESUME_MODES} ('restart' archives the old run and starts again)")
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class LoopOptions:
     """Options of `fdiv.train.fit`.
@@ -111,21 +156,9 @@ class LoopOptions:
     resume: str = "auto"
 
     def __post_init__(self):
-        for f in ("num_steps", "log_every", "eval_every", "checkpoint_every_steps", "keep_checkpoints"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise ValueError(f"LoopOptions.{f} must be an int, got {v!r}.")
-        if self.num_steps < 0:
-            raise ValueError(f"LoopOptions.num_steps must be >= 0, got {self.num_steps}.")
-        if self.log_every < 1:
-            raise ValueError(f"LoopOptions.log_every must be >= 1, got {self.log_every}.")
-        if self.eval_every < 0 or self.checkpoint_every_steps < 0:
-            raise ValueError("LoopOptions.eval_every and checkpoint_every_steps must be >= 0.")
-        if self.keep_checkpoints < 1:
-            raise ValueError(f"LoopOptions.keep_checkpoints must be >= 1, got {self.keep_checkpoints}.")
-        if self.checkpoint_every_secs is not None and not self.checkpoint_every_secs >= 0:
-            raise ValueError("LoopOptions.checkpoint_every_secs must be >= 0 (0: never) or None, "
-                             f"got {self.checkpoint_every_secs}.")
+        problems = loop_problems(dataclasses.asdict(self), prefix="LoopOptions.")
+        if problems:
+            raise ValueError("; ".join(problems) + ".")
 
     @classmethod
     def from_config(cls, config: Any) -> "LoopOptions":

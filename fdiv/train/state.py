@@ -131,6 +131,17 @@ class Net:
         # stateful layers (dropout RNG counters, batch stats) can update them there.
         return nnx.merge(self.graphdef, params, self.rest, copy=True)
 
+    def freeze(self, params: Any = None) -> "Net":
+        """The same network without optimiser and average, e.g. a trained teacher or
+        classifier used for inference.
+
+        Args:
+          params: parameters to keep instead of `self.params` (same structure), e.g.
+            ``net.ema_params``.
+        """
+        return Net(self.graphdef, self.params if params is None else params, self.rest,
+                   None, None, None, None)
+
     def with_module(self, module: nnx.Module) -> "Net":
         """Re-reads params and rest from `module` (after a call that changed its state,
         e.g. batch statistics or RNG counters); the optimiser state is kept."""
