@@ -19,8 +19,10 @@ lower).
 
 import ml_collections
 
+import configs
 
-def get_config(arg=None):
+
+def base():
     c = ml_collections.ConfigDict()
     c.experiment = "fdpg"
     c.seed = 0
@@ -62,31 +64,36 @@ def get_config(arg=None):
     c.z_samples = 4096  # pi_0 samples for the constraint rate Z = P_pi0(b = 1)
     c.show_samples = 8
     c.checkpoint_every_steps = 50
+    return c
 
-    if arg in (None, ""):
-        return c
-    if arg == "quick":
-        c.lm.max_chars = 60_000
-        c.lm.context = 32
-        c.lm.d_model = 32
-        c.lm.num_layers = 1
-        c.lm.num_heads = 2
-        c.lm.batch_size = 16
-        c.lm.num_steps = 20
-        c.lm.log_every = 10
-        c.word = "the"
-        c.sample_len = 16
-        c.num_steps = 4
-        c.batch_size = 32
-        c.log_every = 2
-        c.eval_every = 2
-        c.eval_samples = 64
-        c.z_samples = 256
-        c.proposal_every = 2
-        c.show_samples = 2
-        c.checkpoint_every_steps = 0  # only at the end
-        return c
-    if arg == "proposal":
-        c.sampler = "proposal"
-        return c
-    raise ValueError(f"unknown fdpg config variant {arg!r}; use '', 'quick' or 'proposal'.")
+
+def variant_quick(c):
+    c.lm.max_chars = 60_000
+    c.lm.context = 32
+    c.lm.d_model = 32
+    c.lm.num_layers = 1
+    c.lm.num_heads = 2
+    c.lm.batch_size = 16
+    c.lm.num_steps = 20
+    c.lm.log_every = 10
+    c.word = "the"
+    c.sample_len = 16
+    c.num_steps = 4
+    c.batch_size = 32
+    c.log_every = 2
+    c.eval_every = 2
+    c.eval_samples = 64
+    c.z_samples = 256
+    c.proposal_every = 2
+    c.show_samples = 2
+    c.checkpoint_every_steps = 0  # only at the end
+    return c
+
+
+def variant_proposal(c):
+    c.sampler = "proposal"
+    return c
+
+
+def get_config(arg=None):
+    return configs.build(globals(), arg)

@@ -15,14 +15,11 @@ The full run's runtime has not been measured yet.
 
 import ml_collections
 
-VARIANTS = (None, "quick")
+import configs
+
 LOSSES = ("labels", "kd", "reverse_kl", "js", "tv", "skew_kl", "gkd", "nkd", "bdkd", "sinkd")
 
-
-def get_config(arg=None):
-    """Base config; ``arg="quick"`` gives a smoke variant of seconds."""
-    if arg not in VARIANTS:
-        raise ValueError(f"configs/kd_fashion.py: unknown variant {arg!r}; use one of {VARIANTS}.")
+def base():
     config = ml_collections.ConfigDict()
     config.experiment = "kd_fashion"
     config.cache_dir = "runs/cache"
@@ -52,14 +49,21 @@ def get_config(arg=None):
     config.checkpoint_every_secs = 600.0
     config.keep_checkpoints = 1
     config.async_checkpoints = False
-    if arg == "quick":
-        config.teacher_variant = "quick"
-        config.losses = ("labels", "kd", "nkd")
-        config.seeds = (0,)
-        config.num_steps = 20
-        config.warmup_steps = 5
-        config.max_train_examples = 2000
-        config.max_test_examples = 1000
-        config.log_every = 10
-        config.checkpoint_every_steps = 10
     return config
+
+
+def variant_quick(config):
+    config.teacher_variant = "quick"
+    config.losses = ("labels", "kd", "nkd")
+    config.seeds = (0,)
+    config.num_steps = 20
+    config.warmup_steps = 5
+    config.max_train_examples = 2000
+    config.max_test_examples = 1000
+    config.log_every = 10
+    config.checkpoint_every_steps = 10
+    return config
+
+
+def get_config(arg=None):
+    return configs.build(globals(), arg)

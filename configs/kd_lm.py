@@ -24,7 +24,8 @@ minutes off-policy, more on-policy (the online teacher scores every on-policy ba
 
 import ml_collections
 
-VARIANTS = (None, "cpu_small", "accelerator", "quick")
+import configs
+
 
 
 def _shape(n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim):
@@ -33,11 +34,7 @@ def _shape(n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim):
     s.head_dim, s.ffn_dim = head_dim, ffn_dim
     return s
 
-
-def get_config(arg=None):
-    """Base config; see VARIANTS."""
-    if arg not in VARIANTS:
-        raise ValueError(f"configs/kd_lm.py: unknown variant {arg!r}; use one of {VARIANTS}.")
+def base():
     c = ml_collections.ConfigDict()
     c.experiment = "kd_lm"
     c.seed = 0
@@ -70,41 +67,53 @@ def get_config(arg=None):
     c.checkpoint_every_secs = 600.0
     c.keep_checkpoints = 2
     c.async_checkpoints = True
-
-    if arg == "cpu_small":
-        c.num_steps = 60
-        c.train_windows = 256
-        c.log_every = 10
-        c.checkpoint_every_steps = 30
-    elif arg == "accelerator":
-        c.student = _shape(6, 256, 4, 2, 64, 768)
-        c.seq_len = 256
-        c.train_windows = 16384
-        c.batch_size = 32
-        c.eval_windows = 64
-        c.eval_batch_size = 16
-        c.num_samples = 32
-        c.num_steps = 4000
-        c.warmup_steps = 200
-        c.log_every = 100
-        c.checkpoint_every_steps = 1000
-    elif arg == "quick":
-        c.teacher = "random"
-        c.max_corpus_chars = 40000
-        c.seq_len = 32
-        c.train_windows = 16
-        c.top_k = 8
-        c.student = _shape(1, 32, 2, 1, 16, 64)
-        c.prompt_len = 8
-        c.batch_size = 4
-        c.eval_windows = 4
-        c.eval_batch_size = 2
-        c.num_samples = 2
-        c.sample_tokens = 8
-        c.num_steps = 4
-        c.log_every = 2
-        c.warmup_steps = 1
-        c.checkpoint_every_steps = 2
-        c.mode = "on_policy"
-        c.divergence = "js"
     return c
+
+
+def variant_cpu_small(c):
+    c.num_steps = 60
+    c.train_windows = 256
+    c.log_every = 10
+    c.checkpoint_every_steps = 30
+    return c
+
+
+def variant_accelerator(c):
+    c.student = _shape(6, 256, 4, 2, 64, 768)
+    c.seq_len = 256
+    c.train_windows = 16384
+    c.batch_size = 32
+    c.eval_windows = 64
+    c.eval_batch_size = 16
+    c.num_samples = 32
+    c.num_steps = 4000
+    c.warmup_steps = 200
+    c.log_every = 100
+    c.checkpoint_every_steps = 1000
+    return c
+
+
+def variant_quick(c):
+    c.teacher = "random"
+    c.max_corpus_chars = 40000
+    c.seq_len = 32
+    c.train_windows = 16
+    c.top_k = 8
+    c.student = _shape(1, 32, 2, 1, 16, 64)
+    c.prompt_len = 8
+    c.batch_size = 4
+    c.eval_windows = 4
+    c.eval_batch_size = 2
+    c.num_samples = 2
+    c.sample_tokens = 8
+    c.num_steps = 4
+    c.log_every = 2
+    c.warmup_steps = 1
+    c.checkpoint_every_steps = 2
+    c.mode = "on_policy"
+    c.divergence = "js"
+    return c
+
+
+def get_config(arg=None):
+    return configs.build(globals(), arg)

@@ -85,6 +85,8 @@ def test_typed_defaults_and_base_configs_agree(experiment):
                                           for v in (None,) + configs.variants(n)])
 def test_every_variant_is_a_valid_typed_config(name, variant):
     c = configs.get_config(name, variant)
+    if c.experiment not in TYPED:
+        pytest.skip(f"experiment {c.experiment!r} reads its ConfigDict directly (no typed config yet)")
     cfg = settings.read(TYPED[c.experiment], c)
     loop = cfg.loop if hasattr(cfg, "loop") else cfg.teacher.loop
     assert loop.resume == "auto"  # --config.resume=restart is an existing field
