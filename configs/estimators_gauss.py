@@ -43,13 +43,15 @@ def get_config(arg=None):
     c.kernel_large_seeds = 2
     c.block = 2048
     c.critic_sizes = [1024, 16384]
-    c.critic_seeds = 2
+    c.critic_seeds = 10
     c.critic_pairs = ["gauss_d1", "gauss_d16", "mixture_d1"]
     c.critic_divergences = ["forward_kl", "js", "squared_hellinger", "pearson"]
     c.critic_steps = 600
     c.critic_batch = 256
     c.critic_hidden = [64, 64]
     c.critic_lr = 2e-3
+    c.critic_eval_every = 25  # validation checks for early stopping
+    c.critic_weight_decay = 0.0
     c.checkpoint_every = 8
     if arg == "quick":
         c.pairs = [_pair("gauss_d1", "gauss", 1)]
