@@ -21,7 +21,8 @@ Variant ``quick``: one small pair, two sizes, two seeds, one KL critic and one c
 
 import ml_collections
 
-VARIANTS = (None, "quick")
+import configs
+
 
 
 def _pair(name, kind, dim, shift=0.5, scale=1.2):
@@ -29,11 +30,7 @@ def _pair(name, kind, dim, shift=0.5, scale=1.2):
     p.name, p.kind, p.dim, p.shift, p.scale = name, kind, dim, shift, scale
     return p
 
-
-def get_config(arg=None):
-    if arg not in VARIANTS:
-        raise ValueError(f"configs/estimators_gauss.py: unknown variant {arg!r}; use one of "
-                         f"{VARIANTS}.")
+def base():
     c = ml_collections.ConfigDict()
     c.experiment = "estimators"
     c.pairs = [_pair("gauss_d1", "gauss", 1), _pair("gauss_d4", "gauss", 4),
@@ -55,19 +52,27 @@ def get_config(arg=None):
     c.critic_eval_every = 25  # validation checks for early stopping
     c.critic_weight_decay = 0.0
     c.checkpoint_every = 8
-    if arg == "quick":
-        c.pairs = [_pair("gauss_d1", "gauss", 1)]
-        c.sizes = [64, 256]
-        c.seeds = 2
-        c.truth_samples = 20_000
-        c.kernel_max_n = 256
-        c.critic_sizes = [256]
-        c.critic_seeds = 1
-        c.critic_pairs = ["gauss_d1"]
-        c.critic_divergences = ["forward_kl"]
-        c.critic_steps = 50
-        c.critic_batch = 64
-        c.critic_hidden = [16]
-        c.checkpoint_every = 2
     c.num_steps = len(c.pairs) * len(c.sizes) * c.seeds  # one step per (pair, size, seed) cell
     return c
+
+
+def variant_quick(c):
+    c.pairs = [_pair("gauss_d1", "gauss", 1)]
+    c.sizes = [64, 256]
+    c.seeds = 2
+    c.truth_samples = 20_000
+    c.kernel_max_n = 256
+    c.critic_sizes = [256]
+    c.critic_seeds = 1
+    c.critic_pairs = ["gauss_d1"]
+    c.critic_divergences = ["forward_kl"]
+    c.critic_steps = 50
+    c.critic_batch = 64
+    c.critic_hidden = [16]
+    c.checkpoint_every = 2
+    c.num_steps = len(c.pairs) * len(c.sizes) * c.seeds
+    return c
+
+
+def get_config(arg=None):
+    return configs.build(globals(), arg)
