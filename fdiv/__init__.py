@@ -1,6 +1,6 @@
 """fdiv: training generative models by minimising f-divergences, in JAX.
 
-Convention everywhere (SPEC section 1): P is the target (teacher, data), Q the model (student,
+Convention everywhere (docs/reference.md section 1): P is the target (teacher, data), Q the model (student,
 generator); ``D_f(P || Q) = E_Q[f(p/q)]`` and every function works with log-probabilities.
 
 The top level re-exports the divergence family and the estimators, which are pure functions of
@@ -17,7 +17,7 @@ arrays. Training code lives in submodules that are imported explicitly:
 * ``fdiv.kd``: knowledge-distillation losses (KD, any divergence, NKD, BD-KD, top-k offline
   teacher, SinKD) and the fused large-vocabulary loss.
 * ``fdiv.policy``: f-DPG pseudo-rewards, surrogate loss, running normaliser and baselines.
-* ``fdiv.distill``: f-distill weights and losses (SPEC section 4).
+* ``fdiv.distill``: f-distill weights and losses (docs/reference.md section 4).
 * ``fdiv.diffusion``: EDM preconditioning, denoising score matching, Heun/Euler samplers.
 * ``fdiv.metrics``: sample-quality metrics (mode coverage, energy distance, MMD, Frechet).
 * ``fdiv.nets`` (Flax NNX networks, the Llama decoder with its GGUF loader and KV-cache

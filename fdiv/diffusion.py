@@ -1,6 +1,6 @@
 """EDM diffusion utilities: preconditioning, denoising score matching, samplers.
 
-Everything follows the variance-exploding EDM parametrisation of Karras et al. (2022), SPEC
+Everything follows the variance-exploding EDM parametrisation of Karras et al. (2022), docs/reference.md
 section 6: ``x_sigma = x + sigma * eps`` (alpha_t = 1), a denoiser
 
     D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x; c_noise(sigma))
@@ -57,11 +57,11 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------
-# Preconditioning (SPEC section 6, EDM Table 1).
+# Preconditioning (docs/reference.md section 6, EDM Table 1).
 
 
 def c_skip(sigma: Array, sigma_data: float) -> Array:
-    """Skip scaling ``sigma_data^2 / (sigma^2 + sigma_data^2)`` (SPEC section 6).
+    """Skip scaling ``sigma_data^2 / (sigma^2 + sigma_data^2)`` (docs/reference.md section 6).
 
     Args:
       sigma: noise levels, any shape.
@@ -78,7 +78,7 @@ def c_skip(sigma: Array, sigma_data: float) -> Array:
 
 
 def c_out(sigma: Array, sigma_data: float) -> Array:
-    """Output scaling ``sigma sigma_data / sqrt(sigma^2 + sigma_data^2)`` (SPEC section 6).
+    """Output scaling ``sigma sigma_data / sqrt(sigma^2 + sigma_data^2)`` (docs/reference.md section 6).
 
     Args:
       sigma: noise levels, any shape.
@@ -95,7 +95,7 @@ def c_out(sigma: Array, sigma_data: float) -> Array:
 
 
 def c_in(sigma: Array, sigma_data: float) -> Array:
-    """Input scaling ``1 / sqrt(sigma^2 + sigma_data^2)`` (SPEC section 6).
+    """Input scaling ``1 / sqrt(sigma^2 + sigma_data^2)`` (docs/reference.md section 6).
 
     Args:
       sigma: noise levels, any shape.
@@ -112,7 +112,7 @@ def c_in(sigma: Array, sigma_data: float) -> Array:
 
 
 def c_noise(sigma: Array) -> Array:
-    """Noise conditioning input ``log(sigma) / 4`` (SPEC section 6).
+    """Noise conditioning input ``log(sigma) / 4`` (docs/reference.md section 6).
 
     Args:
       sigma: positive noise levels, any shape.
@@ -137,7 +137,7 @@ def preconditioning(sigma: Array, sigma_data: float) -> tuple[Array, Array, Arra
       A tuple of four arrays of the shape of ``sigma``.
 
     References:
-      Karras et al. 2022, Table 1; SPEC section 6.
+      Karras et al. 2022, Table 1; docs/reference.md section 6.
     """
     return (c_skip(sigma, sigma_data), c_out(sigma, sigma_data), c_in(sigma, sigma_data),
             c_noise(sigma))
@@ -162,7 +162,7 @@ def expand_sigma(x: Array, sigma: Array, name: str = "sigma") -> Array:
 
 
 def denoiser(net_fn: RawNetFn, x: Array, sigma: Array, sigma_data: float) -> Array:
-    """EDM denoiser ``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`` (SPEC section 6).
+    """EDM denoiser ``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`` (docs/reference.md section 6).
 
     Args:
       net_fn: raw network ``F(x_in, c_noise) -> out`` with ``x_in`` of the shape of ``x`` and
@@ -197,7 +197,7 @@ def score_from_denoiser(denoised: Array, x: Array, sigma: Array) -> Array:
       ``grad_x log p_sigma(x)``, same shape as ``x``.
 
     References:
-      Karras et al. 2022, Eq. (3); SPEC section 6.
+      Karras et al. 2022, Eq. (3); docs/reference.md section 6.
     """
     if denoised.shape != x.shape:
         raise ValueError(
@@ -227,7 +227,7 @@ def denoiser_from_score(score: Array, x: Array, sigma: Array) -> Array:
 
 
 # ---------------------------------------------------------------------------------------------
-# Denoising score matching (SPEC section 6).
+# Denoising score matching (docs/reference.md section 6).
 
 
 def sample_sigma(key: Array, shape: tuple[int, ...], p_mean: float = -1.2,
@@ -267,7 +267,7 @@ def dsm_loss_per_sample(denoise_fn: DenoiseFn, x: Array, sigma: Array, noise: Ar
       ``[batch]`` losses, averaged over the data dimensions.
 
     References:
-      Karras et al. 2022, Eq. (8) and Table 1; SPEC section 6.
+      Karras et al. 2022, Eq. (8) and Table 1; docs/reference.md section 6.
     """
     if noise.shape != x.shape:
         raise ValueError(f"noise must have the shape of x; got {noise.shape} and {x.shape}.")
@@ -299,7 +299,7 @@ def dsm_loss(denoise_fn: DenoiseFn, x: Array, key: Array, sigma_data: float, *,
       Scalar loss.
 
     References:
-      Karras et al. 2022, Eq. (8); SPEC section 6.
+      Karras et al. 2022, Eq. (8); docs/reference.md section 6.
     """
     k_sigma, k_noise = jax.random.split(key)
     sigma = sample_sigma(k_sigma, (x.shape[0],), p_mean, p_std)
@@ -308,7 +308,7 @@ def dsm_loss(denoise_fn: DenoiseFn, x: Array, key: Array, sigma_data: float, *,
 
 
 # ---------------------------------------------------------------------------------------------
-# Sampling (SPEC section 6, EDM Algorithm 1 without stochasticity).
+# Sampling (docs/reference.md section 6, EDM Algorithm 1 without stochasticity).
 
 
 def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -327,7 +327,7 @@ def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 8
       ``[num_steps + 1]`` array, decreasing, ending in 0.
 
     References:
-      Karras et al. 2022, Eq. (5); SPEC section 6.
+      Karras et al. 2022, Eq. (5); docs/reference.md section 6.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
@@ -345,7 +345,7 @@ def num_evaluations(num_steps: int, method: str = "heun") -> int:
     """Network evaluations of the deterministic sampler: ``2N - 1`` (Heun) or ``N`` (Euler).
 
     References:
-      Karras et al. 2022, Algorithm 1; SPEC section 6 (N = 18 Heun steps cost 35).
+      Karras et al. 2022, Algorithm 1; docs/reference.md section 6 (N = 18 Heun steps cost 35).
     """
     if method == "heun":
         return 2 * num_steps - 1
@@ -397,7 +397,7 @@ def heun_sampler(denoise_fn: DenoiseFn, x_init: Array, sigmas: Array) -> Array:
       Samples at ``sigma = 0``, shape of ``x_init``.
 
     References:
-      Karras et al. 2022, Algorithm 1 (S_churn = 0); SPEC section 6.
+      Karras et al. 2022, Algorithm 1 (S_churn = 0); docs/reference.md section 6.
     """
     sigmas = jnp.asarray(sigmas, x_init.dtype)
     n = sigmas.shape[0] - 1
@@ -434,7 +434,7 @@ def sample(denoise_fn: DenoiseFn, key: Array, shape: tuple[int, ...], *, num_ste
       ``[batch, ...]`` samples.
 
     References:
-      Karras et al. 2022, Algorithm 1; SPEC section 6.
+      Karras et al. 2022, Algorithm 1; docs/reference.md section 6.
     """
     sigmas = karras_sigmas(num_steps, sigma_min, sigma_max, rho).astype(dtype)
     x_init = sigma_max * jax.random.normal(key, shape, dtype)

@@ -1,11 +1,11 @@
 """Exact divergences between categorical distributions given by logits.
 
-Convention (SPEC section 1): ``P`` is the target (teacher) and ``Q`` the model
+Convention (docs/reference.md section 1): ``P`` is the target (teacher) and ``Q`` the model
 (student); ``D_f(P || Q) = sum_x q(x) f(p(x) / q(x))``. Every function here
 takes ``target_logits`` (for ``P``) and ``model_logits`` (for ``Q``) of the same
 shape, normalises both with ``log_softmax`` along ``axis`` (after dividing by
 ``temperature``) and reduces only that axis: the result has the logits' shape
-without ``axis``, one value per position (SPEC section 3, "Exact
+without ``axis``, one value per position (docs/reference.md section 3, "Exact
 (categorical)"). There is no hidden mean over positions and no ``tau**2``
 factor; knowledge-distillation losses apply both themselves.
 
@@ -217,11 +217,11 @@ def categorical_divergence(
   .. math::
     D_f(P \| Q) = \sum_x q(x) f(p(x) / q(x))
 
-  for every position (SPEC sections 1 and 3), computed as the sum over
+  for every position (docs/reference.md sections 1 and 3), computed as the sum over
   ``axis`` of ``divergence.perspective(log_p, log_q)``, so zero probabilities
-  (``-inf`` logits) take the limits of SPEC section 1: forward KL is ``+inf``
+  (``-inf`` logits) take the limits of docs/reference.md section 1: forward KL is ``+inf``
   when ``q = 0 < p``, Jensen-Shannon, total variation and squared Hellinger
-  stay finite. Names follow SPEC section 2: ``"forward_kl"`` is
+  stay finite. Names follow docs/reference.md section 2: ``"forward_kl"`` is
   ``KL(P || Q) = KL(teacher || student)``, ``"reverse_kl"`` is ``KL(Q || P)``.
 
   Args:
@@ -375,7 +375,7 @@ def skew_kl(
   r"""Skew KL divergence ``KL(P || alpha P + (1 - alpha) Q)`` (DistiLLM).
 
   With ``P`` the target (teacher) and ``Q`` the model (student) as in
-  :func:`categorical_divergence` (SPEC section 2, non-f table):
+  :func:`categorical_divergence` (docs/reference.md section 2, non-f table):
 
   .. math::
     \mathrm{SKL}_\alpha(P, Q) = \mathrm{KL}(P \| \alpha P + (1 - \alpha) Q).
@@ -423,7 +423,7 @@ def skew_reverse_kl(
   r"""Skew reverse KL ``KL(Q || (1 - alpha) P + alpha Q)`` (DistiLLM).
 
   With ``P`` the target (teacher) and ``Q`` the model (student) as in
-  :func:`categorical_divergence` (SPEC section 2, non-f table):
+  :func:`categorical_divergence` (docs/reference.md section 2, non-f table):
 
   .. math::
     \mathrm{SRKL}_\alpha(P, Q) = \mathrm{KL}(Q \| (1 - \alpha) P + \alpha Q).
@@ -469,7 +469,7 @@ def generalized_jsd(
   r"""Generalised Jensen-Shannon divergence of GKD.
 
   With ``P`` the target (teacher), ``Q`` the model (student) and
-  ``M = beta P + (1 - beta) Q`` (SPEC section 2, non-f table):
+  ``M = beta P + (1 - beta) Q`` (docs/reference.md section 2, non-f table):
 
   .. math::
     \mathrm{JSD}_\beta(P, Q) = \beta\,\mathrm{KL}(P \| M)
@@ -528,7 +528,7 @@ def cauchy_schwarz(
 ) -> Array:
   r"""Cauchy-Schwarz divergence between two categorical distributions.
 
-  With ``P`` the target and ``Q`` the model (SPEC section 2, non-f table):
+  With ``P`` the target and ``Q`` the model (docs/reference.md section 2, non-f table):
 
   .. math::
     D_{CS}(P, Q) = -\log \frac{(\sum_x p q)^2}{\sum_x p^2 \sum_x q^2},

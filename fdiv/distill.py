@@ -1,6 +1,6 @@
 """f-distill: score-weighted generator gradients for one-step diffusion distillation.
 
-SPEC section 4. A one-step generator ``x = G_theta(z)`` with density ``q_theta`` is trained to
+docs/reference.md section 4. A one-step generator ``x = G_theta(z)`` with density ``q_theta`` is trained to
 minimise ``D_f(P || Q_theta)`` where ``P`` is the teacher's distribution. With
 ``r = p(x) / q_theta(x)`` and the scores ``s_p = grad_x log p``, ``s_q = grad_x log q_theta``:
 
@@ -73,7 +73,7 @@ def resolve_divergence(divergence) -> "_divergences.FDivergence":
 
 def clip_log_ratio(log_ratio: Array, logit_clip: Optional[float] = 10.0,
                    ratio_clip: Optional[tuple[float, float]] = (0.1, 20.0)) -> Array:
-    """Clips a discriminator log-ratio as in the f-distill implementation (SPEC section 4).
+    """Clips a discriminator log-ratio as in the f-distill implementation (docs/reference.md section 4).
 
     The logit is clamped to ``[-logit_clip, logit_clip]`` and the ratio ``r = exp(logit)`` to
     ``ratio_clip``; both are done in log space. ``None`` disables a clip.
@@ -87,7 +87,7 @@ def clip_log_ratio(log_ratio: Array, logit_clip: Optional[float] = 10.0,
       Clipped log-ratios, same shape.
 
     References:
-      Xu et al. 2025 (f-distill) and the authors' released implementation; SPEC section 4.
+      Xu et al. 2025 (f-distill) and the authors' released implementation; docs/reference.md section 4.
     """
     log_ratio = jnp.asarray(log_ratio)
     if logit_clip is not None:
@@ -106,7 +106,7 @@ def clip_log_ratio(log_ratio: Array, logit_clip: Optional[float] = 10.0,
 def weights(log_ratio: Array, divergence, *, logit_clip: Optional[float] = 10.0,
             ratio_clip: Optional[tuple[float, float]] = (0.1, 20.0), normalize: bool = True,
             axis_name: Optional[str] = None) -> Array:
-    """f-distill weights ``h(r) = r^2 f''(r)`` from log density ratios (SPEC section 4).
+    """f-distill weights ``h(r) = r^2 f''(r)`` from log density ratios (docs/reference.md section 4).
 
     The log-ratio is clipped with `clip_log_ratio`, ``h`` evaluated in log space by
     ``divergence.weight``, and, with ``normalize``, divided by its batch mean:
@@ -131,7 +131,7 @@ def weights(log_ratio: Array, divergence, *, logit_clip: Optional[float] = 10.0,
       ValueError: for divergences without a weight (total variation).
 
     References:
-      Xu et al. 2025 (f-distill); SPEC sections 2 and 4.
+      Xu et al. 2025 (f-distill); docs/reference.md sections 2 and 4.
     """
     d = resolve_divergence(divergence)
     log_r = clip_log_ratio(jax.lax.stop_gradient(log_ratio), logit_clip, ratio_clip)
@@ -175,7 +175,7 @@ def score_weighted_loss(x: Array, target_score: Array, model_score: Array, log_r
     for any parameters ``theta`` that ``x`` depends on,
     ``grad_theta loss = mean_b h(r_b) (s_q(x_b) - s_p(x_b))^T dx_b/dtheta``, which equals
     ``grad_theta D_f(P || Q_theta)`` in expectation when the scores and ratios are exact
-    (SPEC section 4). The loss *value* is ``1/2 mean ||g||^2``, not the divergence.
+    (docs/reference.md section 4). The loss *value* is ``1/2 mean ||g||^2``, not the divergence.
 
     The defaults are the exact estimator (no clipping, no normalisation); pass
     ``normalize=True, logit_clip=10.0, ratio_clip=(0.1, 20.0)`` for the practical weights.
@@ -195,7 +195,7 @@ def score_weighted_loss(x: Array, target_score: Array, model_score: Array, log_r
       Scalar surrogate loss.
 
     References:
-      Xu et al. 2025 (f-distill); SPEC section 4 (derivation and numerical check).
+      Xu et al. 2025 (f-distill); docs/reference.md section 4 (derivation and numerical check).
     """
     _check_same("target_score", target_score, x)
     _check_same("model_score", model_score, x)
@@ -212,7 +212,7 @@ def fdistill_loss(x_t: Array, sigma: Array, x0_fake: Array, x0_teacher: Array,
                   normalize: bool = True, logit_clip: Optional[float] = 10.0,
                   ratio_clip: Optional[tuple[float, float]] = (0.1, 20.0),
                   axis_name: Optional[str] = None) -> Array:
-    """Denoiser-space f-distill generator loss used in training (SPEC sections 4 and 6).
+    """Denoiser-space f-distill generator loss used in training (docs/reference.md sections 4 and 6).
 
     At the noised generator sample ``x_t = x + sigma eps`` (EDM, ``alpha_t = 1``) the score
     difference is ``s_q - s_p = (x0_fake - x0_teacher) / sigma^2`` from the fake-score and
@@ -245,7 +245,7 @@ def fdistill_loss(x_t: Array, sigma: Array, x0_fake: Array, x0_teacher: Array,
 
     References:
       Xu et al. 2025 (f-distill); Yin et al. 2024 (DMD, the per-sample normalisation);
-      SPEC sections 4 and 6.
+      docs/reference.md sections 4 and 6.
     """
     _check_same("x0_fake", x0_fake, x_t)
     _check_same("x0_teacher", x0_teacher, x_t)
@@ -269,7 +269,7 @@ def fdistill_loss(x_t: Array, sigma: Array, x0_fake: Array, x0_teacher: Array,
 
 
 def discriminator_loss(logit_real: Array, logit_fake: Array) -> Array:
-    """Logistic density-ratio loss ``E_Q softplus(l) + E_P softplus(-l)`` (SPEC section 3).
+    """Logistic density-ratio loss ``E_Q softplus(l) + E_P softplus(-l)`` (docs/reference.md section 3).
 
     P is the real / teacher side, Q the generator side. At the optimum the logit is
     ``log p - log q`` (plus ``log(n_P / n_Q)`` for unequal batch sizes), the ratio that
@@ -283,13 +283,13 @@ def discriminator_loss(logit_real: Array, logit_fake: Array) -> Array:
       Scalar loss.
 
     References:
-      Goodfellow et al. 2014; SPEC sections 3 and 4.
+      Goodfellow et al. 2014; docs/reference.md sections 3 and 4.
     """
     return jnp.mean(jax.nn.softplus(logit_fake)) + jnp.mean(jax.nn.softplus(-logit_real))
 
 
 def generator_gan_loss(logit_fake: Array) -> Array:
-    """Non-saturating generator GAN term ``E_Q softplus(-l)`` (SPEC section 4).
+    """Non-saturating generator GAN term ``E_Q softplus(-l)`` (docs/reference.md section 4).
 
     Args:
       logit_fake: discriminator logits on generator samples (any shape; averaged).
@@ -298,6 +298,6 @@ def generator_gan_loss(logit_fake: Array) -> Array:
       Scalar loss.
 
     References:
-      Goodfellow et al. 2014; Yin et al. 2024 (DMD2); SPEC section 4.
+      Goodfellow et al. 2014; Yin et al. 2024 (DMD2); docs/reference.md section 4.
     """
     return jnp.mean(jax.nn.softplus(-logit_fake))

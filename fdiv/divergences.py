@@ -1,6 +1,6 @@
 """The f-divergence family: generators, derivatives, conjugates and perspectives in log space.
 
-Convention (SPEC section 1): ``P`` is the target (teacher, data), ``Q`` the model (student,
+Convention (docs/reference.md section 1): ``P`` is the target (teacher, data), ``Q`` the model (student,
 generator), ``u = r = p / q`` the density ratio and
 
     D_f(P || Q) = E_Q[ f(p / q) ] = sum_x q(x) f(p(x) / q(x)),   f convex, f(1) = 0.
@@ -24,7 +24,7 @@ probability:
              = p dual_nonpos(log q - log p)    if p >  q,
 
 and its limits at zero probabilities are the limits of these one-sided functions at ``-inf``:
-``f_nonpos(-inf) = f(0)`` and ``dual_nonpos(-inf) = lim_{u->inf} f(u)/u`` (SPEC section 1). Both
+``f_nonpos(-inf) = f(0)`` and ``dual_nonpos(-inf) = lim_{u->inf} f(u)/u`` (docs/reference.md section 1). Both
 branches are computed on "safe" inputs (the double-``where`` pattern) so that the branch not
 taken can never leak NaN into gradients.
 
@@ -62,7 +62,7 @@ would initialise JAX at import time.
 References:
   Ali & Silvey (1966); Csiszar (1967). Nowozin, Cseke & Tomioka, "f-GAN" (2016) for conjugates.
   TensorFlow Probability, ``tfp.vi`` Csiszar functions, for the members listed by
-  :func:`names` beyond SPEC section 2.
+  :func:`names` beyond docs/reference.md section 2.
 """
 
 from __future__ import annotations
@@ -260,13 +260,13 @@ class FDivergence:
 
   * ``f(log_u)``: the generator ``f(u)``.
   * ``f_over_u(log_u)``: ``f(u) / u``, the integrand of ``D_f`` under samples from ``P``.
-  * ``f_prime(log_u)``: ``f'(u)``; the optimal variational critic (SPEC section 3).
-  * ``weight(log_u)``: ``h(u) = u^2 f''(u)``, the f-distill weight (SPEC section 4).
+  * ``f_prime(log_u)``: ``f'(u)``; the optimal variational critic (docs/reference.md section 3).
+  * ``weight(log_u)``: ``h(u) = u^2 f''(u)``, the f-distill weight (docs/reference.md section 4).
   * ``conjugate(t)``: the convex conjugate ``f*(t) = sup_{u >= 0} u t - f(u)`` (+inf outside
     its domain).
   * ``conjugate_at_derivative(log_u)``: ``f*(f'(u)) = u f'(u) - f(u)``, the Q-side integrand
     of the variational bound with a log-ratio critic; ``-(...)`` is the f-DPG pseudo-reward.
-  * ``perspective(log_p, log_q)``: ``q f(p/q)`` with the limits of SPEC section 1 where
+  * ``perspective(log_p, log_q)``: ``q f(p/q)`` with the limits of docs/reference.md section 1 where
     ``p = 0`` or ``q = 0``; finite gradients wherever the value is finite.
 
   Attributes:
@@ -353,11 +353,11 @@ class FDivergence:
                                 self.log_dual_nonpos)(_as_float(log_u))
 
   def f_prime(self, log_u: ArrayLike) -> Array:
-    """``f'(u)``: for ``u = p/q`` the optimal f-GAN critic ``T*`` (SPEC section 3)."""
+    """``f'(u)``: for ``u = p/q`` the optimal f-GAN critic ``T*`` (docs/reference.md section 3)."""
     return self.f_prime_fn(_as_float(log_u))
 
   def weight(self, log_u: ArrayLike) -> Array:
-    """``h(u) = u^2 f''(u)``, the f-distill score weight (SPEC section 4; h = 1 is reverse KL).
+    """``h(u) = u^2 f''(u)``, the f-distill score weight (docs/reference.md section 4; h = 1 is reverse KL).
 
     Raises:
       ValueError: when ``f`` is not twice differentiable (total variation, log1p-abs).
@@ -378,11 +378,11 @@ class FDivergence:
     return self.conjugate_fn(_as_float(t))
 
   def conjugate_at_derivative(self, log_u: ArrayLike) -> Array:
-    """``f*(f'(u)) = u f'(u) - f(u)`` without evaluating the conjugate (SPEC section 3)."""
+    """``f*(f'(u)) = u f'(u) - f(u)`` without evaluating the conjugate (docs/reference.md section 3)."""
     return self.conjugate_at_derivative_fn(_as_float(log_u))
 
   def perspective(self, log_p: ArrayLike, log_q: ArrayLike) -> Array:
-    """Elementwise ``q f(p/q)`` from log-probabilities (SPEC section 1).
+    """Elementwise ``q f(p/q)`` from log-probabilities (docs/reference.md section 1).
 
     Args:
       log_p: log target probabilities (or densities), any shape; ``-inf`` for ``p = 0``.
@@ -538,7 +538,7 @@ def _reverse_kl_grads(log_p, log_q):
 
 
 def forward_kl() -> FDivergence:
-  """KL(P||Q) = sum p log(p/q), f(u) = u log u; mass covering (SPEC section 2)."""
+  """KL(P||Q) = sum p log(p/q), f(u) = u log u; mass covering (docs/reference.md section 2)."""
   return FDivergence(
       name="forward_kl", params=(),
       f_nonpos=_x_exp_x,
@@ -1308,7 +1308,7 @@ def get(name: str, **params: float) -> FDivergence:
   Names: ``forward_kl`` (alias ``kl``), ``reverse_kl``, ``js``, ``squared_hellinger``,
   ``total_variation``, ``pearson``, ``neyman``, ``jeffreys``, ``softened_reverse_kl``,
   ``alpha`` (``alpha=``), ``triangular``, ``arithmetic_geometric``, ``t_power`` (``t=``),
-  ``log1p_abs``, ``modified_gan``. SPEC section 2 gives the generators and test values.
+  ``log1p_abs``, ``modified_gan``. docs/reference.md section 2 gives the generators and test values.
 
   Raises:
     ValueError: unknown name (the message lists the valid names), unknown or invalid

@@ -1,7 +1,7 @@
 """Sample-quality metrics: mode coverage on 2-D mixtures, energy distance, MMD, Frechet
 distance, k-NN precision / recall.
 
-Definitions follow SPEC section 8 exactly for the 2-D mixtures (n = 4000 samples,
+Definitions follow docs/reference.md section 8 exactly for the 2-D mixtures (n = 4000 samples,
 "near" = within 3 standard deviations of the nearest centre, modes recovered = at least 20%
 of the expected share, weight error = L1 between near-sample mode frequencies and the true
 weights, energy distance between 2000 model and 2000 fresh target samples; the experiments
@@ -60,19 +60,19 @@ def pairwise_distances(x: Array, y: Array) -> Array:
 
 def mixture_metrics(samples: Array, centers: Array, weights: Array, std: float, *,
                     n_std: float = 3.0, min_share: float = 0.2) -> dict[str, Array]:
-    """Mode coverage of samples from a model of an isotropic Gaussian mixture (SPEC section 8).
+    """Mode coverage of samples from a model of an isotropic Gaussian mixture (docs/reference.md section 8).
 
     A sample is *near* mode k when its nearest centre is k and it lies within ``n_std``
     standard deviations of it.
 
     Args:
-      samples: ``[n, d]`` model samples (SPEC: n = 4000).
+      samples: ``[n, d]`` model samples (docs/reference.md section 8: n = 4000).
       centers: ``[K, d]`` mixture centres.
       weights: ``[K]`` mixture weights (normalised internally).
       std: component standard deviation.
-      n_std: radius of "near" in standard deviations (SPEC: 3).
+      n_std: radius of "near" in standard deviations (docs/reference.md section 8: 3).
       min_share: a mode is recovered when it holds at least ``min_share * w_k * n`` near
-        samples (SPEC: 0.2).
+        samples (docs/reference.md section 8: 0.2).
 
     Returns:
       Dict with ``precision`` (fraction of samples near some mode), ``modes_recovered``
@@ -82,7 +82,7 @@ def mixture_metrics(samples: Array, centers: Array, weights: Array, std: float, 
       ``mode_frequencies`` and the weights, so 1 when no sample is near any mode).
 
     References:
-      SPEC section 8.
+      docs/reference.md section 8.
     """
     samples, centers = jnp.asarray(samples), jnp.asarray(centers)
     weights = jnp.asarray(weights, samples.dtype)
@@ -136,7 +136,7 @@ def _sum_distances(x: Array, y: Array, block_size: int) -> Array:
 
 def energy_distance(x: Array, y: Array, *, unbiased: bool = True,
                     block_size: int = 2048) -> Array:
-    """Energy distance ``2 E|x - y| - E|x - x'| - E|y - y'|`` between samples (SPEC section 8).
+    """Energy distance ``2 E|x - y| - E|x - x'| - E|y - y'|`` between samples (docs/reference.md section 8).
 
     Args:
       x: ``[n, d]`` samples (model).
@@ -151,7 +151,7 @@ def energy_distance(x: Array, y: Array, *, unbiased: bool = True,
       Scalar (squared-distance scale: not square-rooted).
 
     References:
-      Szekely and Rizzo, "Energy statistics", 2013; SPEC section 8.
+      Szekely and Rizzo, "Energy statistics", 2013; docs/reference.md section 8.
     """
     x, y = jnp.asarray(x), jnp.asarray(y)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:

@@ -1,10 +1,10 @@
 """Monte Carlo estimates of f-divergences from samples with log-densities.
 
-Convention (SPEC section 1): ``P`` is the target, ``Q`` the model,
+Convention (docs/reference.md section 1): ``P`` is the target, ``Q`` the model,
 ``u = p / q`` and ``D_f(P || Q) = E_Q[f(u)]``. Every estimator takes the
 log-densities of both distributions evaluated at the samples, ``log_p[i] =
 log p(x_i)`` and ``log_q[i] = log q(x_i)``, and returns ``(estimate,
-standard_error)`` (SPEC section 3, "Monte Carlo with densities"):
+standard_error)`` (docs/reference.md section 3, "Monte Carlo with densities"):
 
 * :func:`mc_divergence_from_model_samples`: ``x_i ~ Q``, mean of ``f(u_i)``.
 * :func:`mc_divergence_from_target_samples`: ``x_i ~ P``, mean of
@@ -137,7 +137,7 @@ def mc_divergence_from_model_samples(
 ) -> Tuple[Array, Array]:
   r"""Monte Carlo ``D_f(P || Q)`` from samples of the model ``Q``.
 
-  With ``x_i ~ Q`` and ``u_i = p(x_i) / q(x_i)`` (SPEC section 3):
+  With ``x_i ~ Q`` and ``u_i = p(x_i) / q(x_i)`` (docs/reference.md section 3):
 
   .. math::
     \hat D = \frac{1}{n} \sum_i f(u_i), \qquad
@@ -180,7 +180,7 @@ def mc_divergence_from_target_samples(
   r"""Monte Carlo ``D_f(P || Q)`` from samples of the target ``P``.
 
   With ``x_i ~ P`` and ``u_i = p(x_i) / q(x_i)``, using
-  ``E_Q[f(u)] = E_P[f(u) / u]`` (SPEC section 3):
+  ``E_Q[f(u)] = E_P[f(u) / u]`` (docs/reference.md section 3):
 
   .. math::
     \hat D = \frac{1}{n} \sum_i \frac{f(u_i)}{u_i}, \qquad
@@ -278,7 +278,7 @@ def mc_divergence_self_normalized(
   r"""Self-normalised ``D_f(P || Q)`` from model samples, ``p`` unnormalised.
 
   With ``x_i ~ Q``, ``p = p_tilde / Z`` and ``w_i = p_tilde(x_i) / q(x_i)``,
-  the normaliser is estimated by importance sampling (SPEC section 3), and the
+  the normaliser is estimated by importance sampling (docs/reference.md section 3), and the
   ratios are normalised by it:
 
   .. math::

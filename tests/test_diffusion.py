@@ -1,4 +1,4 @@
-"""Tests for fdiv.diffusion (SPEC section 6)."""
+"""Tests for fdiv.diffusion (docs/reference.md section 6)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Tests for fdiv.discrete: SPEC section 2 values, an independent reference, gradients, masks."""
+"""Tests for fdiv.discrete: docs/reference.md section 2 values, an independent reference, gradients, masks."""
 
 import functools
 
@@ -20,7 +20,7 @@ import _reference
 P_SPEC = np.array([0.2, 0.5, 0.3])
 Q_SPEC = np.array([0.1, 0.6, 0.3])
 
-# SPEC section 2 (nats), P target, Q model.
+# docs/reference.md section 2 (nats), P target, Q model.
 SPEC_F_TABLE = [
     (("forward_kl", {}), 0.0474687),
     (("reverse_kl", {}), 0.0400782),
@@ -72,7 +72,7 @@ def _random_logits(seed, shape, spread, *, neg_inf_fraction=0.0):
 
 
 # ---------------------------------------------------------------------------
-# SPEC section 2 test vectors.
+# docs/reference.md section 2 test vectors.
 # ---------------------------------------------------------------------------
 
 
@@ -232,7 +232,7 @@ def test_different_supports():
       value = float(cd(name))
       assert np.isfinite(value) and value > 0, name
       np.testing.assert_allclose(value, _ref_divergence(name, {}, t, m), rtol=1e-12)
-    # SPEC section 1: disjoint supports give the maxima of the bounded ones.
+    # docs/reference.md section 1: disjoint supports give the maxima of the bounded ones.
     t2, m2 = np.array([0.0, -np.inf]), np.array([-np.inf, 0.0])
     cd2 = functools.partial(discrete.categorical_divergence, t2, m2)
     np.testing.assert_allclose(cd2("js"), np.log(2), rtol=1e-12)
@@ -369,7 +369,7 @@ def test_non_f_gradient_finite_differences(name, params):
 
 
 # ---------------------------------------------------------------------------
-# Identities (SPEC section 2).
+# Identities (docs/reference.md section 2).
 # ---------------------------------------------------------------------------
 
 

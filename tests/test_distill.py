@@ -1,4 +1,4 @@
-"""Tests for fdiv.distill (SPEC section 4)."""
+"""Tests for fdiv.distill (docs/reference.md section 4)."""
 
 import functools
 
@@ -14,7 +14,7 @@ from fdiv.divergences import get
 JIT = [False, True]
 
 
-# Independent numpy generators f(u) (SPEC section 2), written from log u for stable tails.
+# Independent numpy generators f(u) (docs/reference.md section 2), written from log u for stable tails.
 def _np_f(name, log_u):
     u = np.exp(log_u)
     if name == "reverse_kl":
@@ -32,7 +32,7 @@ def _np_f(name, log_u):
     raise KeyError(name)
 
 
-# h(u) = u^2 f''(u), SPEC section 2 table.
+# h(u) = u^2 f''(u), docs/reference.md section 2 table.
 _NP_H = {
     "forward_kl": lambda u: u,
     "reverse_kl": lambda u: np.ones_like(u),

@@ -1,4 +1,4 @@
-"""Tests of fdiv.divergences against closed forms, SPEC section 2 and independent NumPy code."""
+"""Tests of fdiv.divergences against closed forms, docs/reference.md section 2 and independent NumPy code."""
 
 import math
 
@@ -16,7 +16,7 @@ import _reference
 P = np.array([0.2, 0.5, 0.3])
 Q = np.array([0.1, 0.6, 0.3])
 
-# SPEC section 2 values (nats), rounded to 6-7 significant digits there.
+# docs/reference.md section 2 values (nats), rounded to 6-7 significant digits there.
 SPEC_VALUES = {
     ("forward_kl", ()): 0.0474687,
     ("reverse_kl", ()): 0.0400782,
@@ -120,7 +120,7 @@ def test_edge_limits(name, params):
   else:
     assert d.slope_at_infinity == pytest.approx(far, rel=1e-4, abs=1e-9)
   with jax.enable_x64(True):
-    # The perspective at zero probabilities is given by these limits (SPEC section 1).
+    # The perspective at zero probabilities is given by these limits (docs/reference.md section 1).
     lp = jnp.array([-jnp.inf, np.log(0.3), -jnp.inf])
     lq = jnp.array([np.log(0.3), -jnp.inf, -jnp.inf])
     value = np.asarray(d.perspective(lp, lq))

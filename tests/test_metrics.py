@@ -1,4 +1,4 @@
-"""Tests for fdiv.metrics (SPEC section 8)."""
+"""Tests for fdiv.metrics (docs/reference.md section 8)."""
 
 import jax
 import jax.numpy as jnp

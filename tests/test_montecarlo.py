@@ -87,7 +87,7 @@ class JitVariantsTest(chex.TestCase):
       np.testing.assert_allclose(pooled, np.mean(est), rtol=1e-12)
 
 
-# P = N(0, 1) target, Q = N(0.7, 1.3^2) model (the SPEC section 4 check pair).
+# P = N(0, 1) target, Q = N(0.7, 1.3^2) model (the docs/reference.md section 4 check pair).
 MU_P, SD_P, MU_Q, SD_Q = 0.0, 1.0, 0.7, 1.3
 
 

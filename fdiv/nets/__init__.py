@@ -2,9 +2,9 @@
 
 - `MLP`: noise-conditioned residual MLP for vector data.
 - `UNet`: small noise-conditioned U-Net for 8x8 / 28x28 images.
-- `EDMDenoiser`: EDM preconditioning around a raw network (SPEC section 6).
+- `EDMDenoiser`: EDM preconditioning around a raw network (docs/reference.md section 6).
 - `OneStepGenerator`: ``G(z) = D_gen(sigma_max z; sigma_max)`` initialised from a teacher.
-- `DiscriminatorHead`: log density-ratio logit from denoiser features (SPEC section 4).
+- `DiscriminatorHead`: log density-ratio logit from denoiser features (docs/reference.md section 4).
 - `Classifier`: image classifier (feature extractor for Frechet distances).
 - `fourier_embedding`: sinusoidal embedding of the noise level ``c_noise``.
 """

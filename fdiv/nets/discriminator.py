@@ -1,4 +1,4 @@
-"""Discriminator head producing a log density-ratio from denoiser features (SPEC section 4)."""
+"""Discriminator head producing a log density-ratio from denoiser features (docs/reference.md section 4)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class DiscriminatorHead(nnx.Module):
     ``[batch]``): logits ``[batch]``.
 
     References:
-      Yin et al. 2024 (DMD2), Section 4.3; Xu et al. 2025 (f-distill); SPEC section 4.
+      Yin et al. 2024 (DMD2), Section 4.3; Xu et al. 2025 (f-distill); docs/reference.md section 4.
     """
 
     def __init__(self, feature_dim: int, *, hidden: int = 128, depth: int = 2,

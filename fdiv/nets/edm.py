@@ -1,4 +1,4 @@
-"""EDM denoiser and one-step generator modules around a raw network (SPEC section 6)."""
+"""EDM denoiser and one-step generator modules around a raw network (docs/reference.md section 6)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class EDMDenoiser(nnx.Module):
       sigma_data: standard deviation of the data (0.5 for images in [-1, 1]).
 
     References:
-      Karras et al. 2022, Eq. (7) and Table 1; SPEC section 6.
+      Karras et al. 2022, Eq. (7) and Table 1; docs/reference.md section 6.
     """
 
     def __init__(self, net: nnx.Module, sigma_data: float):
@@ -44,7 +44,7 @@ class EDMDenoiser(nnx.Module):
 
 
 class OneStepGenerator(nnx.Module):
-    """One-step generator ``G(z) = D_gen(latent_std z; sigma)`` (SPEC section 6, DMD).
+    """One-step generator ``G(z) = D_gen(latent_std z; sigma)`` (docs/reference.md section 6, DMD).
 
     ``D_gen`` has the teacher's architecture; `from_teacher` copies the teacher's weights so
     that at initialisation ``G`` is the teacher's one-step (single denoising) sample from noise
@@ -60,7 +60,7 @@ class OneStepGenerator(nnx.Module):
       latent_std: the latent's scale (default ``sigma_max``).
 
     References:
-      Yin et al. 2024 (DMD), Section 3; Xu et al. 2025 (f-distill); SPEC section 6.
+      Yin et al. 2024 (DMD), Section 3; Xu et al. 2025 (f-distill); docs/reference.md section 6.
     """
 
     def __init__(self, denoiser: EDMDenoiser, sigma_max: float, latent_std: float | None = None):

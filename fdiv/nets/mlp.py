@@ -25,7 +25,7 @@ class _Block(nnx.Module):
 
 
 class MLP(nnx.Module):
-    """Noise-conditioned residual MLP, the raw network F of an EDM denoiser (SPEC section 6).
+    """Noise-conditioned residual MLP, the raw network F of an EDM denoiser (docs/reference.md section 6).
 
     ``F(x_in, c_noise)``: ``x_in`` ``[batch, dim]`` (already scaled by ``c_in``), ``c_noise``
     ``[batch]``; returns ``[batch, dim]`` and, with ``return_features=True``, also the last

@@ -47,7 +47,7 @@ def _up(x: Array) -> Array:
 
 
 class UNet(nnx.Module):
-    """Noise-conditioned U-Net ``F(x_in, c_noise)`` for small images (SPEC section 6).
+    """Noise-conditioned U-Net ``F(x_in, c_noise)`` for small images (docs/reference.md section 6).
 
     Each resolution level has ``num_res`` residual blocks; levels are separated by 2x2 average
     pooling / nearest upsampling, so the image side must be divisible by
