@@ -10,10 +10,8 @@ Pairs: P = N(0, I), Q = N(shift, 1.2^2 I) with ||shift|| = 0.5 in dimensions 1, 
 for Monte Carlo and kernels (2 seeds at n = 16384 for the kernels), critics (4 bounds and a
 classifier per cell, 600 Adam steps, trained on n/2 samples, early-stopped every 25 steps on
 the validation objective of n/4, evaluated on the last n/4) at n = 1024 and 16384 for 10 seeds
-on the 1-D and 16-D Gaussians and the mixture. Measured on the shared 2-core CPU: the
-10-seed critic cells of gauss_d16 at n = 1024 alone take 31 s wall clock, 36 s CPU, peak RSS
-0.9 GiB. (The 2-critic-seed grid before early stopping: 3 min 31 s wall clock, 147 s CPU, peak
-RSS 2.0 GiB for all 160 cells.)
+on the 1-D and 16-D Gaussians and the mixture. Measured on the shared 2-core CPU: 3 min 01 s
+wall clock, 257 s CPU, peak RSS 2.0 GiB (160 cells, 60 of them with critics).
 
 Variant ``quick``: one small pair, two sizes, two seeds, one KL critic and one classifier of
 50 steps (about 60 s on the loaded 2-core CPU, mostly compilation).
