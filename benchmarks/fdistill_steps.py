@@ -48,8 +48,13 @@ def _time_calls(fn: Callable, state: Any, calls: int, repeats: int) -> tuple[flo
     return float(np.median(per_call)), state
 
 
-def measure(config: Any, *, calls: int = 50, repeats: int = 5,
-            print_fn: Optional[Callable[[str], None]] = None) -> dict:
+def measure(
+    config: Any,
+    *,
+    calls: int = 50,
+    repeats: int = 5,
+    print_fn: Optional[Callable[[str], None]] = None,
+) -> dict:
     """Compile time and per-call time of ``critic_step`` and ``generator_step``.
 
     Returns:
@@ -65,8 +70,10 @@ def measure(config: Any, *, calls: int = 50, repeats: int = 5,
     state = run.state
     batch = run.batch_fn(0)
     results = {}
-    for name, fn, args in (("critic_step", run.critic_step, (state, batch)),
-                           ("generator_step", run.generator_step, (state,))):
+    for name, fn, args in (
+        ("critic_step", run.critic_step, (state, batch)),
+        ("generator_step", run.generator_step, (state,)),
+    ):
         t0 = time.perf_counter()
         compiled = fn.lower(*args).compile()
         compile_sec = time.perf_counter() - t0
@@ -77,19 +84,30 @@ def measure(config: Any, *, calls: int = 50, repeats: int = 5,
         jax.block_until_ready(call(state))  # warm-up (allocations, thread pools)
         sec, _ = _time_calls(call, state, calls, repeats)
         results[name] = {"compile_sec": compile_sec, "ms_per_step": 1e3 * sec}
-        pf(f"{name}: compile {compile_sec:.2f} s, {1e3 * sec:.2f} ms/step "
-           f"({1.0 / sec:.1f} steps/s)")
+        pf(
+            f"{name}: compile {compile_sec:.2f} s, {1e3 * sec:.2f} ms/step "
+            f"({1.0 / sec:.1f} steps/s)"
+        )
     k = run.cfg.generator_every
-    loop_sec = (results["critic_step"]["ms_per_step"]
-                + results["generator_step"]["ms_per_step"] / k) / 1e3
-    results.update({
-        "loop_steps_per_sec": 1.0 / loop_sec, "generator_every": k,
-        "num_devices": int(run.mesh.devices.size), "batch_size": run.cfg.batch_size,
-        "data": run.cfg.data, "divergence": run.cfg.divergence,
-        "backend": jax.default_backend(), "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
-    })
-    pf(f"loop (1 critic + 1/{k} generator step): {results['loop_steps_per_sec']:.1f} steps/s "
-       f"on {results['num_devices']} {results['backend']} device(s)")
+    loop_sec = (
+        results["critic_step"]["ms_per_step"] + results["generator_step"]["ms_per_step"] / k
+    ) / 1e3
+    results.update(
+        {
+            "loop_steps_per_sec": 1.0 / loop_sec,
+            "generator_every": k,
+            "num_devices": int(run.mesh.devices.size),
+            "batch_size": run.cfg.batch_size,
+            "data": run.cfg.data,
+            "divergence": run.cfg.divergence,
+            "backend": jax.default_backend(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
+        }
+    )
+    pf(
+        f"loop (1 critic + 1/{k} generator step): {results['loop_steps_per_sec']:.1f} steps/s "
+        f"on {results['num_devices']} {results['backend']} device(s)"
+    )
     return results
 
 
@@ -99,11 +117,15 @@ def main(argv):
     if FLAGS.run_dir:
         with open(os.path.join(FLAGS.run_dir, "summary.json")) as f:
             summary = json.load(f)
-        results["training_loop"] = {"steps_per_sec": summary.get("steps_per_sec"),
-                                    "first_step_sec": summary.get("first_step_sec"),
-                                    "run_dir": FLAGS.run_dir}
-        print(f"training loop of {FLAGS.run_dir}: {summary.get('steps_per_sec'):.1f} steps/s, "
-              f"first step {summary.get('first_step_sec'):.1f} s (compile included)")
+        results["training_loop"] = {
+            "steps_per_sec": summary.get("steps_per_sec"),
+            "first_step_sec": summary.get("first_step_sec"),
+            "run_dir": FLAGS.run_dir,
+        }
+        print(
+            f"training loop of {FLAGS.run_dir}: {summary.get('steps_per_sec'):.1f} steps/s, "
+            f"first step {summary.get('first_step_sec'):.1f} s (compile included)"
+        )
     if FLAGS.out:
         os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
         with open(FLAGS.out, "w") as f:

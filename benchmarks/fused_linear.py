@@ -56,12 +56,16 @@ _MEASURE = flags.DEFINE_bool("measure_rss", True, "Measure peak RSS in one subpr
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes (a smoke test of seconds).")
 _ONE = flags.DEFINE_string("measure_one", None, "Internal: measure one function's peak RSS.")
 _RSS_ONLY = flags.DEFINE_bool(
-    "rss_only", False, "Only (re)measure the peak RSS of each function into --output's JSON.")
+    "rss_only", False, "Only (re)measure the peak RSS of each function into --output's JSON."
+)
 _COMPILE_ONLY = flags.DEFINE_bool(
-    "compile_only", False, "Only the compiled memory statistics (nothing runs; light).")
+    "compile_only", False, "Only the compiled memory statistics (nothing runs; light)."
+)
 _OUTPUT = flags.DEFINE_string(
-    "output", os.path.join(os.path.dirname(__file__), "results", "fused_linear.json"),
-    "Where to write the JSON results (the Markdown table goes beside it as .md).")
+    "output",
+    os.path.join(os.path.dirname(__file__), "results", "fused_linear.json"),
+    "Where to write the JSON results (the Markdown table goes beside it as .md).",
+)
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "js")
 QUICK = {"tokens": 256, "hidden": 32, "vocab": 1024, "chunk_sizes": [64], "repeats": 1}
@@ -115,8 +119,12 @@ def _value_and_grad(fn):
 
 def _memory_stats(compiled) -> dict:
     m = compiled.memory_analysis()
-    total = (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-             - m.alias_size_in_bytes)
+    total = (
+        m.temp_size_in_bytes
+        + m.argument_size_in_bytes
+        + m.output_size_in_bytes
+        - m.alias_size_in_bytes
+    )
     return {"temp_mib": m.temp_size_in_bytes / 2**20, "total_mib": total / 2**20}
 
 
@@ -129,14 +137,12 @@ def measure_one(key: str, sizes: dict) -> dict:
     """Peak RSS of one compiled call in this (fresh) process, above the RSS with the inputs."""
     loss, method = key.split("/")
     args = inputs(sizes["tokens"], sizes["hidden"], sizes["vocab"])
-    compiled = _value_and_grad(losses(sizes["chunk_sizes"])[(loss, method)]).lower(
-        *args).compile()
+    compiled = _value_and_grad(losses(sizes["chunk_sizes"])[(loss, method)]).lower(*args).compile()
     base = _rss_mib()
     _reset_peak_rss()
     jax.block_until_ready(compiled(*args))
     peak = _peak_rss_mib()
-    return {"rss_with_inputs_mib": base, "peak_rss_mib": peak,
-            "peak_over_inputs_mib": peak - base}
+    return {"rss_with_inputs_mib": base, "peak_rss_mib": peak, "peak_over_inputs_mib": peak - base}
 
 
 def _reset_peak_rss():
@@ -159,10 +165,16 @@ def _peak_rss_mib():
 
 
 def _measure_in_subprocess(key: str, sizes: dict) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.fused_linear", f"--measure_one={key}",
-           f"--tokens={sizes['tokens']}", f"--hidden={sizes['hidden']}",
-           f"--vocab={sizes['vocab']}",
-           f"--chunk_sizes={','.join(str(c) for c in sizes['chunk_sizes'])}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.fused_linear",
+        f"--measure_one={key}",
+        f"--tokens={sizes['tokens']}",
+        f"--hidden={sizes['hidden']}",
+        f"--vocab={sizes['vocab']}",
+        f"--chunk_sizes={','.join(str(c) for c in sizes['chunk_sizes'])}",
+    ]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=root)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -173,8 +185,15 @@ def _max_rel(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-def run(tokens: int, hidden: int, vocab: int, chunk_sizes: Sequence[int], repeats: int = 3,
-        measure_rss: bool = True, print_fn=print) -> dict:
+def run(
+    tokens: int,
+    hidden: int,
+    vocab: int,
+    chunk_sizes: Sequence[int],
+    repeats: int = 3,
+    measure_rss: bool = True,
+    print_fn=print,
+) -> dict:
     sizes = {"tokens": tokens, "hidden": hidden, "vocab": vocab, "chunk_sizes": list(chunk_sizes)}
     args = inputs(tokens, hidden, vocab)
     fns = losses(chunk_sizes)
@@ -207,47 +226,80 @@ def run(tokens: int, hidden: int, vocab: int, chunk_sizes: Sequence[int], repeat
     del compiled
     results = {}
     for key in fns:
-        entry = {"median_s": statistics.median(times[key]), "times_s": times[key],
-                 "first_call_s": first[key], **memory[key]}
+        entry = {
+            "median_s": statistics.median(times[key]),
+            "times_s": times[key],
+            "first_call_s": first[key],
+            **memory[key],
+        }
         if measure_rss:
             entry.update(_measure_in_subprocess("/".join(key), sizes))
         results["/".join(key)] = entry
-        print_fn(f"{'/'.join(key)}: {entry['median_s']:.2f} s, "
-                 f"{entry['total_mib']:.0f} MiB compiled"
-                 + (f", {entry['peak_over_inputs_mib']:.0f} MiB measured" if measure_rss else ""))
+        print_fn(
+            f"{'/'.join(key)}: {entry['median_s']:.2f} s, "
+            f"{entry['total_mib']:.0f} MiB compiled"
+            + (f", {entry['peak_over_inputs_mib']:.0f} MiB measured" if measure_rss else "")
+        )
     return {
-        **sizes, "repeats": repeats, "dtype": "float32",
-        "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(),
-        "device_kind": jax.devices()[0].device_kind, "platform": platform.platform(),
-        "jax_version": jax.__version__, "results": results, "agreement": agreement,
+        **sizes,
+        "repeats": repeats,
+        "dtype": "float32",
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "platform": platform.platform(),
+        "jax_version": jax.__version__,
+        "results": results,
+        "agreement": agreement,
     }
 
 
 def compiled_memory(tokens: int, hidden: int, vocab: int, chunk_sizes: Sequence[int]) -> dict:
     """Compiled memory statistics of every function at this size, without running anything."""
-    shapes = (jax.ShapeDtypeStruct((tokens, hidden), jnp.float32),
-              jax.ShapeDtypeStruct((hidden, vocab), jnp.float32),
-              jax.ShapeDtypeStruct((tokens, hidden), jnp.float32),
-              jax.ShapeDtypeStruct((hidden, vocab), jnp.float32),
-              jax.ShapeDtypeStruct((tokens,), jnp.int32))
-    results = {"/".join(key): _memory_stats(_value_and_grad(fn).lower(*shapes).compile())
-               for key, fn in losses(chunk_sizes).items()}
-    return {"tokens": tokens, "hidden": hidden, "vocab": vocab, "chunk_sizes": list(chunk_sizes),
-            "dtype": "float32", "jax_version": jax.__version__, "results": results}
+    shapes = (
+        jax.ShapeDtypeStruct((tokens, hidden), jnp.float32),
+        jax.ShapeDtypeStruct((hidden, vocab), jnp.float32),
+        jax.ShapeDtypeStruct((tokens, hidden), jnp.float32),
+        jax.ShapeDtypeStruct((hidden, vocab), jnp.float32),
+        jax.ShapeDtypeStruct((tokens,), jnp.int32),
+    )
+    results = {
+        "/".join(key): _memory_stats(_value_and_grad(fn).lower(*shapes).compile())
+        for key, fn in losses(chunk_sizes).items()
+    }
+    return {
+        "tokens": tokens,
+        "hidden": hidden,
+        "vocab": vocab,
+        "chunk_sizes": list(chunk_sizes),
+        "dtype": "float32",
+        "jax_version": jax.__version__,
+        "results": results,
+    }
 
 
 def compiled_table(r: dict) -> str:
     res = r["results"]
-    lines = [(f"{r['tokens']} tokens, hidden {r['hidden']}, vocabulary {r['vocab']}, float32,"
-              " value + gradients w.r.t. student hidden states and head: compiled memory"
-              " (XLA CPU buffer assignment)"), "",
-             ("| loss | method | temporaries (MiB) | peak: temporaries + arguments + outputs"
-              " (MiB) | naive / this |"), "|---|---|---:|---:|---:|"]
+    lines = [
+        (
+            f"{r['tokens']} tokens, hidden {r['hidden']}, vocabulary {r['vocab']}, float32,"
+            " value + gradients w.r.t. student hidden states and head: compiled memory"
+            " (XLA CPU buffer assignment)"
+        ),
+        "",
+        (
+            "| loss | method | temporaries (MiB) | peak: temporaries + arguments + outputs"
+            " (MiB) | naive / this |"
+        ),
+        "|---|---|---:|---:|---:|",
+    ]
     for key, e in res.items():
         loss, method = key.split("/")
         naive = res[f"{loss}/naive"]
-        lines.append(f"| {loss} | {method} | {e['temp_mib']:.0f} | {e['total_mib']:.0f} |"
-                     f" {naive['total_mib'] / e['total_mib']:.1f} |")
+        lines.append(
+            f"| {loss} | {method} | {e['temp_mib']:.0f} | {e['total_mib']:.0f} |"
+            f" {naive['total_mib'] / e['total_mib']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -266,22 +318,34 @@ def table(r: dict) -> str:
     res = r["results"]
     measured = "peak_over_inputs_mib" in next(iter(res.values()))
     lines = [
-        (f"{r['tokens']} tokens, hidden {r['hidden']}, vocabulary {r['vocab']}, float32, value"
-         f" + gradients w.r.t. student hidden states and head; {r['cpu_model']}"
-         f" ({r['cpu_count']} cores), median of {r['repeats']} interleaved runs"),
+        (
+            f"{r['tokens']} tokens, hidden {r['hidden']}, vocabulary {r['vocab']}, float32, value"
+            f" + gradients w.r.t. student hidden states and head; {r['cpu_model']}"
+            f" ({r['cpu_count']} cores), median of {r['repeats']} interleaved runs"
+        ),
         "",
-        ("| loss | method | time (s) | time / naive | compiled peak (MiB) | naive / this |"
-         + (" measured peak (MiB) | naive / this |" if measured else "")),
+        (
+            "| loss | method | time (s) | time / naive | compiled peak (MiB) | naive / this |"
+            + (" measured peak (MiB) | naive / this |" if measured else "")
+        ),
         "|---|---|---:|---:|---:|---:|" + ("---:|---:|" if measured else ""),
     ]
     for key, e in res.items():
         loss, method = key.split("/")
         naive = res[f"{loss}/naive"]
-        cells = [loss, method, f"{e['median_s']:.2f}", f"{e['median_s'] / naive['median_s']:.2f}",
-                 f"{e['total_mib']:.0f}", f"{naive['total_mib'] / e['total_mib']:.1f}"]
+        cells = [
+            loss,
+            method,
+            f"{e['median_s']:.2f}",
+            f"{e['median_s'] / naive['median_s']:.2f}",
+            f"{e['total_mib']:.0f}",
+            f"{naive['total_mib'] / e['total_mib']:.1f}",
+        ]
         if measured:
-            cells += [f"{e['peak_over_inputs_mib']:.0f}",
-                      f"{naive['peak_over_inputs_mib'] / max(e['peak_over_inputs_mib'], 1):.1f}"]
+            cells += [
+                f"{e['peak_over_inputs_mib']:.0f}",
+                f"{naive['peak_over_inputs_mib'] / max(e['peak_over_inputs_mib'], 1):.1f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -291,8 +355,13 @@ def main(argv):
     if _QUICK.value:
         sizes = dict(QUICK)
     else:
-        sizes = {"tokens": _TOKENS.value, "hidden": _HIDDEN.value, "vocab": _VOCAB.value,
-                 "chunk_sizes": [int(c) for c in _CHUNKS.value], "repeats": _REPEATS.value}
+        sizes = {
+            "tokens": _TOKENS.value,
+            "hidden": _HIDDEN.value,
+            "vocab": _VOCAB.value,
+            "chunk_sizes": [int(c) for c in _CHUNKS.value],
+            "repeats": _REPEATS.value,
+        }
     if _ONE.value:
         print(json.dumps(measure_one(_ONE.value, sizes)))
         return
@@ -320,8 +389,14 @@ def main(argv):
             f.write(r["table"] + "\n")
         print(f"\nwrote {output}")
         return
-    r = run(sizes["tokens"], sizes["hidden"], sizes["vocab"], sizes["chunk_sizes"],
-            repeats=sizes["repeats"], measure_rss=_MEASURE.value)
+    r = run(
+        sizes["tokens"],
+        sizes["hidden"],
+        sizes["vocab"],
+        sizes["chunk_sizes"],
+        repeats=sizes["repeats"],
+        measure_rss=_MEASURE.value,
+    )
     r["table"] = table(r)
     print()
     print(r["table"])

@@ -26,26 +26,25 @@ import sys
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "tests"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+)
 import _reference  # pylint: disable=wrong-import-position
 
-_CLASSES = flags.DEFINE_list("classes", [str(c) for c in _reference.FUZZ_CLASSES],
-                             "Class counts.")
+_CLASSES = flags.DEFINE_list("classes", [str(c) for c in _reference.FUZZ_CLASSES], "Class counts.")
 _ROWS = flags.DEFINE_integer("rows", 4, "Rows (independent distributions) per grid cell.")
 _OUTPUT = flags.DEFINE_string("output", "", "Optional JSON output path.")
 
 
 def main(argv):
-  del argv
-  stats = _reference.fuzz_table(classes=tuple(int(c) for c in _CLASSES.value),
-                                rows=_ROWS.value)
-  print(_reference.format_table(stats))
-  if _OUTPUT.value:
-    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-    with open(_OUTPUT.value, "w") as f:
-      json.dump(stats, f, indent=2)
+    del argv
+    stats = _reference.fuzz_table(classes=tuple(int(c) for c in _CLASSES.value), rows=_ROWS.value)
+    print(_reference.format_table(stats))
+    if _OUTPUT.value:
+        os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+        with open(_OUTPUT.value, "w") as f:
+            json.dump(stats, f, indent=2)
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -21,9 +21,14 @@ import json
 import os
 import sys
 
-COLUMNS = [("heldout_ce", "held-out CE"), ("heldout_forward_kl", "KL(P||Q)"),
-           ("heldout_reverse_kl", "KL(Q||P)"), ("teacher_loglik_per_token", "teacher log-lik"),
-           ("distinct_2", "distinct-2"), ("total_sec", "wall s")]
+COLUMNS = [
+    ("heldout_ce", "held-out CE"),
+    ("heldout_forward_kl", "KL(P||Q)"),
+    ("heldout_reverse_kl", "KL(Q||P)"),
+    ("teacher_loglik_per_token", "teacher log-lik"),
+    ("distinct_2", "distinct-2"),
+    ("total_sec", "wall s"),
+]
 
 
 def run_all(config, workdir: str, divergences, modes, print_fn=print) -> list[dict]:
@@ -45,25 +50,33 @@ def run_all(config, workdir: str, divergences, modes, print_fn=print) -> list[di
             if summary is None:
                 summary = experiments.run(c, sub)
             rows.append(summary)
-            print_fn(f"{mode} {div}: " + ", ".join(
-                f"{label} {summary[k]:.3f}" for k, label in COLUMNS))
+            print_fn(
+                f"{mode} {div}: " + ", ".join(f"{label} {summary[k]:.3f}" for k, label in COLUMNS)
+            )
     return rows
 
 
 def table(rows: list[dict]) -> str:
     t = rows[0]["teacher"]
-    lines = ["| mode | divergence | " + " | ".join(label for _, label in COLUMNS) + " |",
-             "|---|---|" + "---:|" * len(COLUMNS),
-             f"| teacher | - | {t['heldout_ce']:.3f} | 0 | 0 | "
-             f"{t['teacher_loglik_per_token']:.3f} | {t['distinct_2']:.3f} | - |"]
+    lines = [
+        "| mode | divergence | " + " | ".join(label for _, label in COLUMNS) + " |",
+        "|---|---|" + "---:|" * len(COLUMNS),
+        f"| teacher | - | {t['heldout_ce']:.3f} | 0 | 0 | "
+        f"{t['teacher_loglik_per_token']:.3f} | {t['distinct_2']:.3f} | - |",
+    ]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['divergence']} | "
-                     + " | ".join(f"{r[k]:.3f}" for k, _ in COLUMNS) + " |")
+        lines.append(
+            f"| {r['mode']} | {r['divergence']} | "
+            + " | ".join(f"{r[k]:.3f}" for k, _ in COLUMNS)
+            + " |"
+        )
     lines.append("")
-    lines.append(f"Teacher cache: {rows[0]['teacher_cache_sec']:.0f} s "
-                 f"({rows[0]['teacher_cache_tokens_per_sec']:.0f} tokens/s); student training "
-                 f"{rows[0]['student_train_tokens_per_sec']:.0f} tokens/s (off-policy row 1); "
-                 f"student {rows[0]['student_params']} parameters.")
+    lines.append(
+        f"Teacher cache: {rows[0]['teacher_cache_sec']:.0f} s "
+        f"({rows[0]['teacher_cache_tokens_per_sec']:.0f} tokens/s); student training "
+        f"{rows[0]['student_train_tokens_per_sec']:.0f} tokens/s (off-policy row 1); "
+        f"student {rows[0]['student_params']} parameters."
+    )
     lines.append("")
     lines.append("Samples (prompt ||| continuation):")
     lines.append("")
@@ -97,8 +110,10 @@ def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/kd_lm.py:cpu_small")
     parser.add_argument("--workdir", default="runs/kd_lm")
-    parser.add_argument("--divergences", default="forward_kl,reverse_kl,js,total_variation,"
-                        "skew_kl,skew_reverse_kl,gjsd")
+    parser.add_argument(
+        "--divergences",
+        default="forward_kl,reverse_kl,js,total_variation,skew_kl,skew_reverse_kl,gjsd",
+    )
     parser.add_argument("--modes", default="off_policy,on_policy")
     args = parser.parse_args(argv)
     import experiments

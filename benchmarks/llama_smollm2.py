@@ -35,8 +35,8 @@ import numpy as np
 from flax import nnx
 
 from fdiv import data
-from fdiv.nets import sampling as gen
 from fdiv.nets import llama
+from fdiv.nets import sampling as gen
 
 PROMPTS = [
     "The capital of France is",
@@ -51,15 +51,20 @@ def held_out_perplexity(forward, tokens: np.ndarray, window: int, batch: int) ->
     wins = tokens[: n_win * window].reshape(n_win, window)
     nll_sum, count = 0.0, 0
     for i in range(0, n_win, batch):
-        chunk = wins[i:i + batch]
+        chunk = wins[i : i + batch]
         pad = batch - len(chunk)
         x = np.concatenate([chunk, np.zeros((pad, window), np.int32)]) if pad else chunk
         logp = jax.nn.log_softmax(forward(jnp.asarray(x, jnp.int32))[:, :-1], -1)
         tok_lp = jnp.take_along_axis(logp, jnp.asarray(x[:, 1:, None]), -1)[..., 0]
         nll_sum -= float(jnp.sum(tok_lp[: len(chunk)]))
         count += len(chunk) * (window - 1)
-    return {"nats_per_token": nll_sum / count, "perplexity": float(np.exp(nll_sum / count)),
-            "scored_tokens": count, "windows": n_win, "window": window}
+    return {
+        "nats_per_token": nll_sum / count,
+        "perplexity": float(np.exp(nll_sum / count)),
+        "scored_tokens": count,
+        "windows": n_win,
+        "window": window,
+    }
 
 
 def unigram(train: np.ndarray, evaluated: np.ndarray, vocab: int) -> dict:
@@ -67,10 +72,14 @@ def unigram(train: np.ndarray, evaluated: np.ndarray, vocab: int) -> dict:
     nll = -np.mean(np.log(counts[evaluated] / counts.sum()))
     own = np.bincount(evaluated, minlength=vocab).astype(np.float64)
     nll_own = -np.mean(np.log(own[evaluated] / own.sum()))
-    return {"train_add_one": {"nats_per_token": float(nll), "perplexity": float(np.exp(nll)),
-                              "train_tokens": int(len(train))},
-            "same_text_mle": {"nats_per_token": float(nll_own),
-                              "perplexity": float(np.exp(nll_own))}}
+    return {
+        "train_add_one": {
+            "nats_per_token": float(nll),
+            "perplexity": float(np.exp(nll)),
+            "train_tokens": int(len(train)),
+        },
+        "same_text_mle": {"nats_per_token": float(nll_own), "perplexity": float(np.exp(nll_own))},
+    }
 
 
 def median_time(fn, repeats: int) -> tuple[float, float]:
@@ -98,15 +107,22 @@ def main(argv):
     parser.add_argument("--gen_batch", type=int, default=8)
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--speed_only", action="store_true",
-                        help="skip samples, perplexity and the cache check")
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results",
-                                                         "llama_smollm2.json"))
+    parser.add_argument(
+        "--speed_only", action="store_true", help="skip samples, perplexity and the cache check"
+    )
+    parser.add_argument(
+        "--output", default=os.path.join(os.path.dirname(__file__), "results", "llama_smollm2.json")
+    )
     args = parser.parse_args(argv)
-    res = {"machine": {"processor": platform.processor() or platform.machine(),
-                       "cpus": os.cpu_count(), "jax": jax.__version__,
-                       "backend": jax.default_backend(),
-                       "load_average_at_start": os.getloadavg()}}
+    res = {
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "load_average_at_start": os.getloadavg(),
+        }
+    }
 
     t = time.perf_counter()
     model, tok = llama.from_gguf()
@@ -123,8 +139,14 @@ def main(argv):
     # Greedy continuations.
     res["greedy"] = []
     for p in PROMPTS:
-        out = gen.generate(model, jnp.asarray([tok.encode(p)]), max_new_tokens=args.new_tokens,
-                           temperature=0.0, key=jax.random.key(0), eos_id=tok.eos_id)
+        out = gen.generate(
+            model,
+            jnp.asarray([tok.encode(p)]),
+            max_new_tokens=args.new_tokens,
+            temperature=0.0,
+            key=jax.random.key(0),
+            eos_id=tok.eos_id,
+        )
         n = int(out.mask[0].sum())
         text = tok.decode(out.tokens[0, :n])
         res["greedy"].append({"prompt": p, "continuation": text})
@@ -139,9 +161,13 @@ def main(argv):
     t = time.perf_counter()
     ppl = held_out_perplexity(forward, evaluated, args.window, args.batch)
     ppl["sec"] = time.perf_counter() - t
-    res["shakespeare"] = {"model": ppl, "held_out_tokens_total": int(len(held_ids)),
-                          "unigram": unigram(train_ids, evaluated[: ppl["windows"] * args.window],
-                                             model.config.vocab_size)}
+    res["shakespeare"] = {
+        "model": ppl,
+        "held_out_tokens_total": int(len(held_ids)),
+        "unigram": unigram(
+            train_ids, evaluated[: ppl["windows"] * args.window], model.config.vocab_size
+        ),
+    }
     print(json.dumps(res["shakespeare"]))
 
     # Cached against uncached logits.
@@ -153,7 +179,7 @@ def main(argv):
     lg, cache = step(state, ids[:, :32], cache)
     pieces.append(lg)
     for i in range(32, 48):
-        lg, cache = step(state, ids[:, i:i + 1], cache)
+        lg, cache = step(state, ids[:, i : i + 1], cache)
         pieces.append(lg)
     res["cache_max_abs_logit_diff"] = float(jnp.abs(jnp.concatenate(pieces, 1) - full).max())
     print(f"cached vs uncached max |diff| {res['cache_max_abs_logit_diff']:.3g}")
@@ -167,25 +193,46 @@ def speed(args, res, model, fwd, state, evaluated):
     jax.block_until_ready(fwd(state, x))
     compile_fwd = time.perf_counter() - t
     sec, cpu = median_time(lambda: fwd(state, x), args.repeats)
-    res["forward"] = {"batch": args.batch, "seq": args.seq, "sec": sec, "cpu_sec": cpu,
-                      "first_call_sec": compile_fwd,
-                      "tokens_per_sec": args.batch * args.seq / sec,
-                      "tokens_per_cpu_sec": args.batch * args.seq / cpu}
+    res["forward"] = {
+        "batch": args.batch,
+        "seq": args.seq,
+        "sec": sec,
+        "cpu_sec": cpu,
+        "first_call_sec": compile_fwd,
+        "tokens_per_sec": args.batch * args.seq / sec,
+        "tokens_per_cpu_sec": args.batch * args.seq / cpu,
+    }
     print(json.dumps(res["forward"]))
     res["generate"] = []
     for b in (1, args.gen_batch):
         prompt = jnp.asarray(np.resize(evaluated, (b, 16)), jnp.int32)
-        run = lambda: gen.generate(model, prompt, max_new_tokens=args.new_tokens,  # noqa: E731
-                                   temperature=1.0, top_k=50, top_p=0.95,
-                                   key=jax.random.key(0)).tokens
+        run = lambda: (
+            gen.generate(
+                model,
+                prompt,
+                max_new_tokens=args.new_tokens,  # noqa: E731
+                temperature=1.0,
+                top_k=50,
+                top_p=0.95,
+                key=jax.random.key(0),
+            ).tokens
+        )
         t = time.perf_counter()
         jax.block_until_ready(run())
         first = time.perf_counter() - t
         sec, cpu = median_time(run, args.repeats)
-        res["generate"].append({"batch": b, "prompt_len": 16, "new_tokens": args.new_tokens,
-                                "sec": sec, "cpu_sec": cpu, "first_call_sec": first,
-                                "new_tokens_per_sec": b * args.new_tokens / sec,
-                                "new_tokens_per_cpu_sec": b * args.new_tokens / cpu})
+        res["generate"].append(
+            {
+                "batch": b,
+                "prompt_len": 16,
+                "new_tokens": args.new_tokens,
+                "sec": sec,
+                "cpu_sec": cpu,
+                "first_call_sec": first,
+                "new_tokens_per_sec": b * args.new_tokens / sec,
+                "new_tokens_per_cpu_sec": b * args.new_tokens / cpu,
+            }
+        )
         print(json.dumps(res["generate"][-1]))
 
     res["machine"]["load_average_at_end"] = os.getloadavg()

@@ -26,24 +26,30 @@ import numpy as np
 
 
 def expression(x):
-  return jnp.sum(2 * jnp.exp(0.5 * x) * jnp.expm1(0.5 * x) - jnp.expm1(x))
+    return jnp.sum(2 * jnp.exp(0.5 * x) * jnp.expm1(0.5 * x) - jnp.expm1(x))
 
 
 def main():
-  x = np.linspace(-0.05, 0.0, 4096, dtype=np.float32)
-  x64 = x.astype(np.float64)
-  reference = float(np.sum(2 * np.exp(0.5 * x64) * np.expm1(0.5 * x64) - np.expm1(x64)))
-  eager = float(expression(jnp.asarray(x)))
-  jitted = float(jax.jit(expression)(jnp.asarray(x)))
-  ok = abs(jitted - reference) <= 1e-3 * abs(reference)
-  print(f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, backend {jax.default_backend()}")
-  print(f"float64 numpy: {reference:.6f}")
-  print(f"eager:         {eager:.6f}")
-  print(f"jit:           {jitted:.6f}")
-  print("verdict: " + ("jit agrees with float64 (not affected)" if ok else
-                       "MISCOMPILED: jit disagrees with float64"))
-  return 0 if ok else 1
+    x = np.linspace(-0.05, 0.0, 4096, dtype=np.float32)
+    x64 = x.astype(np.float64)
+    reference = float(np.sum(2 * np.exp(0.5 * x64) * np.expm1(0.5 * x64) - np.expm1(x64)))
+    eager = float(expression(jnp.asarray(x)))
+    jitted = float(jax.jit(expression)(jnp.asarray(x)))
+    ok = abs(jitted - reference) <= 1e-3 * abs(reference)
+    print(f"jax {jax.__version__}, jaxlib {jaxlib.__version__}, backend {jax.default_backend()}")
+    print(f"float64 numpy: {reference:.6f}")
+    print(f"eager:         {eager:.6f}")
+    print(f"jit:           {jitted:.6f}")
+    print(
+        "verdict: "
+        + (
+            "jit agrees with float64 (not affected)"
+            if ok
+            else "MISCOMPILED: jit disagrees with float64"
+        )
+    )
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

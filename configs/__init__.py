@@ -37,15 +37,21 @@ def _module(name: str):
     if name not in names():
         near = difflib.get_close_matches(name, names(), n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
-        raise ValueError(f"no config {name!r} (no file configs/{name}.py); {hint}configs: "
-                         f"{', '.join(names())}")
+        raise ValueError(
+            f"no config {name!r} (no file configs/{name}.py); {hint}configs: {', '.join(names())}"
+        )
     return importlib.import_module(f"configs.{name}")
 
 
 def variants_in(namespace: Mapping[str, Any]) -> tuple[str, ...]:
     """Variant names defined in a config module's namespace (``variant_<name>`` functions)."""
-    return tuple(sorted(k[len(VARIANT_PREFIX):] for k, v in namespace.items()
-                        if k.startswith(VARIANT_PREFIX) and callable(v)))
+    return tuple(
+        sorted(
+            k[len(VARIANT_PREFIX) :]
+            for k, v in namespace.items()
+            if k.startswith(VARIANT_PREFIX) and callable(v)
+        )
+    )
 
 
 def variants(name: str) -> tuple[str, ...]:
@@ -68,8 +74,10 @@ def build(namespace: Mapping[str, Any], arg: str | None = None):
         have = variants_in(namespace)
         near = difflib.get_close_matches(str(arg), have, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
-        raise ValueError(f"config {module!r} has no variant {arg!r}; {hint}variants: "
-                         f"{', '.join(have) or 'none'} (or none, the base)")
+        raise ValueError(
+            f"config {module!r} has no variant {arg!r}; {hint}variants: "
+            f"{', '.join(have) or 'none'} (or none, the base)"
+        )
     return fn(config)
 
 

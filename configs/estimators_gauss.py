@@ -22,17 +22,21 @@ import ml_collections
 import configs
 
 
-
 def _pair(name, kind, dim, shift=0.5, scale=1.2):
     p = ml_collections.ConfigDict()
     p.name, p.kind, p.dim, p.shift, p.scale = name, kind, dim, shift, scale
     return p
 
+
 def base():
     c = ml_collections.ConfigDict()
     c.experiment = "estimators"
-    c.pairs = [_pair("gauss_d1", "gauss", 1), _pair("gauss_d4", "gauss", 4),
-               _pair("gauss_d16", "gauss", 16), _pair("mixture_d1", "mixture", 1)]
+    c.pairs = [
+        _pair("gauss_d1", "gauss", 1),
+        _pair("gauss_d4", "gauss", 4),
+        _pair("gauss_d16", "gauss", 16),
+        _pair("mixture_d1", "mixture", 1),
+    ]
     c.sizes = [256, 1024, 4096, 16384]
     c.seeds = 10
     c.truth_samples = 2_000_000

@@ -19,6 +19,7 @@ import configs
 
 LOSSES = ("labels", "kd", "reverse_kl", "js", "tv", "skew_kl", "gkd", "nkd", "bdkd", "sinkd")
 
+
 def base():
     config = ml_collections.ConfigDict()
     config.experiment = "kd_fashion"

@@ -27,12 +27,12 @@ import ml_collections
 import configs
 
 
-
 def _shape(n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim):
     s = ml_collections.ConfigDict()
     s.n_layers, s.dim, s.n_heads, s.n_kv_heads = n_layers, dim, n_heads, n_kv_heads
     s.head_dim, s.ffn_dim = head_dim, ffn_dim
     return s
+
 
 def base():
     c = ml_collections.ConfigDict()

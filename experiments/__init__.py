@@ -44,8 +44,10 @@ def get_experiment(name: str):
         registered name whose module does not exist (yet).
     """
     if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; registered experiments: {sorted(EXPERIMENTS)} "
-                         "(add new ones to EXPERIMENTS in experiments/__init__.py).")
+        raise ValueError(
+            f"unknown experiment {name!r}; registered experiments: {sorted(EXPERIMENTS)} "
+            "(add new ones to EXPERIMENTS in experiments/__init__.py)."
+        )
     module_path = EXPERIMENTS[name]
     try:
         module = importlib.import_module(module_path)
@@ -53,11 +55,15 @@ def get_experiment(name: str):
         # Only a missing experiment module itself is reported this way; a missing dependency
         # inside it keeps its own error.
         if e.name in (module_path, module_path.rsplit(".", 1)[0]):
-            raise ValueError(f"experiment {name!r} is registered as module {module_path!r}, but that module "
-                             f"does not exist (expected {module_path.replace('.', '/')}.py).") from e
+            raise ValueError(
+                f"experiment {name!r} is registered as module {module_path!r}, but that module "
+                f"does not exist (expected {module_path.replace('.', '/')}.py)."
+            ) from e
         raise
     if not hasattr(module, "train_and_evaluate"):
-        raise ValueError(f"experiment module {module_path!r} has no train_and_evaluate(config, workdir).")
+        raise ValueError(
+            f"experiment module {module_path!r} has no train_and_evaluate(config, workdir)."
+        )
     return module
 
 
@@ -68,8 +74,10 @@ def run(config: Any, workdir: str) -> dict:
       ValueError: (a `ConfigError` for bad fields) before any training work.
     """
     if "experiment" not in config:
-        raise ValueError(f"config has no 'experiment' field; set config.experiment to one of "
-                         f"{sorted(EXPERIMENTS)}.")
+        raise ValueError(
+            f"config has no 'experiment' field; set config.experiment to one of "
+            f"{sorted(EXPERIMENTS)}."
+        )
     return get_experiment(config.experiment).train_and_evaluate(config, workdir)
 
 

@@ -81,8 +81,15 @@ def is_complete(directory: str) -> bool:
     return os.path.exists(os.path.join(directory, KEY_FILE))
 
 
-def cached_run(kind: str, key: dict, train_fn: Callable[[str], Any], *, cache_dir: str = "",
-               code: str = "", print_fn: Callable[[str], None] | None = None) -> str:
+def cached_run(
+    kind: str,
+    key: dict,
+    train_fn: Callable[[str], Any],
+    *,
+    cache_dir: str = "",
+    code: str = "",
+    print_fn: Callable[[str], None] | None = None,
+) -> str:
     """The directory of a finished stage run for `key`, training it on a miss.
 
     Args:
@@ -108,8 +115,9 @@ def cached_run(kind: str, key: dict, train_fn: Callable[[str], Any], *, cache_di
     try:
         train_fn(tmp)
         with open(os.path.join(tmp, KEY_FILE), "w") as f:
-            json.dump({"kind": kind, "key": key, "code": code}, f, indent=1, sort_keys=True,
-                      default=str)
+            json.dump(
+                {"kind": kind, "key": key, "code": code}, f, indent=1, sort_keys=True, default=str
+            )
         try:
             os.rename(tmp, final)  # atomic; fails when another run got there first
         except OSError:
@@ -127,6 +135,10 @@ def entries(cache_dir: str = "", kind: str | None = None) -> Iterable[str]:
     root = cache_root(cache_dir)
     if not os.path.isdir(root):
         return []
-    return sorted(os.path.join(root, n) for n in os.listdir(root)
-                  if not n.startswith(".") and (kind is None or n.startswith(kind + "_"))
-                  and is_complete(os.path.join(root, n)))
+    return sorted(
+        os.path.join(root, n)
+        for n in os.listdir(root)
+        if not n.startswith(".")
+        and (kind is None or n.startswith(kind + "_"))
+        and is_complete(os.path.join(root, n))
+    )

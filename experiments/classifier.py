@@ -28,11 +28,11 @@ import numpy as np
 import optax
 from flax import nnx
 
+from experiments import cache, settings
 from fdiv import data as data_lib
 from fdiv import train
 from fdiv.nets.classifier import Classifier
 from fdiv.train import sharding
-from experiments import cache, settings
 
 ClassifierConfig = settings.ClassifierConfig
 CODE = ("fdiv", "experiments/classifier.py", "experiments/cache.py")
@@ -50,11 +50,20 @@ def _load_data(cfg: ClassifierConfig):
 
 
 def _make_state(cfg: ClassifierConfig, image_shape, num_classes: int) -> train.TrainState:
-    model = Classifier(image_shape, num_classes, kind=cfg.model.kind, channels=tuple(cfg.model.channels),
-                       hidden=cfg.model.hidden, rngs=nnx.Rngs(cfg.seed))
+    model = Classifier(
+        image_shape,
+        num_classes,
+        kind=cfg.model.kind,
+        channels=tuple(cfg.model.channels),
+        hidden=cfg.model.hidden,
+        rngs=nnx.Rngs(cfg.seed),
+    )
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, min(cfg.warmup_steps, max(cfg.loop.num_steps - 1, 1)),
-        max(cfg.loop.num_steps, 1))
+        0.0,
+        cfg.learning_rate,
+        min(cfg.warmup_steps, max(cfg.loop.num_steps - 1, 1)),
+        max(cfg.loop.num_steps, 1),
+    )
     tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
     return train.TrainState.create(cfg.seed, model=train.Net.create(model, tx))
 
@@ -77,11 +86,17 @@ def _eval_step(net: train.Net, batch: dict) -> dict:
     mask = batch["mask"]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     pred = jnp.argmax(logits, -1)
-    return {"loss_sum": jnp.sum(ce * mask), "correct": jnp.sum((pred == batch["label"]) * mask),
-            "count": jnp.sum(mask), "pred": pred}
+    return {
+        "loss_sum": jnp.sum(ce * mask),
+        "correct": jnp.sum((pred == batch["label"]) * mask),
+        "count": jnp.sum(mask),
+        "pred": pred,
+    }
 
 
-def evaluate(net: train.Net, split: data_lib.LabelledImages, batch_size: int, mesh) -> tuple[dict, np.ndarray]:
+def evaluate(
+    net: train.Net, split: data_lib.LabelledImages, batch_size: int, mesh
+) -> tuple[dict, np.ndarray]:
     """Test loss and accuracy over the whole split; also returns the predictions [N]."""
     tot = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
     preds = []
@@ -90,22 +105,29 @@ def evaluate(net: train.Net, split: data_lib.LabelledImages, batch_size: int, me
         for k in tot:
             tot[k] += float(out[k])
         preds.append(np.asarray(out["pred"])[batch["mask"] > 0])
-    return ({"loss": tot["loss_sum"] / tot["count"], "accuracy": tot["correct"] / tot["count"]},
-            np.concatenate(preds))
+    return (
+        {"loss": tot["loss_sum"] / tot["count"], "accuracy": tot["correct"] / tot["count"]},
+        np.concatenate(preds),
+    )
 
 
 def _check(cfg: ClassifierConfig) -> ClassifierConfig:
     if cfg.dataset not in data_lib.IMAGE_DATASETS:
-        raise settings.ConfigError(f"config.dataset={cfg.dataset!r} must be one of "
-                                   f"{sorted(data_lib.IMAGE_DATASETS)}")
+        raise settings.ConfigError(
+            f"config.dataset={cfg.dataset!r} must be one of {sorted(data_lib.IMAGE_DATASETS)}"
+        )
     return cfg
 
 
-def _train(cfg: ClassifierConfig, workdir: str, print_fn=None) -> tuple[train.TrainState, dict, Any]:
+def _train(
+    cfg: ClassifierConfig, workdir: str, print_fn=None
+) -> tuple[train.TrainState, dict, Any]:
     mesh = sharding.make_mesh()
     splits = _load_data(cfg)
     batcher = data_lib.ArrayBatcher(splits["train"].arrays(), cfg.batch_size, cfg.seed, mesh=mesh)
-    state = sharding.replicate(_make_state(cfg, splits["train"].images.shape[1:], splits["train"].num_classes), mesh)
+    state = sharding.replicate(
+        _make_state(cfg, splits["train"].images.shape[1:], splits["train"].num_classes), mesh
+    )
     n_dev = mesh.devices.size
     eval_bs = -(-cfg.eval_batch_size // n_dev) * n_dev
 
@@ -115,8 +137,15 @@ def _train(cfg: ClassifierConfig, workdir: str, print_fn=None) -> tuple[train.Tr
     def eval_fn(state):
         return evaluate(state["model"], splits["test"], eval_bs, mesh)[0]
 
-    state, summary = train.fit(state, step_fn, workdir=workdir, options=cfg.loop, eval_fn=eval_fn,
-                               meta={"config": dataclasses.asdict(cfg)}, print_fn=print_fn)
+    state, summary = train.fit(
+        state,
+        step_fn,
+        workdir=workdir,
+        options=cfg.loop,
+        eval_fn=eval_fn,
+        meta={"config": dataclasses.asdict(cfg)},
+        print_fn=print_fn,
+    )
     return state, summary, (splits, mesh, eval_bs)
 
 
@@ -131,15 +160,25 @@ def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
     cfg = _check(settings.read(ClassifierConfig, config, workdir))
     state, summary, (splits, mesh, eval_bs) = _train(cfg, workdir, print_fn=print_fn)
     test, preds = evaluate(state["model"], splits["test"], eval_bs, mesh)
-    summary = {**summary, "dataset": cfg.dataset, "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-               "num_params": state["model"].num_params(), "num_devices": int(mesh.devices.size)}
+    summary = {
+        **summary,
+        "dataset": cfg.dataset,
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "num_params": state["model"].num_params(),
+        "num_devices": int(mesh.devices.size),
+    }
     wrong = np.flatnonzero(preds != splits["test"].labels)[:64]
     if wrong.size:
-        train.save_image_grid(splits["test"].images[wrong], os.path.join(workdir, "misclassified.png"),
-                              title=f"{wrong.size} misclassified test images (of the first shown)")
+        train.save_image_grid(
+            splits["test"].images[wrong],
+            os.path.join(workdir, "misclassified.png"),
+            title=f"{wrong.size} misclassified test images (of the first shown)",
+        )
     train.write_summary(workdir, summary)
     (print_fn or (lambda s: print(s, flush=True)))(
-        f"test accuracy {test['accuracy']:.4f} ({len(splits['test'])} images)")
+        f"test accuracy {test['accuracy']:.4f} ({len(splits['test'])} images)"
+    )
     return summary
 
 
@@ -174,12 +213,14 @@ class FeatureExtractor:
     def _run(self, images: Any, batch_size: int, logits: bool) -> jax.Array:
         images = jnp.asarray(images, jnp.float32)
         if images.ndim != 4 or tuple(images.shape[1:]) != tuple(self.image_shape):
-            raise ValueError(f"FeatureExtractor({self.dataset}): images must have shape "
-                             f"[N, {', '.join(map(str, self.image_shape))}] in [-1, 1], got {tuple(images.shape)}.")
+            raise ValueError(
+                f"FeatureExtractor({self.dataset}): images must have shape "
+                f"[N, {', '.join(map(str, self.image_shape))}] in [-1, 1], got {tuple(images.shape)}."
+            )
         n = images.shape[0]
         outs = []
         for start in range(0, n, batch_size):
-            chunk = images[start:start + batch_size]
+            chunk = images[start : start + batch_size]
             pad = batch_size - chunk.shape[0] if n > batch_size else 0
             if pad:  # keep one shape per extractor, hence one compilation
                 chunk = jnp.concatenate([chunk, jnp.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
@@ -211,13 +252,19 @@ def load_or_train(config: Any, *, cache_dir: str | None = None, print_fn=None) -
     cfg = _check(settings.read(ClassifierConfig, config))
     root = cfg.cache_dir if cache_dir is None else cache_dir
     pf = print_fn or (lambda s: print(f"[classifier] {s}", flush=True))
-    directory = cache.cached_run(f"classifier_{cfg.dataset}", cfg.model_key(),
-                                 lambda d: _train(cfg, d, print_fn=pf), cache_dir=root,
-                                 code=cache.code_version(*CODE), print_fn=pf)
+    directory = cache.cached_run(
+        f"classifier_{cfg.dataset}",
+        cfg.model_key(),
+        lambda d: _train(cfg, d, print_fn=pf),
+        cache_dir=root,
+        code=cache.code_version(*CODE),
+        print_fn=pf,
+    )
     splits = _load_data(cfg)
     mesh = sharding.make_mesh()
     template = sharding.replicate(
-        _make_state(cfg, splits["train"].images.shape[1:], splits["train"].num_classes), mesh)
+        _make_state(cfg, splits["train"].images.shape[1:], splits["train"].num_classes), mesh
+    )
     ckpt = train.Checkpointer(directory, every_steps=0, keep=1, async_save=False)
     try:
         state, _ = ckpt.restore(ckpt.latest_step(), template)
@@ -227,5 +274,6 @@ def load_or_train(config: Any, *, cache_dir: str | None = None, print_fn=None) -
     eval_bs = -(-cfg.eval_batch_size // n_dev) * n_dev
     frozen = state["model"].freeze()
     acc = evaluate(frozen, splits["test"], eval_bs, mesh)[0]["accuracy"]
-    return FeatureExtractor(frozen, cfg.dataset, tuple(splits["train"].images.shape[1:]),
-                            float(acc), directory)
+    return FeatureExtractor(
+        frozen, cfg.dataset, tuple(splits["train"].images.shape[1:]), float(acc), directory
+    )

@@ -30,9 +30,9 @@ import jax
 import numpy as np
 import optax
 
+from experiments import cache, problems, settings
 from fdiv import diffusion, train
 from fdiv.train import sharding
-from experiments import cache, problems, settings
 
 CODE = ("fdiv", "experiments/edm_teacher.py", "experiments/problems.py", "experiments/cache.py")
 
@@ -63,14 +63,24 @@ def _train_state(tc: settings.TeacherConfig, shape, sigma_data: float, mesh):
     model = problems.make_denoiser(tc.net, shape, sigma_data, tc.seed)
     n = tc.loop.num_steps
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, tc.learning_rate, min(tc.warmup_steps, max(n - 1, 1)), max(n, 1),
-        tc.learning_rate * 0.05)
+        0.0,
+        tc.learning_rate,
+        min(tc.warmup_steps, max(n - 1, 1)),
+        max(n, 1),
+        tc.learning_rate * 0.05,
+    )
     net = train.Net.create(model, optax.adam(schedule), ema_decay=tc.ema_decay or None)
     return sharding.replicate(train.TrainState.create(tc.seed, model=net), mesh)
 
 
-def _fit(cfg: settings.EDMTeacherConfig, problem: problems.Problem, sigma_data: float, mesh,
-         directory: str, print_fn) -> None:
+def _fit(
+    cfg: settings.EDMTeacherConfig,
+    problem: problems.Problem,
+    sigma_data: float,
+    mesh,
+    directory: str,
+    print_fn,
+) -> None:
     tc = cfg.teacher
     state = _train_state(tc, problem.shape, sigma_data, mesh)
     batcher = problem.batcher(tc.batch_size, tc.seed)
@@ -93,16 +103,27 @@ def _fit(cfg: settings.EDMTeacherConfig, problem: problems.Problem, sigma_data: 
     def step_fn(state, i):
         return step(state, batcher(i) if batcher is not None else None)
 
-    train.fit(state, step_fn, workdir=directory, options=tc.loop,
-              meta={"teacher_config": _key(cfg, sigma_data)}, print_fn=print_fn)
+    train.fit(
+        state,
+        step_fn,
+        workdir=directory,
+        options=tc.loop,
+        meta={"teacher_config": _key(cfg, sigma_data)},
+        print_fn=print_fn,
+    )
 
 
 def _key(cfg: settings.EDMTeacherConfig, sigma_data: float) -> dict:
     return {"data": cfg.data, "teacher": cfg.teacher.model_key(), "sigma_data": sigma_data}
 
 
-def load_or_train(config: Any, *, mesh=None, problem: problems.Problem | None = None,
-                  print_fn: Callable[[str], None] | None = None) -> Teacher:
+def load_or_train(
+    config: Any,
+    *,
+    mesh=None,
+    problem: problems.Problem | None = None,
+    print_fn: Callable[[str], None] | None = None,
+) -> Teacher:
     """The trained teacher of `config` (an `EDMTeacherConfig` or its ConfigDict).
 
     Trains it into the cache on first use; afterwards restores its final checkpoint.
@@ -115,16 +136,24 @@ def load_or_train(config: Any, *, mesh=None, problem: problems.Problem | None = 
     """
     cfg = _as_stage(config)
     mesh = mesh if mesh is not None else sharding.make_mesh()
-    problem = problem or problems.Problem(cfg.data, eval_samples=cfg.eval_samples,
-                                          eval_seed=cfg.eval_seed, mesh=mesh,
-                                          classifier=settings.ClassifierConfig())
+    problem = problem or problems.Problem(
+        cfg.data,
+        eval_samples=cfg.eval_samples,
+        eval_seed=cfg.eval_seed,
+        mesh=mesh,
+        classifier=settings.ClassifierConfig(),
+    )
     tc = cfg.teacher
     sigma_data = tc.sigma_data or problem.sigma_data
     pf = print_fn or (lambda s: print(f"[teacher] {s}", flush=True))
     directory = cache.cached_run(
-        f"teacher_{cfg.data}", _key(cfg, sigma_data),
-        lambda d: _fit(cfg, problem, sigma_data, mesh, d, pf), cache_dir=cfg.cache_dir,
-        code=cache.code_version(*CODE), print_fn=pf)
+        f"teacher_{cfg.data}",
+        _key(cfg, sigma_data),
+        lambda d: _fit(cfg, problem, sigma_data, mesh, d, pf),
+        cache_dir=cfg.cache_dir,
+        code=cache.code_version(*CODE),
+        print_fn=pf,
+    )
     template = _train_state(tc, problem.shape, sigma_data, mesh)
     ckpt = train.Checkpointer(directory, every_steps=0, keep=1, async_save=False)
     try:
@@ -136,16 +165,25 @@ def load_or_train(config: Any, *, mesh=None, problem: problems.Problem | None = 
     return Teacher(sharding.replicate(frozen, mesh), directory, sigma_data, cfg)
 
 
-@functools.partial(jax.jit, static_argnames=("n", "shape", "num_steps", "sigma_min",
-                                             "sigma_max", "rho"))
+@functools.partial(
+    jax.jit, static_argnames=("n", "shape", "num_steps", "sigma_min", "sigma_max", "rho")
+)
 def _sample(net: train.Net, key, *, n, shape, num_steps, sigma_min, sigma_max, rho):
-    return diffusion.sample(net.merge(), key, (n,) + shape, num_steps=num_steps,
-                            sigma_min=sigma_min, sigma_max=sigma_max, rho=rho)
+    return diffusion.sample(
+        net.merge(),
+        key,
+        (n,) + shape,
+        num_steps=num_steps,
+        sigma_min=sigma_min,
+        sigma_max=sigma_max,
+        rho=rho,
+    )
 
 
 def _write_atomic(path: str, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1],
-                               dir=os.path.dirname(path))
+    fd, tmp = tempfile.mkstemp(
+        prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=os.path.dirname(path)
+    )
     os.close(fd)
     try:
         write(tmp)
@@ -156,8 +194,9 @@ def _write_atomic(path: str, write: Callable[[str], None]) -> None:
         raise
 
 
-def sampler_reference(teacher: Teacher, problem: problems.Problem, *, eval_seed: int,
-                      eval_key: dict | None = None) -> tuple[dict, np.ndarray]:
+def sampler_reference(
+    teacher: Teacher, problem: problems.Problem, *, eval_seed: int, eval_key: dict | None = None
+) -> tuple[dict, np.ndarray]:
     """Metrics and samples of the teacher's Heun sampler on ``problem.num_eval`` latents.
 
     Cached in the teacher's entry, keyed by the sampler fields, the evaluation setting and
@@ -167,19 +206,32 @@ def sampler_reference(teacher: Teacher, problem: problems.Problem, *, eval_seed:
       ``(metrics, samples)``; metrics include ``num_evaluations`` and ``sample_sec``.
     """
     tc = teacher.config.teacher
-    key_dict = {"n": problem.num_eval, "eval_seed": eval_seed,
-                "sampler": {f: getattr(tc, f) for f in tc.SAMPLER_FIELDS},
-                "ed_samples": problem.ed_samples, "extra": eval_key or {}}
+    key_dict = {
+        "n": problem.num_eval,
+        "eval_seed": eval_seed,
+        "sampler": {f: getattr(tc, f) for f in tc.SAMPLER_FIELDS},
+        "ed_samples": problem.ed_samples,
+        "extra": eval_key or {},
+    }
     path = os.path.join(teacher.directory, f"sampler_eval_{cache.digest(key_dict)}.json")
-    samples_path = path[:-len(".json")] + ".npy"
+    samples_path = path[: -len(".json")] + ".npy"
     if os.path.exists(path) and os.path.exists(samples_path):
         with open(path) as f:
             return json.load(f), np.load(samples_path)
     t0 = time.perf_counter()
     key = jax.random.fold_in(jax.random.key(eval_seed), 2)
-    x = np.asarray(_sample(teacher.net, key, n=problem.num_eval, shape=problem.shape,
-                           num_steps=tc.sample_steps, sigma_min=tc.sigma_min,
-                           sigma_max=tc.sigma_max, rho=tc.rho))
+    x = np.asarray(
+        _sample(
+            teacher.net,
+            key,
+            n=problem.num_eval,
+            shape=problem.shape,
+            num_steps=tc.sample_steps,
+            sigma_min=tc.sigma_min,
+            sigma_max=tc.sigma_max,
+            rho=tc.rho,
+        )
+    )
     sample_sec = time.perf_counter() - t0
     result = problem.evaluate(x)
     result["num_evaluations"] = diffusion.num_evaluations(tc.sample_steps)
@@ -199,31 +251,45 @@ def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
     cfg = settings.read(settings.EDMTeacherConfig, config, workdir)
     pf = print_fn or (lambda s: print(s, flush=True))
     mesh = sharding.make_mesh()
-    problem = problems.Problem(cfg.data, eval_samples=cfg.eval_samples, eval_seed=cfg.eval_seed,
-                               mesh=mesh, classifier=settings.ClassifierConfig(
-                                   dataset=cfg.data if cfg.data in problems.IMAGE_DATA
-                                   else "digits", cache_dir=cfg.cache_dir))
+    problem = problems.Problem(
+        cfg.data,
+        eval_samples=cfg.eval_samples,
+        eval_seed=cfg.eval_seed,
+        mesh=mesh,
+        classifier=settings.ClassifierConfig(
+            dataset=cfg.data if cfg.data in problems.IMAGE_DATA else "digits",
+            cache_dir=cfg.cache_dir,
+        ),
+    )
     t0 = time.perf_counter()
-    teacher = load_or_train(cfg, mesh=mesh, problem=problem,
-                            print_fn=lambda s: pf(f"[teacher] {s}"))
+    teacher = load_or_train(
+        cfg, mesh=mesh, problem=problem, print_fn=lambda s: pf(f"[teacher] {s}")
+    )
     load_sec = time.perf_counter() - t0
     result, x = sampler_reference(teacher, problem, eval_seed=cfg.eval_seed)
     target = problem.target_reference()
     pf(f"teacher ({teacher.directory}): " + _fmt(result))
-    panels = [("target", problem.target_samples()),
-              (f"teacher (Heun, {result['num_evaluations']} evaluations)", x)]
-    problem.plot_side_by_side(panels, os.path.join(workdir, "samples.png"),
-                              title=f"EDM teacher on {cfg.data}")
-    summary = {"config": dataclasses.asdict(cfg), "data": cfg.data, "teacher": result,
-               "target": target, "teacher_dir": teacher.directory,
-               "timing": {"teacher_load_or_train_sec": load_sec}}
+    panels = [
+        ("target", problem.target_samples()),
+        (f"teacher (Heun, {result['num_evaluations']} evaluations)", x),
+    ]
+    problem.plot_side_by_side(
+        panels, os.path.join(workdir, "samples.png"), title=f"EDM teacher on {cfg.data}"
+    )
+    summary = {
+        "config": dataclasses.asdict(cfg),
+        "data": cfg.data,
+        "teacher": result,
+        "target": target,
+        "teacher_dir": teacher.directory,
+        "timing": {"teacher_load_or_train_sec": load_sec},
+    }
     train.write_summary(workdir, summary)
     return summary
 
 
 def _fmt(m: dict) -> str:
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                     for k, v in m.items())
+    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items())
 
 
 def cache_entry(config: Any, sigma_data: float | None = None) -> str:
@@ -235,8 +301,12 @@ def cache_entry(config: Any, sigma_data: float | None = None) -> str:
     cfg = _as_stage(config)
     if sigma_data is None:
         sigma_data = cfg.teacher.sigma_data or _data_sigma(cfg.data)
-    return cache.entry_dir(f"teacher_{cfg.data}", _key(cfg, sigma_data), cache_dir=cfg.cache_dir,
-                           code=cache.code_version(*CODE))
+    return cache.entry_dir(
+        f"teacher_{cfg.data}",
+        _key(cfg, sigma_data),
+        cache_dir=cfg.cache_dir,
+        code=cache.code_version(*CODE),
+    )
 
 
 def _data_sigma(name: str) -> float:

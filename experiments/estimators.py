@@ -73,8 +73,11 @@ class Mixture:
         x = jnp.asarray(x, jnp.float32)
         sq = jnp.sum((x[:, None, :] - jnp.asarray(self.means, jnp.float32)[None]) ** 2, -1)
         var = jnp.asarray(self.variances, jnp.float32)
-        log_comp = (-0.5 * sq / var - 0.5 * self.dim * jnp.log(2 * math.pi * var)
-                    + jnp.log(jnp.asarray(self.weights, jnp.float32)))
+        log_comp = (
+            -0.5 * sq / var
+            - 0.5 * self.dim * jnp.log(2 * math.pi * var)
+            + jnp.log(jnp.asarray(self.weights, jnp.float32))
+        )
         return jax.nn.logsumexp(log_comp, axis=1)
 
 
@@ -117,10 +120,15 @@ def _gauss_closed_forms(m1, v1, m2, v2, d):
     hellinger = 1.0 - (v1 * v2) ** (d / 4) / vm ** (d / 2) * math.exp(-dm2 / (8 * vm))
     pearson = math.inf
     if 2 * v2 - v1 > 0:
-        pearson = (v2**d / (v1 ** (d / 2) * (2 * v2 - v1) ** (d / 2))
-                   * math.exp(dm2 / (2 * v2 - v1)) - 1.0)
-    return {"forward_kl": kl(m1, v1, m2, v2), "reverse_kl": kl(m2, v2, m1, v1),
-            "squared_hellinger": hellinger, "pearson": pearson}
+        pearson = (
+            v2**d / (v1 ** (d / 2) * (2 * v2 - v1) ** (d / 2)) * math.exp(dm2 / (2 * v2 - v1)) - 1.0
+        )
+    return {
+        "forward_kl": kl(m1, v1, m2, v2),
+        "reverse_kl": kl(m2, v2, m1, v1),
+        "squared_hellinger": hellinger,
+        "pearson": pearson,
+    }
 
 
 def _mixture_log_mean_kernel(a: Mixture, b: Mixture, s: float) -> float:
@@ -130,9 +138,18 @@ def _mixture_log_mean_kernel(a: Mixture, b: Mixture, s: float) -> float:
         for wb, mb, vb in zip(b.weights, b.means, b.variances):
             cov = (va + vb) * np.eye(a.dim)
             # pylint: disable-next=protected-access
-            terms.append(math.log(wa * wb) + float(kernel._gauss_log_mean_kernel(
-                jnp.asarray(ma, jnp.float32), jnp.asarray(cov, jnp.float32) * 0.5,
-                jnp.asarray(mb, jnp.float32), jnp.asarray(cov, jnp.float32) * 0.5, s)))
+            terms.append(
+                math.log(wa * wb)
+                + float(
+                    kernel._gauss_log_mean_kernel(
+                        jnp.asarray(ma, jnp.float32),
+                        jnp.asarray(cov, jnp.float32) * 0.5,
+                        jnp.asarray(mb, jnp.float32),
+                        jnp.asarray(cov, jnp.float32) * 0.5,
+                        s,
+                    )
+                )
+            )
     return float(jax.nn.logsumexp(jnp.asarray(terms)))
 
 
@@ -145,8 +162,9 @@ def true_values(p: Mixture, q: Mixture, bandwidth: float, truth_samples: int, se
         value, _ = fdiv.mc_divergence_from_model_samples(log_p, log_q, fdiv.get(name))
         truth[name] = float(value)
     if len(p.weights) == 1 and len(q.weights) == 1:
-        truth.update(_gauss_closed_forms(p.means[0], p.variances[0], q.means[0],
-                                         q.variances[0], p.dim))
+        truth.update(
+            _gauss_closed_forms(p.means[0], p.variances[0], q.means[0], q.variances[0], p.dim)
+        )
     pp = _mixture_log_mean_kernel(p, p, bandwidth)
     qq = _mixture_log_mean_kernel(q, q, bandwidth)
     pq = _mixture_log_mean_kernel(p, q, bandwidth)
@@ -166,11 +184,19 @@ def _critic_estimates(x_p, x_q, cfg, seed):
     n = x_p.shape[0]
     held = n // 4
     eval_batches = max(2, min(8, held // 32))
-    common = dict(steps=cfg.critic_steps, batch_size=min(cfg.critic_batch, n - 2 * held),
-                  seed=seed, hidden=tuple(cfg.critic_hidden), eval_batches=eval_batches,
-                  holdout=held, validation=held, eval_every=cfg.critic_eval_every,
-                  weight_decay=cfg.critic_weight_decay, learning_rate=cfg.critic_lr)
-    hp, hq = x_p[n - held:], x_q[n - held:]
+    common = dict(
+        steps=cfg.critic_steps,
+        batch_size=min(cfg.critic_batch, n - 2 * held),
+        seed=seed,
+        hidden=tuple(cfg.critic_hidden),
+        eval_batches=eval_batches,
+        holdout=held,
+        validation=held,
+        eval_every=cfg.critic_eval_every,
+        weight_decay=cfg.critic_weight_decay,
+        learning_rate=cfg.critic_lr,
+    )
+    hp, hq = x_p[n - held :], x_q[n - held :]
     for name in cfg.critic_divergences:
         res = critic_lib.train_critic(x_p, x_q, name, objective="bound", **common)
         out[("bound", name)] = res.estimate
@@ -197,8 +223,9 @@ def _cell(p, q, n, seed, cfg, *, with_critic, with_kernel):
     if with_kernel:
         bw = math.sqrt(p.dim)
         out[("mmd2", "mmd2")] = float(kernel.mmd2(x_p, x_q, bandwidth=bw, block_size=cfg.block))
-        out[("cs", "cs")] = float(kernel.cauchy_schwarz(x_p, x_q, bandwidth=bw,
-                                                        block_size=cfg.block))
+        out[("cs", "cs")] = float(
+            kernel.cauchy_schwarz(x_p, x_q, bandwidth=bw, block_size=cfg.block)
+        )
     if with_critic:
         out.update(_critic_estimates(x_p, x_q, cfg, seed))
     return out
@@ -216,21 +243,34 @@ def _aggregate(rows, truths):
     for (pair, est, qty, n), values in sorted(groups.items()):
         v = np.asarray(values, np.float64)
         truth = truths[pair][qty]
-        results.append({"pair": pair, "estimator": est, "quantity": qty, "n": n,
-                        "seeds": len(v), "truth": truth, "mean": float(v.mean()),
-                        "bias": float(v.mean() - truth),
-                        # None (JSON null) where one seed gives no spread.
-                        "std": float(v.std(ddof=1)) if len(v) > 1 else None})
+        results.append(
+            {
+                "pair": pair,
+                "estimator": est,
+                "quantity": qty,
+                "n": n,
+                "seeds": len(v),
+                "truth": truth,
+                "mean": float(v.mean()),
+                "bias": float(v.mean() - truth),
+                # None (JSON null) where one seed gives no spread.
+                "std": float(v.std(ddof=1)) if len(v) > 1 else None,
+            }
+        )
     return results
 
 
 def format_table(results) -> str:
-    lines = [f"{'pair':10s} {'quantity':18s} {'estimator':10s} {'n':>6s} {'truth':>9s} "
-             f"{'bias':>9s} {'std':>9s} seeds"]
+    lines = [
+        f"{'pair':10s} {'quantity':18s} {'estimator':10s} {'n':>6s} {'truth':>9s} "
+        f"{'bias':>9s} {'std':>9s} seeds"
+    ]
     for r in results:
-        lines.append(f"{r['pair']:10s} {r['quantity']:18s} {r['estimator']:10s} {r['n']:6d} "
-                     f"{r['truth']:9.4f} {r['bias']:+9.4f} "
-                     f"{'-' if r['std'] is None else format(r['std'], '9.4f'):>9s} {r['seeds']}")
+        lines.append(
+            f"{r['pair']:10s} {r['quantity']:18s} {r['estimator']:10s} {r['n']:6d} "
+            f"{r['truth']:9.4f} {r['bias']:+9.4f} "
+            f"{'-' if r['std'] is None else format(r['std'], '9.4f'):>9s} {r['seeds']}"
+        )
     return "\n".join(lines)
 
 
@@ -238,20 +278,29 @@ def _plot(results, pair, path):
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
     rows = [r for r in results if r["pair"] == pair]
-    quantities = [q for q in (*F_DIVERGENCES, "mmd2", "cs")
-                  if any(r["quantity"] == q for r in rows)]
-    fig, axes = plt.subplots(1, len(quantities), figsize=(3.2 * len(quantities), 3.0),
-                             squeeze=False)
+    quantities = [
+        q for q in (*F_DIVERGENCES, "mmd2", "cs") if any(r["quantity"] == q for r in rows)
+    ]
+    fig, axes = plt.subplots(
+        1, len(quantities), figsize=(3.2 * len(quantities), 3.0), squeeze=False
+    )
     colours = {est: f"C{i}" for i, est in enumerate(ESTIMATORS)}
     for ax, qty in zip(axes[0], quantities):
         sel = [r for r in rows if r["quantity"] == qty]
         truth = sel[0]["truth"]
         for est in [e for e in ESTIMATORS if any(r["estimator"] == e for r in sel)]:
-            pts = sorted((r["n"], r["mean"], r["std"] or 0.0) for r in sel
-                         if r["estimator"] == est)
+            pts = sorted((r["n"], r["mean"], r["std"] or 0.0) for r in sel if r["estimator"] == est)
             ns, means, stds = (np.asarray(c) for c in zip(*pts))
-            ax.errorbar(ns, means, yerr=np.nan_to_num(stds, posinf=0.0), marker="o", ms=3,
-                        capsize=2, label=est, color=colours[est])
+            ax.errorbar(
+                ns,
+                means,
+                yerr=np.nan_to_num(stds, posinf=0.0),
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=est,
+                color=colours[est],
+            )
         ax.axhline(truth, color="k", ls="--", lw=1, label="truth")
         # A plug-in estimate of a heavy-tailed ratio (Pearson) can still be far off: keep the
         # axis on the scale of the truth; the table has every value.
@@ -262,8 +311,9 @@ def _plot(results, pair, path):
         ax.set_ylabel("estimate")
         ax.set_title(qty)
         ax.legend(fontsize=6)
-    fig.suptitle(f"estimators on pair {pair}: mean +- std over seeds (values beyond the axes: "
-                 "see table.txt)")
+    fig.suptitle(
+        f"estimators on pair {pair}: mean +- std over seeds (values beyond the axes: see table.txt)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -274,8 +324,12 @@ def _plot(results, pair, path):
 
 def _cells(config):
     """Every ``(pair_spec, n, seed)`` in run order; ``config.num_steps`` counts them."""
-    return [(spec, n, seed) for spec in config.pairs for n in config.sizes
-            for seed in range(config.seeds)]
+    return [
+        (spec, n, seed)
+        for spec in config.pairs
+        for n in config.sizes
+        for seed in range(config.seeds)
+    ]
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict:
@@ -294,11 +348,14 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
 
     cells = _cells(config)
     if config.num_steps != len(cells):
-        raise ValueError(f"config.num_steps must equal the number of (pair, size, seed) cells, "
-                         f"{len(cells)}; got {config.num_steps}.")
+        raise ValueError(
+            f"config.num_steps must equal the number of (pair, size, seed) cells, "
+            f"{len(cells)}; got {config.num_steps}."
+        )
     os.makedirs(workdir, exist_ok=True)
-    ckpt = train.Checkpointer(workdir, every_steps=config.checkpoint_every, keep=2,
-                              async_save=False)
+    ckpt = train.Checkpointer(
+        workdir, every_steps=config.checkpoint_every, keep=2, async_save=False
+    )
     writer = train.MetricWriter(workdir, len(cells), tensorboard=False)
     _, meta = ckpt.restore_latest({"cells_done": np.zeros((), np.int32)})
     rows = list(meta["rows"]) if meta else []
@@ -315,17 +372,26 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     for step, (spec, n, seed) in enumerate(cells[first:], start=first + 1):
         p, q = pairs[spec.name]
         t0 = time.time()
-        with_critic = (n in config.critic_sizes and seed < config.critic_seeds
-                       and spec.name in config.critic_pairs)
+        with_critic = (
+            n in config.critic_sizes
+            and seed < config.critic_seeds
+            and spec.name in config.critic_pairs
+        )
         with_kernel = n <= config.kernel_max_n or seed < config.kernel_large_seeds
         out = _cell(p, q, n, seed, config, with_critic=with_critic, with_kernel=with_kernel)
-        rows.extend({"pair": spec.name, "n": n, "seed": seed, "estimator": est, "quantity": qty,
-                     "value": v} for (est, qty), v in out.items())
+        rows.extend(
+            {"pair": spec.name, "n": n, "seed": seed, "estimator": est, "quantity": qty, "value": v}
+            for (est, qty), v in out.items()
+        )
         print(f"pair {spec.name} n {n:6d} seed {seed} critic {int(with_critic)}", flush=True)
-        writer.write(step, {"cell_seconds": time.time() - t0,
-                            "mc_forward_kl_error": out[("mc", "forward_kl")]
-                            - truths[spec.name]["forward_kl"]},
-                     wall_time=time.time() - start)
+        writer.write(
+            step,
+            {
+                "cell_seconds": time.time() - t0,
+                "mc_forward_kl_error": out[("mc", "forward_kl")] - truths[spec.name]["forward_kl"],
+            },
+            wall_time=time.time() - start,
+        )
         if ckpt.should_save(step) or step == len(cells):
             ckpt.save(step, {"cells_done": np.asarray(step, np.int32)}, {"rows": rows})
     ckpt.wait()
@@ -333,8 +399,12 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     results = _aggregate(rows, truths)
     table = format_table(results)
     print(table, flush=True)
-    summary = {"results": results, "truth": truths, "num_steps": len(cells),
-               "seconds": time.time() - start}
+    summary = {
+        "results": results,
+        "truth": truths,
+        "num_steps": len(cells),
+        "seconds": time.time() - start,
+    }
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
     with open(os.path.join(workdir, "table.txt"), "w") as f:

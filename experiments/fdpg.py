@@ -44,8 +44,15 @@ from fdiv.policy import MovingBaseline, RunningNormalizer, fdpg_loss
 from fdiv.train import plotting
 
 START_CHAR = "\n"
-EVAL_KEYS = ("constraint_rate", "kl_p_pi", "tv_p_pi", "js_p_pi", "kl_pi_pi0", "distinct_1",
-             "distinct_2")
+EVAL_KEYS = (
+    "constraint_rate",
+    "kl_p_pi",
+    "tv_p_pi",
+    "js_p_pi",
+    "kl_pi_pi0",
+    "distinct_1",
+    "distinct_2",
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,8 +109,9 @@ def _typed(config: Any) -> FDPGConfig:
     if cfg.sampler not in ("policy", "proposal"):
         raise ValueError(f"config.sampler must be 'policy' or 'proposal', got {cfg.sampler!r}.")
     if cfg.baseline not in ("ema", "windowed", "none"):
-        raise ValueError(f"config.baseline must be 'ema', 'windowed' or 'none', got "
-                         f"{cfg.baseline!r}.")
+        raise ValueError(
+            f"config.baseline must be 'ema', 'windowed' or 'none', got {cfg.baseline!r}."
+        )
     if not cfg.divergences:
         raise ValueError("config.divergences is empty; list e.g. ('forward_kl', 'js').")
     for name in cfg.divergences:
@@ -111,8 +119,10 @@ def _typed(config: Any) -> FDPGConfig:
     if not cfg.word:
         raise ValueError("config.word must be a non-empty string.")
     if cfg.sample_len + 1 > cfg.lm.context:
-        raise ValueError(f"config.sample_len + 1 = {cfg.sample_len + 1} exceeds the model's "
-                         f"context config.lm.context = {cfg.lm.context}.")
+        raise ValueError(
+            f"config.sample_len + 1 = {cfg.sample_len + 1} exceeds the model's "
+            f"context config.lm.context = {cfg.lm.context}."
+        )
     if len(cfg.word) > cfg.sample_len:
         raise ValueError(f"config.word {cfg.word!r} is longer than config.sample_len.")
     return cfg
@@ -180,8 +190,16 @@ class CharTransformer(nnx.Module):
     token's work per position instead of a full pass over the prefix.
     """
 
-    def __init__(self, vocab_size: int, d_model: int, num_layers: int, num_heads: int,
-                 max_len: int, *, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        num_layers: int,
+        num_heads: int,
+        max_len: int,
+        *,
+        rngs: nnx.Rngs,
+    ):
         self.num_heads, self.d_model = num_heads, d_model
         self.embed = nnx.Embed(vocab_size, d_model, rngs=rngs)
         self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (max_len, d_model)))
@@ -226,15 +244,18 @@ def sample(model, key, n: int, length: int, start: int):
         token = jax.random.categorical(k, logits.astype(jnp.float32)).astype(jnp.int32)
         return (token, cache), token
 
-    _, tokens = jax.lax.scan(body, (first, model.init_cache(n, length)),
-                             (jnp.arange(length), jax.random.split(key, length)))
+    _, tokens = jax.lax.scan(
+        body,
+        (first, model.init_cache(n, length)),
+        (jnp.arange(length), jax.random.split(key, length)),
+    )
     return jnp.concatenate([first[:, None], tokens.T], axis=1)
 
 
 def contains(tokens, word_ids):
     """bool [B]: whether each row of ``tokens`` [B, L] contains the id sequence ``word_ids``."""
     m, length = len(word_ids), tokens.shape[1]
-    windows = jnp.stack([tokens[:, k:length - m + 1 + k] for k in range(m)], axis=-1)
+    windows = jnp.stack([tokens[:, k : length - m + 1 + k] for k in range(m)], axis=-1)
     return jnp.any(jnp.all(windows == jnp.asarray(word_ids, jnp.int32), axis=-1), axis=-1)
 
 
@@ -249,13 +270,24 @@ def load_or_train_lm(cfg: FDPGConfig, print_fn=None):
     ldir = os.path.join(_cache_dir(cfg), f"fdpg_lm_{_digest(key_dict)}")
     corpus = fdata.load_shakespeare(max_chars=lc.max_chars or None)
     train_tokens, val_tokens = corpus.split(0.05)
-    model = CharTransformer(corpus.vocab_size, lc.d_model, lc.num_layers, lc.num_heads, lc.context,
-                            rngs=nnx.Rngs(lc.seed))
+    model = CharTransformer(
+        corpus.vocab_size,
+        lc.d_model,
+        lc.num_layers,
+        lc.num_heads,
+        lc.context,
+        rngs=nnx.Rngs(lc.seed),
+    )
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, lc.learning_rate, min(lc.warmup_steps, max(lc.num_steps - 1, 1)),
-        max(lc.num_steps, 1), lc.learning_rate * 0.05)
-    net = train.Net.create(model, optax.chain(optax.clip_by_global_norm(1.0),
-                                              optax.adamw(schedule, weight_decay=0.01)))
+        0.0,
+        lc.learning_rate,
+        min(lc.warmup_steps, max(lc.num_steps - 1, 1)),
+        max(lc.num_steps, 1),
+        lc.learning_rate * 0.05,
+    )
+    net = train.Net.create(
+        model, optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
+    )
     state = train.TrainState.create(lc.seed, model=net)
     batcher = fdata.TextBatcher(train_tokens, lc.context, lc.batch_size, lc.seed)
 
@@ -266,21 +298,32 @@ def load_or_train_lm(cfg: FDPGConfig, print_fn=None):
     @jax.jit
     def step(state, batch):
         loss, grads = jax.value_and_grad(lambda p: lm_loss(state["model"].merge(p), batch))(
-            state["model"].params)
+            state["model"].params
+        )
         return state.apply_gradients(model=grads), {"loss_nats_per_char": loss}
 
     val_batch = fdata.TextBatcher(val_tokens, lc.context, 256, lc.seed + 1).host_batch(0)
     val_loss = jax.jit(lambda state: lm_loss(state["model"].merge(), val_batch))
 
-    options = train.LoopOptions(num_steps=lc.num_steps, log_every=lc.log_every,
-                                checkpoint_every_steps=max(lc.num_steps // 4, 1),
-                                checkpoint_every_secs=300.0, keep_checkpoints=1)
+    options = train.LoopOptions(
+        num_steps=lc.num_steps,
+        log_every=lc.log_every,
+        checkpoint_every_steps=max(lc.num_steps // 4, 1),
+        checkpoint_every_secs=300.0,
+        keep_checkpoints=1,
+    )
     pf = print_fn or (lambda s: print(f"[pi_0] {s}", flush=True))
     already = os.path.exists(os.path.join(ldir, "summary.json"))
     state, summary = train.fit(
-        state, lambda s, i: step(s, batcher(i)), workdir=ldir, options=options,
-        eval_fn=lambda s: {"val_nats_per_char": val_loss(s)}, meta={"lm_config": key_dict},
-        print_fn=pf, plot=not already)
+        state,
+        lambda s, i: step(s, batcher(i)),
+        workdir=ldir,
+        options=options,
+        eval_fn=lambda s: {"val_nats_per_char": val_loss(s)},
+        meta={"lm_config": key_dict},
+        print_fn=pf,
+        plot=not already,
+    )
     return state["model"], corpus, ldir, summary
 
 
@@ -359,10 +402,15 @@ class _Problem:
         js = jnp.mean(js_div.f(log_u) - js_div.slope_at_infinity * (u - 1.0))
         texts = [self.corpus.decode(s[1:]) for s in np.asarray(seqs)]
         d1, d2 = distinct_n(texts, 1), distinct_n(texts, 2)
-        metrics = {"constraint_rate": float(jnp.mean(ok)), "kl_p_pi": float(kl),
-                   "tv_p_pi": float(tv), "js_p_pi": float(js),
-                   "kl_pi_pi0": float(jnp.mean(log_pi - log_pi0)), "distinct_1": d1,
-                   "distinct_2": d2}
+        metrics = {
+            "constraint_rate": float(jnp.mean(ok)),
+            "kl_p_pi": float(kl),
+            "tv_p_pi": float(tv),
+            "js_p_pi": float(js),
+            "kl_pi_pi0": float(jnp.mean(log_pi - log_pi0)),
+            "distinct_1": d1,
+            "distinct_2": d2,
+        }
         return metrics, texts
 
 
@@ -372,7 +420,7 @@ def distinct_n(texts: list[str], n: int) -> float:
     for t in texts:
         words = re.findall(r"[a-z']+", t.lower())
         for i in range(len(words) - n + 1):
-            grams.add(tuple(words[i:i + n]))
+            grams.add(tuple(words[i : i + n]))
             total += 1
     return len(grams) / total if total else 0.0
 
@@ -397,18 +445,29 @@ def _make_step(cfg: FDPGConfig, problem: _Problem, divergence: str):
 
         def loss_fn(params):
             log_model = sequence_log_prob(policy.merge(params), seqs)
-            return fdpg_loss(log_model, log_target, divergence,
-                             log_proposal=log_sampler if use_proposal else None,
-                             baseline=baseline, log_normalizer=normalizer.log_normalizer)
+            return fdpg_loss(
+                log_model,
+                log_target,
+                divergence,
+                log_proposal=log_sampler if use_proposal else None,
+                baseline=baseline,
+                log_normalizer=normalizer.log_normalizer,
+            )
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(policy.params)
         new_state = state.apply_gradients(policy=grads)
-        new_state = new_state.replace(normalizer=normalizer,
-                                      baseline=state.baseline.update(aux["mean_reward"]))
-        metrics = {"loss": loss, "batch_constraint_rate": jnp.mean(ok),
-                   "train_divergence": aux["divergence"], "mean_reward": aux["mean_reward"],
-                   "ess": aux["ess"], "log_z_train": normalizer.log_normalizer,
-                   "baseline": jnp.asarray(baseline, jnp.float32)}
+        new_state = new_state.replace(
+            normalizer=normalizer, baseline=state.baseline.update(aux["mean_reward"])
+        )
+        metrics = {
+            "loss": loss,
+            "batch_constraint_rate": jnp.mean(ok),
+            "train_divergence": aux["divergence"],
+            "mean_reward": aux["mean_reward"],
+            "ess": aux["ess"],
+            "log_z_train": normalizer.log_normalizer,
+            "baseline": jnp.asarray(baseline, jnp.float32),
+        }
         return new_state, metrics
 
     return step
@@ -417,16 +476,29 @@ def _make_step(cfg: FDPGConfig, problem: _Problem, divergence: str):
 AlignState.apply_gradients = train.TrainState.apply_gradients
 
 
-def _align(cfg: FDPGConfig, problem: _Problem, divergence: str, workdir: str, print_fn,
-           base_kl: float):
+def _align(
+    cfg: FDPGConfig, problem: _Problem, divergence: str, workdir: str, print_fn, base_kl: float
+):
     base = problem.base
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))
-    policy = train.Net(graphdef=base.graphdef, params=base.params, rest=base.rest, tx=tx,
-                       opt_state=tx.init(base.params), ema_params=None, ema_decay=None)
-    state = AlignState(step=jnp.zeros((), jnp.int32), rng=jax.random.key(cfg.seed),
-                       nets={"policy": policy}, proposal=base.params,
-                       proposal_score=jnp.asarray(base_kl, jnp.float32),
-                       normalizer=RunningNormalizer.create(), baseline=_baseline_state(cfg))
+    policy = train.Net(
+        graphdef=base.graphdef,
+        params=base.params,
+        rest=base.rest,
+        tx=tx,
+        opt_state=tx.init(base.params),
+        ema_params=None,
+        ema_decay=None,
+    )
+    state = AlignState(
+        step=jnp.zeros((), jnp.int32),
+        rng=jax.random.key(cfg.seed),
+        nets={"policy": policy},
+        proposal=base.params,
+        proposal_score=jnp.asarray(base_kl, jnp.float32),
+        normalizer=RunningNormalizer.create(),
+        baseline=_baseline_state(cfg),
+    )
     step = _make_step(cfg, problem, divergence)
     eval_key = jax.random.fold_in(jax.random.key(cfg.seed), 11)
 
@@ -437,8 +509,10 @@ def _align(cfg: FDPGConfig, problem: _Problem, divergence: str, workdir: str, pr
             m, _ = problem.evaluate(state["policy"].params, jax.random.fold_in(eval_key, 10**6 + i))
             replaced = m["kl_p_pi"] < float(state.proposal_score)
             if replaced:
-                state = state.replace(proposal=state["policy"].params,
-                                      proposal_score=jnp.asarray(m["kl_p_pi"], jnp.float32))
+                state = state.replace(
+                    proposal=state["policy"].params,
+                    proposal_score=jnp.asarray(m["kl_p_pi"], jnp.float32),
+                )
             metrics = {**metrics, "proposal_replaced": float(replaced)}
         return state, metrics
 
@@ -450,12 +524,23 @@ def _align(cfg: FDPGConfig, problem: _Problem, divergence: str, workdir: str, pr
         last_texts[:] = texts
         return m
 
-    options = train.LoopOptions(num_steps=cfg.num_steps, log_every=cfg.log_every,
-                                eval_every=cfg.eval_every,
-                                checkpoint_every_steps=cfg.checkpoint_every_steps,
-                                checkpoint_every_secs=300.0, keep_checkpoints=1)
-    state, summary = train.fit(state, step_fn, workdir=workdir, options=options, eval_fn=eval_fn,
-                               meta={"divergence": divergence}, print_fn=print_fn)
+    options = train.LoopOptions(
+        num_steps=cfg.num_steps,
+        log_every=cfg.log_every,
+        eval_every=cfg.eval_every,
+        checkpoint_every_steps=cfg.checkpoint_every_steps,
+        checkpoint_every_secs=300.0,
+        keep_checkpoints=1,
+    )
+    state, summary = train.fit(
+        state,
+        step_fn,
+        workdir=workdir,
+        options=options,
+        eval_fn=eval_fn,
+        meta={"divergence": divergence},
+        print_fn=print_fn,
+    )
     if not last_texts:
         eval_fn(state)
     return state, summary, last_texts
@@ -466,32 +551,49 @@ def _align(cfg: FDPGConfig, problem: _Problem, divergence: str, workdir: str, pr
 
 
 def _table(rows: dict[str, dict], seconds: dict[str, float], cfg: FDPGConfig, problem) -> str:
-    head = ("| model | constraint rate | KL(p\\|\\|pi) | TV(p, pi) | JS(p, pi) | "
-            "KL(pi\\|\\|pi_0) | distinct-1 | distinct-2 | train s |")
-    lines = [(f"word {cfg.word!r}, {cfg.sample_len} characters after a newline; Z = P_pi0(b=1) = "
-             f"{problem.z:.4f} ({problem.z_hits}/{problem.z_total} pi_0 samples); "
-             f"{cfg.num_steps} steps x {cfg.batch_size} samples, sampler {cfg.sampler}, baseline "
-             f"{cfg.baseline}; metrics on {cfg.eval_samples} fresh policy samples."), "",
-             head, "|" + "---|" * 9]
+    head = (
+        "| model | constraint rate | KL(p\\|\\|pi) | TV(p, pi) | JS(p, pi) | "
+        "KL(pi\\|\\|pi_0) | distinct-1 | distinct-2 | train s |"
+    )
+    lines = [
+        (
+            f"word {cfg.word!r}, {cfg.sample_len} characters after a newline; Z = P_pi0(b=1) = "
+            f"{problem.z:.4f} ({problem.z_hits}/{problem.z_total} pi_0 samples); "
+            f"{cfg.num_steps} steps x {cfg.batch_size} samples, sampler {cfg.sampler}, baseline "
+            f"{cfg.baseline}; metrics on {cfg.eval_samples} fresh policy samples."
+        ),
+        "",
+        head,
+        "|" + "---|" * 9,
+    ]
     for name, m in rows.items():
         t = seconds.get(name)
-        lines.append(f"| {name} | {m['constraint_rate']:.3f} | {m['kl_p_pi']:.3f} | "
-                     f"{m['tv_p_pi']:.3f} | {m['js_p_pi']:.4f} | {m['kl_pi_pi0']:.3f} | "
-                     f"{m['distinct_1']:.3f} | {m['distinct_2']:.3f} | "
-                     f"{'' if t is None else f'{t:.0f}'} |")
+        lines.append(
+            f"| {name} | {m['constraint_rate']:.3f} | {m['kl_p_pi']:.3f} | "
+            f"{m['tv_p_pi']:.3f} | {m['js_p_pi']:.4f} | {m['kl_pi_pi0']:.3f} | "
+            f"{m['distinct_1']:.3f} | {m['distinct_2']:.3f} | "
+            f"{'' if t is None else f'{t:.0f}'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _plot_comparison(workdir: str, names: list[str], pi0_metrics: dict, path: str) -> str:
     plt = plotting._pyplot()  # pylint: disable=protected-access
-    titles = {"constraint_rate": "constraint satisfaction rate", "kl_p_pi": "KL(p || pi)",
-              "tv_p_pi": "TV(p, pi)", "js_p_pi": "JS(p, pi)", "kl_pi_pi0": "KL(pi || pi_0)",
-              "distinct_1": "distinct-1 (words)", "distinct_2": "distinct-2 (words)"}
+    titles = {
+        "constraint_rate": "constraint satisfaction rate",
+        "kl_p_pi": "KL(p || pi)",
+        "tv_p_pi": "TV(p, pi)",
+        "js_p_pi": "JS(p, pi)",
+        "kl_pi_pi0": "KL(pi || pi_0)",
+        "distinct_1": "distinct-1 (words)",
+        "distinct_2": "distinct-2 (words)",
+    }
     fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
     for ax, key in zip(axes.flat, EVAL_KEYS):
         for name in names:
-            recs = [r for r in train.read_metrics(os.path.join(workdir, name))
-                    if f"eval/{key}" in r]
+            recs = [
+                r for r in train.read_metrics(os.path.join(workdir, name)) if f"eval/{key}" in r
+            ]
             steps = [0] + [r["step"] for r in recs]
             vals = [pi0_metrics[key]] + [r[f"eval/{key}"] for r in recs]
             ax.plot(steps, vals, marker="o", ms=3, label=name)
@@ -515,15 +617,23 @@ def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
     t0 = time.perf_counter()
     base, corpus, ldir, lm_summary = load_or_train_lm(cfg, print_fn=lambda s: pf(f"[pi_0] {s}"))
     problem = _Problem(cfg, base, corpus, pf)
-    pf(f"target: word {cfg.word!r}, Z = P_pi0(b=1) = {problem.z:.4f} "
-       f"({problem.z_hits}/{problem.z_total})")
+    pf(
+        f"target: word {cfg.word!r}, Z = P_pi0(b=1) = {problem.z:.4f} "
+        f"({problem.z_hits}/{problem.z_total})"
+    )
     eval_key = jax.random.fold_in(jax.random.key(cfg.seed), 11)
     pi0_metrics, pi0_texts = problem.evaluate(base.params, jax.random.fold_in(eval_key, 0))
     rows, seconds, samples = {"pi_0": pi0_metrics}, {}, {"pi_0": pi0_texts}
     for name in cfg.divergences:
         t = time.perf_counter()
-        _, summary, texts = _align(cfg, problem, name, os.path.join(workdir, name),
-                                   lambda s, n=name: pf(f"[{n}] {s}"), pi0_metrics["kl_p_pi"])
+        _, summary, texts = _align(
+            cfg,
+            problem,
+            name,
+            os.path.join(workdir, name),
+            lambda s, n=name: pf(f"[{n}] {s}"),
+            pi0_metrics["kl_p_pi"],
+        )
         seconds[name] = time.perf_counter() - t
         rows[name] = {k: summary["eval"]["eval/" + k] for k in EVAL_KEYS}
         samples[name] = texts
@@ -533,17 +643,23 @@ def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
     table = _table(rows, seconds, cfg, problem)
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(table)
-    plot = _plot_comparison(workdir, list(cfg.divergences), pi0_metrics,
-                            os.path.join(workdir, "comparison.png"))
+    plot = _plot_comparison(
+        workdir, list(cfg.divergences), pi0_metrics, os.path.join(workdir, "comparison.png")
+    )
     pf(table)
-    shown = {k: [t.replace("\n", "\\n") for t in v[:cfg.show_samples]] for k, v in samples.items()}
+    shown = {k: [t.replace("\n", "\\n") for t in v[: cfg.show_samples]] for k, v in samples.items()}
     for k, v in shown.items():
         pf(f"samples {k}: " + " | ".join(v))
-    summary = {"results": rows, "train_seconds": seconds, "z": problem.z,
-               "lm_dir": ldir, "lm_val_nats_per_char": (lm_summary.get("eval") or {}).get(
-                   "eval/val_nats_per_char"),
-               "samples": shown, "comparison_png": plot,
-               "wall_time_sec": time.perf_counter() - t0, "config": config.to_dict()
-               if hasattr(config, "to_dict") else dict(config)}
+    summary = {
+        "results": rows,
+        "train_seconds": seconds,
+        "z": problem.z,
+        "lm_dir": ldir,
+        "lm_val_nats_per_char": (lm_summary.get("eval") or {}).get("eval/val_nats_per_char"),
+        "samples": shown,
+        "comparison_png": plot,
+        "wall_time_sec": time.perf_counter() - t0,
+        "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
+    }
     train.write_summary(workdir, summary)
     return summary

@@ -91,13 +91,23 @@ def distill_term(name: str, cfg: KDFashionConfig, teacher_logits, student_logits
     if name == "kd":
         per = kd.kd_loss(teacher_logits, student_logits, temperature=tau)
     elif name == "nkd":
-        per = kd.nkd_loss(teacher_logits, student_logits, labels, temperature=cfg.nkd_temperature,
-                          gamma=cfg.nkd_gamma)
+        per = kd.nkd_loss(
+            teacher_logits,
+            student_logits,
+            labels,
+            temperature=cfg.nkd_temperature,
+            gamma=cfg.nkd_gamma,
+        )
     elif name == "bdkd":
         per = kd.bdkd_loss(teacher_logits, student_logits, temperature=tau)
     else:
-        divergence = {"reverse_kl": "reverse_kl", "js": "js", "tv": "total_variation",
-                      "skew_kl": "skew_kl", "gkd": "generalized_jsd"}[name]
+        divergence = {
+            "reverse_kl": "reverse_kl",
+            "js": "js",
+            "tv": "total_variation",
+            "skew_kl": "skew_kl",
+            "gkd": "generalized_jsd",
+        }[name]
         per = kd.divergence_loss(teacher_logits, student_logits, divergence, temperature=tau)
     return kd.reduce(per)
 
@@ -117,11 +127,20 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 
 
 def _make_student(cfg: KDFashionConfig, seed: int, image_shape) -> train.TrainState:
-    model = Classifier(image_shape, 10, kind=cfg.student.kind, channels=tuple(cfg.student.channels),
-                       hidden=cfg.student.hidden, rngs=nnx.Rngs(seed))
+    model = Classifier(
+        image_shape,
+        10,
+        kind=cfg.student.kind,
+        channels=tuple(cfg.student.channels),
+        hidden=cfg.student.hidden,
+        rngs=nnx.Rngs(seed),
+    )
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, min(cfg.warmup_steps, max(cfg.num_steps - 1, 1)),
-        max(cfg.num_steps, 1))
+        0.0,
+        cfg.learning_rate,
+        min(cfg.warmup_steps, max(cfg.num_steps - 1, 1)),
+        max(cfg.num_steps, 1),
+    )
     tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
     return train.TrainState.create(seed, model=train.Net.create(model, tx))
 
@@ -136,10 +155,15 @@ def _train_step(state, batch, *, name, cfg):
         return ce + weight * term, (ce, term, logits)
 
     (loss, (ce, term, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["model"].params)
+        state["model"].params
+    )
     acc = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return state.apply_gradients(model=grads), {"loss": loss, "ce": ce, "distill": term,
-                                                "accuracy": acc}
+    return state.apply_gradients(model=grads), {
+        "loss": loss,
+        "ce": ce,
+        "distill": term,
+        "accuracy": acc,
+    }
 
 
 @jax.jit
@@ -149,14 +173,17 @@ def _probs(net, images):
 
 def _evaluate_probs(probs: np.ndarray, labels: np.ndarray, bins: int) -> dict:
     nll = -np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-30)))
-    return {"accuracy": float(np.mean(probs.argmax(1) == labels)), "nll": float(nll),
-            "ece": expected_calibration_error(probs, labels, bins)}
+    return {
+        "accuracy": float(np.mean(probs.argmax(1) == labels)),
+        "nll": float(nll),
+        "ece": expected_calibration_error(probs, labels, bins),
+    }
 
 
 def _student_probs(net, images, batch_size):
     out = []
     for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
+        chunk = images[start : start + batch_size]
         pad = batch_size - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
@@ -192,9 +219,13 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     teacher_train_logits = np.asarray(teacher.logits(train_split.images))
     teacher_test = _evaluate_probs(
         np.asarray(jax.nn.softmax(teacher.logits(test_split.images), axis=-1)),
-        test_split.labels, cfg.ece_bins)
-    print(f"teacher: test accuracy {teacher_test['accuracy']:.4f}, ECE {teacher_test['ece']:.4f}",
-          flush=True)
+        test_split.labels,
+        cfg.ece_bins,
+    )
+    print(
+        f"teacher: test accuracy {teacher_test['accuracy']:.4f}, ECE {teacher_test['ece']:.4f}",
+        flush=True,
+    )
     mesh = sharding.make_mesh()
     arrays = {**train_split.arrays(), "teacher_logits": teacher_train_logits}
     runs, notes = {}, []
@@ -212,20 +243,34 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
                 return step(state, batcher(i))
 
             options = train.LoopOptions(
-                num_steps=cfg.num_steps, log_every=cfg.log_every, eval_every=cfg.eval_every,
+                num_steps=cfg.num_steps,
+                log_every=cfg.log_every,
+                eval_every=cfg.eval_every,
                 checkpoint_every_steps=cfg.checkpoint_every_steps,
                 checkpoint_every_secs=cfg.checkpoint_every_secs,
-                keep_checkpoints=cfg.keep_checkpoints, async_checkpoints=cfg.async_checkpoints)
-            state, _ = train.fit(state, step_fn, workdir=run_dir, options=options,
-                                 meta={"loss": name, "seed": seed}, plot=False,
-                                 print_fn=lambda s, n=name, sd=seed: print(f"[{n}/{sd}] {s}",
-                                                                          flush=True))
+                keep_checkpoints=cfg.keep_checkpoints,
+                async_checkpoints=cfg.async_checkpoints,
+            )
+            state, _ = train.fit(
+                state,
+                step_fn,
+                workdir=run_dir,
+                options=options,
+                meta={"loss": name, "seed": seed},
+                plot=False,
+                print_fn=lambda s, n=name, sd=seed: print(f"[{n}/{sd}] {s}", flush=True),
+            )
             probs = _student_probs(state["model"], test_split.images, cfg.eval_batch_size)
             runs[f"{name}/{seed}"] = _evaluate_probs(probs, test_split.labels, cfg.ece_bins)
             print(f"{name} seed {seed}: {runs[f'{name}/{seed}']}", flush=True)
     table = results_table(runs, teacher_test, cfg)
-    summary = {"teacher": teacher_test, "runs": runs, "notes": notes, "table": table,
-               "config": config.to_dict()}
+    summary = {
+        "teacher": teacher_test,
+        "runs": runs,
+        "notes": notes,
+        "table": table,
+        "config": config.to_dict(),
+    }
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, default=str)
@@ -246,12 +291,20 @@ def _by_loss(runs: dict) -> dict:
 
 
 def results_table(runs: dict, teacher: dict, cfg: KDFashionConfig) -> str:
-    lines = [(f"Fashion-MNIST test set, student {cfg.student.kind} hidden {cfg.student.hidden},"
-              f" {cfg.num_steps} steps, temperature {cfg.temperature}, mean +- sd over seeds"
-              f" {list(cfg.seeds)}"), "",
-             "| loss | test accuracy | ECE | NLL |", "|---|---:|---:|---:|",
-             (f"| teacher (CNN) | {teacher['accuracy']:.4f} | {teacher['ece']:.4f} |"
-              f" {teacher['nll']:.4f} |")]
+    lines = [
+        (
+            f"Fashion-MNIST test set, student {cfg.student.kind} hidden {cfg.student.hidden},"
+            f" {cfg.num_steps} steps, temperature {cfg.temperature}, mean +- sd over seeds"
+            f" {list(cfg.seeds)}"
+        ),
+        "",
+        "| loss | test accuracy | ECE | NLL |",
+        "|---|---:|---:|---:|",
+        (
+            f"| teacher (CNN) | {teacher['accuracy']:.4f} | {teacher['ece']:.4f} |"
+            f" {teacher['nll']:.4f} |"
+        ),
+    ]
     for name, m in _by_loss(runs).items():
         cells = [f"{np.mean(m[k]):.4f} +- {np.std(m[k]):.4f}" for k in ("accuracy", "ece", "nll")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -264,8 +317,9 @@ def plot_results(runs: dict, teacher: dict, path: str) -> None:
     by = _by_loss(runs)
     names = list(by)
     fig = Figure(figsize=(max(6, 0.8 * len(names) + 2), 6))
-    for i, (key, label) in enumerate((("accuracy", "test accuracy"),
-                                      ("ece", "expected calibration error"))):
+    for i, (key, label) in enumerate(
+        (("accuracy", "test accuracy"), ("ece", "expected calibration error"))
+    ):
         ax = fig.add_subplot(2, 1, i + 1)
         means = [np.mean(by[n][key]) for n in names]
         sds = [np.std(by[n][key]) for n in names]

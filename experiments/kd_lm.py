@@ -58,20 +58,21 @@ from flax import nnx
 import fdiv
 from fdiv import data as data_lib
 from fdiv import train
-from fdiv.nets import llama
-from fdiv.nets import sampling
+from fdiv.nets import llama, sampling
 
 LOSSES = {
-    "forward_kl": lambda p, q, where=None: fdiv.categorical_divergence(p, q, "forward_kl",
-                                                                       where=where),
-    "reverse_kl": lambda p, q, where=None: fdiv.categorical_divergence(p, q, "reverse_kl",
-                                                                       where=where),
+    "forward_kl": lambda p, q, where=None: fdiv.categorical_divergence(
+        p, q, "forward_kl", where=where
+    ),
+    "reverse_kl": lambda p, q, where=None: fdiv.categorical_divergence(
+        p, q, "reverse_kl", where=where
+    ),
     "js": lambda p, q, where=None: fdiv.categorical_divergence(p, q, "js", where=where),
     "total_variation": lambda p, q, where=None: fdiv.categorical_divergence(
-        p, q, "total_variation", where=where),
+        p, q, "total_variation", where=where
+    ),
     "skew_kl": lambda p, q, where=None: fdiv.skew_kl(p, q, alpha=0.1, where=where),
-    "skew_reverse_kl": lambda p, q, where=None: fdiv.skew_reverse_kl(p, q, alpha=0.1,
-                                                                     where=where),
+    "skew_reverse_kl": lambda p, q, where=None: fdiv.skew_reverse_kl(p, q, alpha=0.1, where=where),
     "gjsd": lambda p, q, where=None: fdiv.generalized_jsd(p, q, beta=0.5, where=where),
 }
 MODES = ("off_policy", "on_policy")
@@ -150,10 +151,17 @@ class ByteTokenizer:
 
 
 def _llama_config(shape: ShapeConfig, vocab: int) -> llama.LlamaConfig:
-    return llama.LlamaConfig(vocab_size=vocab, dim=shape.dim, n_layers=shape.n_layers,
-                             n_heads=shape.n_heads, n_kv_heads=shape.n_kv_heads,
-                             head_dim=shape.head_dim, ffn_dim=shape.ffn_dim, rope_base=10000.0,
-                             max_seq_len=2048)
+    return llama.LlamaConfig(
+        vocab_size=vocab,
+        dim=shape.dim,
+        n_layers=shape.n_layers,
+        n_heads=shape.n_heads,
+        n_kv_heads=shape.n_kv_heads,
+        head_dim=shape.head_dim,
+        ffn_dim=shape.ffn_dim,
+        rope_base=10000.0,
+        max_seq_len=2048,
+    )
 
 
 def load_teacher(cfg: KDLMConfig):
@@ -162,8 +170,9 @@ def load_teacher(cfg: KDLMConfig):
         return llama.from_gguf()
     if cfg.teacher == "random":
         tok = ByteTokenizer()
-        model = llama.Llama(_llama_config(cfg.random_teacher, tok.vocab_size),
-                            rngs=nnx.Rngs(cfg.seed + 1000))
+        model = llama.Llama(
+            _llama_config(cfg.random_teacher, tok.vocab_size), rngs=nnx.Rngs(cfg.seed + 1000)
+        )
         return model, tok
     raise ValueError(f"config.teacher must be 'smollm2' or 'random', got {cfg.teacher!r}.")
 
@@ -174,16 +183,20 @@ def load_corpus(cfg: KDLMConfig, tokenizer) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"config.corpus must be 'shakespeare', got {cfg.corpus!r}.")
     text = data_lib.load_shakespeare(cfg.max_corpus_chars or None).text
     cut = len(text) - int(len(text) * 0.1)
-    return (np.asarray(tokenizer.encode(text[:cut]), np.int32),
-            np.asarray(tokenizer.encode(text[cut:]), np.int32))
+    return (
+        np.asarray(tokenizer.encode(text[:cut]), np.int32),
+        np.asarray(tokenizer.encode(text[cut:]), np.int32),
+    )
 
 
 def _windows(ids: np.ndarray, seq_len: int, n: int, what: str) -> np.ndarray:
     have = len(ids) // seq_len
     if have < n:
-        raise ValueError(f"kd_lm: the {what} split has {have} windows of {seq_len} tokens, "
-                         f"fewer than the {n} asked for; lower config.{what}_windows or "
-                         "config.seq_len, or raise config.max_corpus_chars.")
+        raise ValueError(
+            f"kd_lm: the {what} split has {have} windows of {seq_len} tokens, "
+            f"fewer than the {n} asked for; lower config.{what}_windows or "
+            "config.seq_len, or raise config.max_corpus_chars."
+        )
     return ids[: n * seq_len].reshape(n, seq_len)
 
 
@@ -211,17 +224,25 @@ def _teacher_topk(logits: jax.Array, k: int):
     """Top-k log-probabilities, ids, and the log of the remaining mass (exact, by masking)."""
     logp = jax.nn.log_softmax(logits, -1)
     vals, idx = jax.lax.top_k(logp, k)
-    rest = jax.nn.logsumexp(jnp.put_along_axis(logp, idx, -jnp.inf, axis=-1, inplace=False),
-                            axis=-1)
+    rest = jax.nn.logsumexp(
+        jnp.put_along_axis(logp, idx, -jnp.inf, axis=-1, inplace=False), axis=-1
+    )
     return vals, idx.astype(jnp.int32), rest
 
 
 def teacher_cache(cfg: KDLMConfig, teacher, windows: np.ndarray, print_fn=print) -> dict:
     """The offline teacher stage: computed once into the cache directory, loaded afterwards."""
-    key = {"teacher": cfg.teacher, "random_teacher": dataclasses.asdict(cfg.random_teacher),
-           "seed": cfg.seed if cfg.teacher == "random" else None, "corpus": cfg.corpus,
-           "max_corpus_chars": cfg.max_corpus_chars, "seq_len": cfg.seq_len,
-           "train_windows": cfg.train_windows, "top_k": cfg.top_k, "version": 1}
+    key = {
+        "teacher": cfg.teacher,
+        "random_teacher": dataclasses.asdict(cfg.random_teacher),
+        "seed": cfg.seed if cfg.teacher == "random" else None,
+        "corpus": cfg.corpus,
+        "max_corpus_chars": cfg.max_corpus_chars,
+        "seq_len": cfg.seq_len,
+        "train_windows": cfg.train_windows,
+        "top_k": cfg.top_k,
+        "version": 1,
+    }
     path = os.path.join(_cache_dir(cfg), f"kd_lm_teacher_{_digest(key)}.npz")
     if os.path.exists(path):
         with np.load(path) as z:
@@ -240,7 +261,7 @@ def teacher_cache(cfg: KDLMConfig, teacher, windows: np.ndarray, print_fn=print)
     vals, idx, rest = [], [], []
     bs = cfg.eval_batch_size
     for i in range(0, len(windows), bs):
-        chunk = windows[i:i + bs]
+        chunk = windows[i : i + bs]
         pad = bs - len(chunk)
         x = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)]) if pad else chunk
         v, j, r = jax.device_get(stats(state, jnp.asarray(x)))
@@ -248,15 +269,22 @@ def teacher_cache(cfg: KDLMConfig, teacher, windows: np.ndarray, print_fn=print)
         idx.append(j[: len(chunk)])
         rest.append(r[: len(chunk)])
     sec = time.perf_counter() - t0
-    out = {"tokens": windows, "logp": np.concatenate(vals), "idx": np.concatenate(idx),
-           "log_rest": np.concatenate(rest), "sec": np.asarray(sec),
-           "tokens_per_sec": np.asarray(windows.size / sec)}
+    out = {
+        "tokens": windows,
+        "logp": np.concatenate(vals),
+        "idx": np.concatenate(idx),
+        "log_rest": np.concatenate(rest),
+        "sec": np.asarray(sec),
+        "tokens_per_sec": np.asarray(windows.size / sec),
+    }
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp.npz"
     np.savez(tmp, **out)
     os.replace(tmp, path)
-    print_fn(f"teacher cache: {windows.size} tokens in {sec:.1f} s "
-             f"({windows.size / sec:.0f} tokens/s) -> {path}")
+    print_fn(
+        f"teacher cache: {windows.size} tokens in {sec:.1f} s "
+        f"({windows.size / sec:.0f} tokens/s) -> {path}"
+    )
     return out
 
 
@@ -268,18 +296,23 @@ def coarse_log_probs(logits: jax.Array, idx: jax.Array) -> jax.Array:
     """
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
     top = jnp.take_along_axis(logp, idx, -1)
-    rest = jax.nn.logsumexp(jnp.put_along_axis(logp, idx, -jnp.inf, axis=-1, inplace=False),
-                            axis=-1)
+    rest = jax.nn.logsumexp(
+        jnp.put_along_axis(logp, idx, -jnp.inf, axis=-1, inplace=False), axis=-1
+    )
     return jnp.concatenate([top, rest[..., None]], -1)
 
 
 def _make_student(cfg: KDLMConfig, vocab: int) -> train.TrainState:
     model = llama.Llama(_llama_config(cfg.student, vocab), rngs=nnx.Rngs(cfg.seed))
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.learning_rate, min(cfg.warmup_steps, max(cfg.num_steps - 1, 1)),
-        max(cfg.num_steps, 1))
-    tx = optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(schedule, weight_decay=cfg.weight_decay))
+        0.0,
+        cfg.learning_rate,
+        min(cfg.warmup_steps, max(cfg.num_steps - 1, 1)),
+        max(cfg.num_steps, 1),
+    )
+    tx = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    )
     return train.TrainState.create(cfg.seed, student=train.Net.create(model, tx))
 
 
@@ -330,29 +363,39 @@ def _is_on_policy(cfg: KDLMConfig, step: int) -> bool:
 
 
 def _distinct(samples: np.ndarray, n: int) -> float:
-    grams = [tuple(row[i:i + n]) for row in samples for i in range(len(row) - n + 1)]
+    grams = [tuple(row[i : i + n]) for row in samples for i in range(len(row) - n + 1)]
     return len(set(grams)) / max(len(grams), 1)
 
 
-def evaluate_student(cfg: KDLMConfig, student, teacher, tokenizer, held: np.ndarray,
-                     key: jax.Array) -> tuple[dict, list[str]]:
+def evaluate_student(
+    cfg: KDLMConfig, student, teacher, tokenizer, held: np.ndarray, key: jax.Array
+) -> tuple[dict, list[str]]:
     """Held-out CE and token-level KLs to the teacher; teacher log-likelihood of samples."""
     s_fwd, t_fwd = _jit_forward(student), _jit_forward(teacher)
     tot = np.zeros(3)
     n_ce = n_kl = 0
     bs = cfg.eval_batch_size
     for i in range(0, len(held), bs):
-        x = jnp.asarray(held[i:i + bs])
+        x = jnp.asarray(held[i : i + bs])
         ce, fkl, rkl = jax.device_get(_heldout_stats(s_fwd(x), t_fwd(x), x))
         tot += [ce, fkl, rkl]
         n_ce += x.shape[0] * (x.shape[1] - 1)
         n_kl += x.size
     prompts = jnp.asarray(held[: cfg.num_samples, : cfg.prompt_len])
-    gen = sampling.generate(student, prompts, max_new_tokens=cfg.sample_tokens,
-                            temperature=cfg.sample_temperature, key=key)
+    gen = sampling.generate(
+        student,
+        prompts,
+        max_new_tokens=cfg.sample_tokens,
+        temperature=cfg.sample_temperature,
+        key=key,
+    )
     sample_metrics, texts = sample_quality(cfg, teacher, tokenizer, prompts, gen.tokens)
-    return {"heldout_ce": tot[0] / n_ce, "heldout_forward_kl": tot[1] / n_kl,
-            "heldout_reverse_kl": tot[2] / n_kl, **sample_metrics}, texts
+    return {
+        "heldout_ce": tot[0] / n_ce,
+        "heldout_forward_kl": tot[1] / n_kl,
+        "heldout_reverse_kl": tot[2] / n_kl,
+        **sample_metrics,
+    }, texts
 
 
 def sample_quality(cfg, teacher, tokenizer, prompts, new_tokens) -> tuple[dict, list[str]]:
@@ -360,24 +403,34 @@ def sample_quality(cfg, teacher, tokenizer, prompts, new_tokens) -> tuple[dict, 
     seq = jnp.concatenate([prompts, new_tokens], 1)
     logp = jax.nn.log_softmax(_jit_forward(teacher)(seq), -1)
     p = prompts.shape[1]
-    ll = jnp.take_along_axis(logp[:, p - 1:-1], seq[:, p:, None], -1)[..., 0]
+    ll = jnp.take_along_axis(logp[:, p - 1 : -1], seq[:, p:, None], -1)[..., 0]
     toks = np.asarray(new_tokens)
     out = {"teacher_loglik_per_token": float(jnp.mean(ll))}
     for n in (1, 2, 3):
         out[f"distinct_{n}"] = _distinct(toks, n)
-    texts = [tokenizer.decode(np.asarray(prompts[i])) + " ||| " + tokenizer.decode(toks[i])
-             for i in range(min(2, len(toks)))]
+    texts = [
+        tokenizer.decode(np.asarray(prompts[i])) + " ||| " + tokenizer.decode(toks[i])
+        for i in range(min(2, len(toks)))
+    ]
     return out, texts
 
 
 def teacher_reference(cfg: KDLMConfig, teacher, tokenizer, held: np.ndarray) -> dict:
     """The teacher's own held-out CE and sample metrics (cached: the same for every student)."""
-    key = {"teacher": cfg.teacher, "random_teacher": dataclasses.asdict(cfg.random_teacher),
-           "seed": cfg.seed, "corpus": cfg.corpus, "max_corpus_chars": cfg.max_corpus_chars,
-           "seq_len": cfg.seq_len, "eval_windows": cfg.eval_windows,
-           "num_samples": cfg.num_samples, "prompt_len": cfg.prompt_len,
-           "sample_tokens": cfg.sample_tokens, "sample_temperature": cfg.sample_temperature,
-           "version": 1}
+    key = {
+        "teacher": cfg.teacher,
+        "random_teacher": dataclasses.asdict(cfg.random_teacher),
+        "seed": cfg.seed,
+        "corpus": cfg.corpus,
+        "max_corpus_chars": cfg.max_corpus_chars,
+        "seq_len": cfg.seq_len,
+        "eval_windows": cfg.eval_windows,
+        "num_samples": cfg.num_samples,
+        "prompt_len": cfg.prompt_len,
+        "sample_tokens": cfg.sample_tokens,
+        "sample_temperature": cfg.sample_temperature,
+        "version": 1,
+    }
     path = os.path.join(_cache_dir(cfg), f"kd_lm_teacher_reference_{_digest(key)}.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -385,13 +438,17 @@ def teacher_reference(cfg: KDLMConfig, teacher, tokenizer, held: np.ndarray) -> 
     t_fwd = _jit_forward(teacher)
     ce = []
     for i in range(0, len(held), cfg.eval_batch_size):
-        x = jnp.asarray(held[i:i + cfg.eval_batch_size])
+        x = jnp.asarray(held[i : i + cfg.eval_batch_size])
         logq = jax.nn.log_softmax(t_fwd(x), -1)
         ce.append(-np.asarray(jnp.take_along_axis(logq[:, :-1], x[:, 1:, None], -1)))
     prompts = jnp.asarray(held[: cfg.num_samples, : cfg.prompt_len])
-    t_gen = sampling.generate(teacher, prompts, max_new_tokens=cfg.sample_tokens,
-                              temperature=cfg.sample_temperature,
-                              key=jax.random.key(cfg.seed + 1))
+    t_gen = sampling.generate(
+        teacher,
+        prompts,
+        max_new_tokens=cfg.sample_tokens,
+        temperature=cfg.sample_temperature,
+        key=jax.random.key(cfg.seed + 1),
+    )
     quality, texts = sample_quality(cfg, teacher, tokenizer, prompts, t_gen.tokens)
     ref = {"heldout_ce": float(np.mean(np.concatenate(ce))), **quality, "samples": texts}
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -410,15 +467,17 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     train.check_config(config)
     cfg = train.to_dataclass(KDLMConfig, config)
     if cfg.divergence not in LOSSES:
-        raise ValueError(f"config.divergence must be one of {sorted(LOSSES)}, got "
-                         f"{cfg.divergence!r}.")
+        raise ValueError(
+            f"config.divergence must be one of {sorted(LOSSES)}, got {cfg.divergence!r}."
+        )
     if cfg.mode not in MODES:
         raise ValueError(f"config.mode must be one of {MODES}, got {cfg.mode!r}.")
     if not 0 < cfg.prompt_len < cfg.seq_len:
         raise ValueError(f"config.prompt_len must lie in [1, seq_len), got {cfg.prompt_len}.")
     if not 0 <= cfg.on_policy_fraction <= 1:
-        raise ValueError("config.on_policy_fraction must lie in [0, 1], got "
-                         f"{cfg.on_policy_fraction}.")
+        raise ValueError(
+            f"config.on_policy_fraction must lie in [0, 1], got {cfg.on_policy_fraction}."
+        )
     t_start = time.perf_counter()
     teacher, tokenizer = load_teacher(cfg)
     vocab = teacher.config.vocab_size
@@ -429,7 +488,8 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     held = _windows(held_ids, cfg.seq_len, cfg.eval_windows, "eval")
     cache = teacher_cache(cfg, teacher, windows)
     batcher = data_lib.ArrayBatcher(
-        {k: cache[k] for k in ("tokens", "logp", "idx", "log_rest")}, cfg.batch_size, cfg.seed)
+        {k: cache[k] for k in ("tokens", "logp", "idx", "log_rest")}, cfg.batch_size, cfg.seed
+    )
     state = _make_student(cfg, vocab)
     off_step = _off_policy_step(cfg.divergence)
     t_graphdef, t_state = nnx.split(teacher)
@@ -440,39 +500,56 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
         if not _is_on_policy(cfg, step):
             return off_step(state, batch)
         prompts = batch["tokens"][:, : cfg.prompt_len]
-        gen = sampling.generate(state["student"].merge(), prompts,
-                                max_new_tokens=cfg.seq_len - cfg.prompt_len,
-                                temperature=cfg.sample_temperature,
-                                key=state.step_key("sample"))
+        gen = sampling.generate(
+            state["student"].merge(),
+            prompts,
+            max_new_tokens=cfg.seq_len - cfg.prompt_len,
+            temperature=cfg.sample_temperature,
+            key=state.step_key("sample"),
+        )
         return on_step(state, t_state, jnp.concatenate([prompts, gen.tokens], 1))
 
     last_eval = {}
 
     def eval_fn(state):
-        metrics, texts = evaluate_student(cfg, state["student"].merge(), teacher, tokenizer,
-                                          held, jax.random.key(cfg.seed + 1))
+        metrics, texts = evaluate_student(
+            cfg, state["student"].merge(), teacher, tokenizer, held, jax.random.key(cfg.seed + 1)
+        )
         last_eval.update(step=int(state.step), metrics=metrics, texts=texts)
         return metrics
 
-    state, summary = train.fit(state, step_fn, workdir=workdir,
-                               options=train.LoopOptions.from_config(config), eval_fn=eval_fn,
-                               meta={"config": config.to_dict()})
+    state, summary = train.fit(
+        state,
+        step_fn,
+        workdir=workdir,
+        options=train.LoopOptions.from_config(config),
+        eval_fn=eval_fn,
+        meta={"config": config.to_dict()},
+    )
     if last_eval.get("step") != int(state.step):
         eval_fn(state)
     final, texts = last_eval["metrics"], last_eval["texts"]
     teacher_ref = teacher_reference(cfg, teacher, tokenizer, held)
     sps = summary.get("steps_per_sec") or 0.0
-    summary = {**summary, "divergence": cfg.divergence, "mode": cfg.mode, **final,
-               "samples": texts, "student_params": state["student"].num_params(),
-               "student_train_tokens_per_sec": sps * cfg.batch_size * cfg.seq_len,
-               "teacher_cache_sec": float(cache["sec"]),
-               "teacher_cache_tokens_per_sec": float(cache["tokens_per_sec"]),
-               "teacher": teacher_ref,
-               "total_sec": time.perf_counter() - t_start}
+    summary = {
+        **summary,
+        "divergence": cfg.divergence,
+        "mode": cfg.mode,
+        **final,
+        "samples": texts,
+        "student_params": state["student"].num_params(),
+        "student_train_tokens_per_sec": sps * cfg.batch_size * cfg.seq_len,
+        "teacher_cache_sec": float(cache["sec"]),
+        "teacher_cache_tokens_per_sec": float(cache["tokens_per_sec"]),
+        "teacher": teacher_ref,
+        "total_sec": time.perf_counter() - t_start,
+    }
     train.write_summary(workdir, summary)
-    print(f"{cfg.mode} {cfg.divergence}: held-out CE {final['heldout_ce']:.3f} (teacher "
-          f"{summary['teacher']['heldout_ce']:.3f}), KL(P||Q) {final['heldout_forward_kl']:.3f}, "
-          f"KL(Q||P) {final['heldout_reverse_kl']:.3f}, teacher log-lik of samples "
-          f"{final['teacher_loglik_per_token']:.3f}, distinct-2 {final['distinct_2']:.3f}",
-          flush=True)
+    print(
+        f"{cfg.mode} {cfg.divergence}: held-out CE {final['heldout_ce']:.3f} (teacher "
+        f"{summary['teacher']['heldout_ce']:.3f}), KL(P||Q) {final['heldout_forward_kl']:.3f}, "
+        f"KL(Q||P) {final['heldout_reverse_kl']:.3f}, teacher log-lik of samples "
+        f"{final['teacher_loglik_per_token']:.3f}, distinct-2 {final['distinct_2']:.3f}",
+        flush=True,
+    )
     return summary

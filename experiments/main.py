@@ -23,8 +23,10 @@ from __future__ import annotations
 import os
 import sys
 
-USAGE = ("usage: python -m experiments.main --config=configs/NAME.py[:VARIANT] --workdir=DIR "
-         "[--config.FIELD=VALUE ...]")
+USAGE = (
+    "usage: python -m experiments.main --config=configs/NAME.py[:VARIANT] --workdir=DIR "
+    "[--config.FIELD=VALUE ...]"
+)
 
 
 def _traceback_wanted() -> bool:
@@ -39,22 +41,27 @@ def _fail(message: str, status: int = 2) -> None:
 
 def _help_text() -> str:
     import configs
-
     from experiments import EXPERIMENTS
 
-    return "\n".join([
-        USAGE, "",
-        "Runs config.experiment (" + ", ".join(sorted(EXPERIMENTS)) + ") in --workdir; a rerun "
-        "resumes (--config.resume=restart starts again).", "",
-        "configs (:VARIANT optional):", configs.describe(), "",
-        "flags:",
-        "  --config=configs/NAME.py[:VARIANT]  the config and its variant",
-        "  --workdir=DIR                        run directory (checkpoints, metrics, plots, "
-        "summary.json)",
-        "  --config.FIELD=VALUE                 override a field (nested: --config.teacher."
-        "num_steps=100)",
-        "environment: FDIV_TRACEBACK=1 shows tracebacks of errors.",
-    ])
+    return "\n".join(
+        [
+            USAGE,
+            "",
+            "Runs config.experiment (" + ", ".join(sorted(EXPERIMENTS)) + ") in --workdir; a rerun "
+            "resumes (--config.resume=restart starts again).",
+            "",
+            "configs (:VARIANT optional):",
+            configs.describe(),
+            "",
+            "flags:",
+            "  --config=configs/NAME.py[:VARIANT]  the config and its variant",
+            "  --workdir=DIR                        run directory (checkpoints, metrics, plots, "
+            "summary.json)",
+            "  --config.FIELD=VALUE                 override a field (nested: --config.teacher."
+            "num_steps=100)",
+            "environment: FDIV_TRACEBACK=1 shows tracebacks of errors.",
+        ]
+    )
 
 
 def _check_config_flag(argv: list[str]) -> None:
@@ -63,8 +70,10 @@ def _check_config_flag(argv: list[str]) -> None:
 
     values = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
     if not values:
-        _fail(f"--config is required, e.g. --config=configs/fdistill_toy2d.py; configs: "
-              f"{', '.join(configs.names())}")
+        _fail(
+            f"--config is required, e.g. --config=configs/fdistill_toy2d.py; configs: "
+            f"{', '.join(configs.names())}"
+        )
     path = values[-1].split(":", 1)[0]
     if not os.path.exists(path):
         name = os.path.splitext(os.path.basename(path))[0]
@@ -72,8 +81,10 @@ def _check_config_flag(argv: list[str]) -> None:
 
         near = difflib.get_close_matches(name, configs.names(), n=1)
         hint = f"did you mean configs/{near[0]}.py? " if near else ""
-        _fail(f"--config={values[-1]}: no file {path}; {hint}configs: "
-              + ", ".join(f"configs/{n}.py" for n in configs.names()))
+        _fail(
+            f"--config={values[-1]}: no file {path}; {hint}configs: "
+            + ", ".join(f"configs/{n}.py" for n in configs.names())
+        )
     if not any(a.startswith("--workdir=") for a in argv):
         _fail("--workdir=DIR is required (the run directory)")
 
@@ -83,7 +94,8 @@ def _parse(argv: list[str]):
     from ml_collections import config_flags
 
     config_flag = config_flags.DEFINE_config_file(
-        "config", None, "Config file, configs/NAME.py[:VARIANT].", lock_config=True)
+        "config", None, "Config file, configs/NAME.py[:VARIANT].", lock_config=True
+    )
     workdir_flag = flags.DEFINE_string("workdir", None, "Run directory.")
     try:
         rest = flags.FLAGS(argv)
@@ -98,8 +110,10 @@ def _parse(argv: list[str]):
         while len(msg) > 1 and msg[0] == msg[-1] and msg[0] in "'\"":
             msg = msg[1:-1]
         msg = msg.replace("\\n", " ").replace("\\'", "'")
-        _fail(f"bad --config or --config.* flag: {type(e).__name__}: {msg} (overrides must "
-              f"name existing fields of the config; see --help)")
+        _fail(
+            f"bad --config or --config.* flag: {type(e).__name__}: {msg} (overrides must "
+            f"name existing fields of the config; see --help)"
+        )
     if len(rest) > 1:
         _fail(f"unexpected positional arguments: {rest[1:]}")
     return config_flag.value, workdir_flag.value
@@ -129,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         step = getattr(e, "step", None)
         where = f" at step {step}" if step is not None else ""
-        sys.stderr.write(f"interrupted{where}: checkpoint saved in {workdir}; rerun the same "
-                         f"command to resume\n")
+        sys.stderr.write(
+            f"interrupted{where}: checkpoint saved in {workdir}; rerun the same command to resume\n"
+        )
         return 130
     except ValueError as e:
         if _traceback_wanted():

@@ -81,11 +81,16 @@ class TeacherConfig:
     sigma_max: float = 20.0
     rho: float = 7.0
     sample_steps: int = 18  # Heun: 2N - 1 = 35 evaluations
-    loop: LoopOptions = LoopOptions(num_steps=4000, log_every=1000, checkpoint_every_steps=0,
-                                    keep_checkpoints=1)
+    loop: LoopOptions = LoopOptions(
+        num_steps=4000, log_every=1000, checkpoint_every_steps=0, keep_checkpoints=1
+    )
 
-    SAMPLER_FIELDS: typing.ClassVar[tuple[str, ...]] = ("sample_steps", "sigma_min",
-                                                        "sigma_max", "rho")
+    SAMPLER_FIELDS: typing.ClassVar[tuple[str, ...]] = (
+        "sample_steps",
+        "sigma_min",
+        "sigma_max",
+        "rho",
+    )
 
     def model_key(self) -> dict:
         """The fields that change the trained network (the cache key)."""
@@ -133,8 +138,9 @@ class ClassifierConfig:
     max_test_examples: int = 0  # 0: all
     eval_batch_size: int = 256
     model: ClassifierModelConfig = ClassifierModelConfig()
-    loop: LoopOptions = LoopOptions(num_steps=600, log_every=100, eval_every=200,
-                                    checkpoint_every_steps=200, keep_checkpoints=2)
+    loop: LoopOptions = LoopOptions(
+        num_steps=600, log_every=100, eval_every=200, checkpoint_every_steps=200, keep_checkpoints=2
+    )
 
     def model_key(self) -> dict:
         """The fields that change the trained network (the cache key)."""
@@ -192,13 +198,23 @@ class FDistillConfig:
     eval_ed_samples: int = 20000  # toy targets: energy distance with ~10x less sampling noise
     eval_seed: int = 1234
     # Loop steps = critic updates (3000 generator updates).
-    loop: LoopOptions = LoopOptions(num_steps=6000, log_every=500, eval_every=2000,
-                                    checkpoint_every_steps=2000, keep_checkpoints=2)
+    loop: LoopOptions = LoopOptions(
+        num_steps=6000,
+        log_every=500,
+        eval_every=2000,
+        checkpoint_every_steps=2000,
+        keep_checkpoints=2,
+    )
 
     def teacher_stage(self) -> EDMTeacherConfig:
         """The teacher stage this run loads or trains."""
-        return EDMTeacherConfig(data=self.data, cache_dir=self.cache_dir, teacher=self.teacher,
-                                eval_samples=self.eval_samples, eval_seed=self.eval_seed)
+        return EDMTeacherConfig(
+            data=self.data,
+            cache_dir=self.cache_dir,
+            teacher=self.teacher,
+            eval_samples=self.eval_samples,
+            eval_seed=self.eval_seed,
+        )
 
     def classifier_stage(self) -> ClassifierConfig | None:
         """The feature classifier this run loads or trains (image data only)."""
@@ -260,8 +276,9 @@ def _convert(cls: type, data: dict, path: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     has_loop = any(hints[n] is LoopOptions for n in fields)
-    valid = [n for n in fields if hints[n] is not LoopOptions] + (list(LOOP_FIELDS) if has_loop
-                                                                  else [])
+    valid = [n for n in fields if hints[n] is not LoopOptions] + (
+        list(LOOP_FIELDS) if has_loop else []
+    )
     kwargs: dict[str, Any] = {}
     loop_values: dict[str, Any] = {}
     for k, v in data.items():
@@ -346,8 +363,9 @@ def _field_problems(obj: Any, path: str) -> list[str]:
     return out
 
 
-def divergence_problem(name: Any, kw: Mapping[str, float], field: str = "config.divergence"
-                       ) -> str | None:
+def divergence_problem(
+    name: Any, kw: Mapping[str, float], field: str = "config.divergence"
+) -> str | None:
     """The message for a divergence that f-distill cannot use, or None.
 
     Unknown names get the nearest registered name (or alias); divergences without an
@@ -362,8 +380,10 @@ def divergence_problem(name: Any, kw: Mapping[str, float], field: str = "config.
         if isinstance(name, str) and name not in known:
             near = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
             hint = f"did you mean {near[0]!r}? " if near else ""
-            return (f"{field}={name!r} is not a divergence; {hint}registered: "
-                    f"{', '.join(divergences.names())}")
+            return (
+                f"{field}={name!r} is not a divergence; {hint}registered: "
+                f"{', '.join(divergences.names())}"
+            )
         return f"{field}={name!r}{' with ' + str(dict(kw)) if kw else ''}: {e}".rstrip(".")
     try:
         distill.resolve_divergence(d)
@@ -384,8 +404,10 @@ def problems(cfg: Any) -> list[str]:
         if cfg.disc_features not in ("fake", "teacher"):
             out.append(f"config.disc_features={cfg.disc_features!r} must be 'fake' or 'teacher'")
         if not 0.0 <= cfg.generator_sigma < float("inf"):
-            out.append(f"config.generator_sigma must be 0 (use teacher.sigma_max) or a positive "
-                       f"noise level, got {cfg.generator_sigma}")
+            out.append(
+                f"config.generator_sigma must be 0 (use teacher.sigma_max) or a positive "
+                f"noise level, got {cfg.generator_sigma}"
+            )
         if cfg.lr_schedule not in ("constant", "cosine"):
             out.append(f"config.lr_schedule={cfg.lr_schedule!r} must be 'constant' or 'cosine'")
     for teacher in _teachers(cfg):
@@ -415,8 +437,10 @@ def workdir_problem(workdir: Any) -> str | None:
             pass
     except OSError as e:
         reason = e.strerror or type(e).__name__
-        return (f"--workdir={workdir} cannot be created or written ({reason}); pass a "
-                f"directory you can write to")
+        return (
+            f"--workdir={workdir} cannot be created or written ({reason}); pass a "
+            f"directory you can write to"
+        )
     return None
 
 

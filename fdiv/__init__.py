@@ -25,28 +25,21 @@ arrays. Training code lives in submodules that are imported explicitly:
   (sharded multi-network training, Orbax checkpoints, metric writers): import them directly.
 """
 
-from fdiv import diffusion
-from fdiv import distill
-from fdiv import divergences
-from fdiv import kd
-from fdiv import kernel
-from fdiv import metrics
-from fdiv import policy
-from fdiv import variational
-from fdiv.discrete import categorical_divergence
-from fdiv.discrete import cauchy_schwarz
-from fdiv.discrete import generalized_jsd
-from fdiv.discrete import skew_kl
-from fdiv.discrete import skew_reverse_kl
-from fdiv.divergences import dual
-from fdiv.divergences import FDivergence
-from fdiv.divergences import from_generator
-from fdiv.divergences import get
-from fdiv.divergences import names
-from fdiv.montecarlo import mc_divergence_from_model_samples
-from fdiv.montecarlo import mc_divergence_from_target_samples
-from fdiv.montecarlo import mc_divergence_self_normalized
-from fdiv.montecarlo import mc_log_normalizer
+from fdiv import diffusion, distill, divergences, kd, kernel, metrics, policy, variational
+from fdiv.discrete import (
+    categorical_divergence,
+    cauchy_schwarz,
+    generalized_jsd,
+    skew_kl,
+    skew_reverse_kl,
+)
+from fdiv.divergences import FDivergence, dual, from_generator, get, names
+from fdiv.montecarlo import (
+    mc_divergence_from_model_samples,
+    mc_divergence_from_target_samples,
+    mc_divergence_self_normalized,
+    mc_log_normalizer,
+)
 
 __version__ = "0.1.0"
 

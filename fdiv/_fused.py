@@ -116,12 +116,14 @@ def _chunks(x, chunk_size):
 def _values(div_fn, chunk_size, s_hidden, s_head, t_hidden, t_head, temperature):
     def body(_, xs):
         s_chunk, t_chunk = xs
-        value = _row_divergence(div_fn, temperature, _matmul(s_chunk, s_head),
-                                _teacher_chunk(t_chunk, t_head))
+        value = _row_divergence(
+            div_fn, temperature, _matmul(s_chunk, s_head), _teacher_chunk(t_chunk, t_head)
+        )
         return None, value.astype(jnp.float32)
 
     _, values = jax.lax.scan(
-        body, None, (_chunks(s_hidden, chunk_size), _chunks(t_hidden, chunk_size)))
+        body, None, (_chunks(s_hidden, chunk_size), _chunks(t_hidden, chunk_size))
+    )
     return values.reshape(-1)
 
 
@@ -133,8 +135,9 @@ def _fused(div_fn, chunk_size, train_teacher, s_hidden, s_head, t_hidden, t_head
 def _logit_grads(div_fn, temperature, train_teacher, s_logits, t_logits, g_chunk):
     """Value and cotangents of the per-row divergence w.r.t. both logit chunks (float32)."""
     if train_teacher:
-        value, vjp = jax.vjp(functools.partial(_row_divergence, div_fn, temperature),
-                             s_logits, t_logits)
+        value, vjp = jax.vjp(
+            functools.partial(_row_divergence, div_fn, temperature), s_logits, t_logits
+        )
         d_s, d_t = vjp(g_chunk)
         return value, d_s.astype(jnp.float32), d_t.astype(jnp.float32)
     value, vjp = jax.vjp(lambda s: _row_divergence(div_fn, temperature, s, t_logits), s_logits)
@@ -147,8 +150,7 @@ def _fast_path(train_teacher, t_head):
     return t_head is not None or not train_teacher
 
 
-def _fused_fwd(div_fn, chunk_size, train_teacher, s_hidden, s_head, t_hidden, t_head,
-               temperature):
+def _fused_fwd(div_fn, chunk_size, train_teacher, s_hidden, s_head, t_hidden, t_head, temperature):
     """Forward pass under differentiation; also the gradients for a unit cotangent.
 
     The hidden-state gradient of a row is linear in that row's cotangent, so
@@ -160,8 +162,10 @@ def _fused_fwd(div_fn, chunk_size, train_teacher, s_hidden, s_head, t_hidden, t_
     """
     residuals = (s_hidden, s_head, t_hidden, t_head, temperature)
     if not _fast_path(train_teacher, t_head):
-        return (_values(div_fn, chunk_size, s_hidden, s_head, t_hidden, t_head, temperature),
-                (residuals, None))
+        return (
+            _values(div_fn, chunk_size, s_hidden, s_head, t_hidden, t_head, temperature),
+            (residuals, None),
+        )
     f32 = jnp.float32
     s_head32 = s_head.astype(f32)
     teach = train_teacher  # with a head (fast path)
@@ -185,15 +189,20 @@ def _fused_fwd(div_fn, chunk_size, train_teacher, s_hidden, s_head, t_hidden, t_
 
     init_t = jnp.zeros(t_head.shape, f32) if teach else jnp.zeros((), f32)
     (d_s_head, d_t_head), (values, a_s, a_t) = jax.lax.scan(
-        body, (jnp.zeros(s_head.shape, f32), init_t),
-        (_chunks(s_hidden, chunk_size), _chunks(t_hidden, chunk_size)))
-    unit = (a_s.reshape(s_hidden.shape), d_s_head,
-            a_t.reshape(t_hidden.shape) if teach else None, d_t_head if teach else None)
+        body,
+        (jnp.zeros(s_head.shape, f32), init_t),
+        (_chunks(s_hidden, chunk_size), _chunks(t_hidden, chunk_size)),
+    )
+    unit = (
+        a_s.reshape(s_hidden.shape),
+        d_s_head,
+        a_t.reshape(t_hidden.shape) if teach else None,
+        d_t_head if teach else None,
+    )
     return values.reshape(-1), (residuals, unit)
 
 
-def _recompute_head_grads(div_fn, chunk_size, train_teacher, residuals, cotangent,
-                          hidden_grads):
+def _recompute_head_grads(div_fn, chunk_size, train_teacher, residuals, cotangent, hidden_grads):
     """Backward pass by chunks: head gradients, and hidden gradients if ``hidden_grads``."""
     s_hidden, s_head, t_hidden, t_head, temperature = residuals
     f32 = jnp.float32
@@ -206,8 +215,9 @@ def _recompute_head_grads(div_fn, chunk_size, train_teacher, residuals, cotangen
         s_chunk, t_chunk, g_chunk = xs
         s_logits = _matmul(s_chunk, s_head)
         t_logits = _teacher_chunk(t_chunk, t_head)
-        _, d_s_logits, d_t_logits = _logit_grads(div_fn, temperature, train_teacher, s_logits,
-                                                 t_logits, g_chunk)
+        _, d_s_logits, d_t_logits = _logit_grads(
+            div_fn, temperature, train_teacher, s_logits, t_logits, g_chunk
+        )
         d_s_head = d_s_head + jnp.dot(s_chunk.astype(f32).T, d_s_logits)
         d_s_chunk = jnp.dot(d_s_logits, s_head32.T) if hidden_grads else jnp.zeros((), f32)
         d_t_chunk = jnp.zeros((), f32)
@@ -219,12 +229,18 @@ def _recompute_head_grads(div_fn, chunk_size, train_teacher, residuals, cotangen
             d_t_chunk = d_t_logits
         return (d_s_head, d_t_head), (d_s_chunk, d_t_chunk)
 
-    init_t = (jnp.zeros(t_head.shape, f32) if (train_teacher and teacher_has_head)
-              else jnp.zeros((), f32))
+    init_t = (
+        jnp.zeros(t_head.shape, f32) if (train_teacher and teacher_has_head) else jnp.zeros((), f32)
+    )
     (d_s_head, d_t_head), (d_s_hidden, d_t_hidden) = jax.lax.scan(
-        body, (jnp.zeros(s_head.shape, f32), init_t),
-        (_chunks(s_hidden, chunk_size), _chunks(t_hidden, chunk_size),
-         _chunks(cotangent, chunk_size)))
+        body,
+        (jnp.zeros(s_head.shape, f32), init_t),
+        (
+            _chunks(s_hidden, chunk_size),
+            _chunks(t_hidden, chunk_size),
+            _chunks(cotangent, chunk_size),
+        ),
+    )
     return d_s_head, d_t_head, d_s_hidden, d_t_hidden
 
 
@@ -236,7 +252,8 @@ def _fused_bwd(div_fn, chunk_size, train_teacher, saved, cotangent):
     teacher_has_head = t_head is not None
     if unit is None:
         d_s_head, d_t_head, d_s_hidden, d_t_hidden = _recompute_head_grads(
-            div_fn, chunk_size, train_teacher, residuals, g, hidden_grads=True)
+            div_fn, chunk_size, train_teacher, residuals, g, hidden_grads=True
+        )
         d_s_hidden = d_s_hidden.reshape(s_hidden.shape)
         if train_teacher:
             d_t_hidden = d_t_hidden.reshape(t_hidden.shape)
@@ -255,12 +272,14 @@ def _fused_bwd(div_fn, chunk_size, train_teacher, saved, cotangent):
         scale = jnp.where(jnp.any(used), top, 0.0)
 
         def from_unit():
-            return scale * unit_s_head, (scale * unit_t_head if train_teacher
-                                         else jnp.zeros((), f32))
+            return scale * unit_s_head, (
+                scale * unit_t_head if train_teacher else jnp.zeros((), f32)
+            )
 
         def recompute():
-            d_s, d_t, _, _ = _recompute_head_grads(div_fn, chunk_size, train_teacher,
-                                                   residuals, g, hidden_grads=False)
+            d_s, d_t, _, _ = _recompute_head_grads(
+                div_fn, chunk_size, train_teacher, residuals, g, hidden_grads=False
+            )
             return d_s, d_t
 
         d_s_head, d_t_head = jax.lax.cond(constant, from_unit, recompute)
@@ -278,8 +297,13 @@ def _fused_bwd(div_fn, chunk_size, train_teacher, saved, cotangent):
         d_t_head = d_t_head.astype(t_head.dtype)
     else:
         d_t_head = jnp.zeros(t_head.shape, t_head.dtype)
-    return (d_s_hidden, d_s_head.astype(s_head.dtype), d_t_hidden, d_t_head,
-            jnp.zeros_like(temperature))
+    return (
+        d_s_hidden,
+        d_s_head.astype(s_head.dtype),
+        d_t_hidden,
+        d_t_head,
+        jnp.zeros_like(temperature),
+    )
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
@@ -288,8 +312,10 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 def _check_float(x, name):
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must be floating point, got {x.dtype}; cast with"
-                         " .astype(jnp.float32) or jnp.bfloat16.")
+        raise ValueError(
+            f"{name} must be floating point, got {x.dtype}; cast with"
+            " .astype(jnp.float32) or jnp.bfloat16."
+        )
     return x
 
 
@@ -367,27 +393,38 @@ def fused_linear_divergence(
       <https://arxiv.org/abs/2410.10989>`_, 2024 (fused linear losses).
     """
     div_fn = resolve_divergence(divergence)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or (
-            chunk_size <= 0):
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}; 1024 is"
-                         " a good start, lower it to save memory.")
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, numbers.Integral)
+        or (chunk_size <= 0)
+    ):
+        raise ValueError(
+            f"chunk_size must be a positive int, got {chunk_size!r}; 1024 is"
+            " a good start, lower it to save memory."
+        )
     if not isinstance(temperature, numbers.Real) or not float(temperature) > 0:
         raise ValueError(f"temperature must be a positive Python number, got {temperature!r}.")
     student_hidden = _check_float(student_hidden, "student_hidden")
     student_head = _check_float(student_head, "student_head")
-    if student_hidden.ndim < 1 or student_head.ndim != 2 or (
-            student_head.shape[0] != student_hidden.shape[-1]):
+    if (
+        student_hidden.ndim < 1
+        or student_head.ndim != 2
+        or (student_head.shape[0] != student_hidden.shape[-1])
+    ):
         raise ValueError(
             "student_hidden must be [..., d] and student_head [d, vocab], got"
             f" student_hidden.shape={student_hidden.shape},"
-            f" student_head.shape={student_head.shape}.")
+            f" student_head.shape={student_head.shape}."
+        )
     lead = student_hidden.shape[:-1]
     vocab = student_head.shape[1]
 
     if teacher_logits is not None:
         if teacher_hidden is not None or teacher_head is not None:
-            raise ValueError("pass either teacher_logits or (teacher_hidden, teacher_head),"
-                             " not both; set the others to None.")
+            raise ValueError(
+                "pass either teacher_logits or (teacher_hidden, teacher_head),"
+                " not both; set the others to None."
+            )
         t_hidden = _check_float(teacher_logits, "teacher_logits")
         t_head = None
         t_vocab = t_hidden.shape[-1] if t_hidden.ndim else None
@@ -395,21 +432,24 @@ def fused_linear_divergence(
         t_name = f"teacher_logits.shape={t_hidden.shape}"
     else:
         if teacher_hidden is None or teacher_head is None:
-            raise ValueError("teacher_hidden and teacher_head are both required unless"
-                             " teacher_logits is given.")
+            raise ValueError(
+                "teacher_hidden and teacher_head are both required unless teacher_logits is given."
+            )
         t_hidden = _check_float(teacher_hidden, "teacher_hidden")
         t_head = _check_float(teacher_head, "teacher_head")
         if t_head.ndim != 2 or t_hidden.ndim < 1 or t_head.shape[0] != t_hidden.shape[-1]:
             raise ValueError(
                 "teacher_hidden must be [..., d_t] and teacher_head [d_t, vocab], got"
-                f" teacher_hidden.shape={t_hidden.shape}, teacher_head.shape={t_head.shape}.")
+                f" teacher_hidden.shape={t_hidden.shape}, teacher_head.shape={t_head.shape}."
+            )
         t_vocab = t_head.shape[1]
         t_lead = t_hidden.shape[:-1]
         t_name = f"teacher_head.shape={t_head.shape}"
     if t_lead != lead:
         raise ValueError(
             f"teacher and student must have the same token shape, got {t_lead} (teacher) and"
-            f" {lead} (student_hidden.shape={student_hidden.shape}).")
+            f" {lead} (student_hidden.shape={student_hidden.shape})."
+        )
     if t_vocab != vocab:
         if trim_teacher_vocab and t_vocab > vocab:
             if t_head is None:
@@ -417,8 +457,11 @@ def fused_linear_divergence(
             else:
                 t_head = t_head[:, :vocab]
         else:
-            raise ValueError(vocab_mismatch_message(t_vocab, vocab, t_name,
-                                                    f"student_head.shape={student_head.shape}"))
+            raise ValueError(
+                vocab_mismatch_message(
+                    t_vocab, vocab, t_name, f"student_head.shape={student_head.shape}"
+                )
+            )
 
     n = int(np.prod(lead, dtype=np.int64))
     s_flat = student_hidden.reshape(n, student_hidden.shape[-1])
@@ -436,8 +479,16 @@ def fused_linear_divergence(
         s_flat = jnp.pad(s_flat, ((0, padded - n), (0, 0)))
         t_flat = jnp.pad(t_flat, ((0, padded - n), (0, 0)))
     tau = float(temperature)
-    values = _fused(div_fn, chunk, bool(train_teacher), s_flat, student_head, t_flat, t_head,
-                    jnp.asarray(tau, jnp.float32))
+    values = _fused(
+        div_fn,
+        chunk,
+        bool(train_teacher),
+        s_flat,
+        student_head,
+        t_flat,
+        t_head,
+        jnp.asarray(tau, jnp.float32),
+    )
     values = values[:n].reshape(lead) * jnp.float32(tau * tau)
     if where is not None:
         values = jnp.where(mask.reshape(lead), values, jnp.zeros((), values.dtype))
@@ -445,12 +496,17 @@ def fused_linear_divergence(
 
 
 def vocab_mismatch_message(teacher_vocab, student_vocab, teacher_what, student_what):
-    hint = (f"if the teacher's last {teacher_vocab - student_vocab} columns are padding (a"
-            " vocabulary rounded up for the hardware), pass trim_teacher_vocab=True to drop"
-            " them" if teacher_vocab > student_vocab else
-            "map both models to one shared vocabulary first")
-    return (f"teacher vocabulary size {teacher_vocab} differs from student vocabulary size"
-            f" {student_vocab} ({teacher_what}, {student_what}); {hint}.")
+    hint = (
+        f"if the teacher's last {teacher_vocab - student_vocab} columns are padding (a"
+        " vocabulary rounded up for the hardware), pass trim_teacher_vocab=True to drop"
+        " them"
+        if teacher_vocab > student_vocab
+        else "map both models to one shared vocabulary first"
+    )
+    return (
+        f"teacher vocabulary size {teacher_vocab} differs from student vocabulary size"
+        f" {student_vocab} ({teacher_what}, {student_what}); {hint}."
+    )
 
 
 def fused_linear_cross_entropy(
@@ -477,8 +533,11 @@ def fused_linear_cross_entropy(
     Returns:
       ``[...]`` float32 losses.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or (
-            chunk_size <= 0):
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, numbers.Integral)
+        or (chunk_size <= 0)
+    ):
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
     if not isinstance(temperature, numbers.Real) or not float(temperature) > 0:
         raise ValueError(f"temperature must be a positive Python number, got {temperature!r}.")
@@ -487,19 +546,25 @@ def fused_linear_cross_entropy(
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"labels must be integers, got {labels.dtype}.")
-    if head.ndim != 2 or hidden.ndim < 1 or head.shape[0] != hidden.shape[-1] or (
-            labels.shape != hidden.shape[:-1]):
+    if (
+        head.ndim != 2
+        or hidden.ndim < 1
+        or head.shape[0] != hidden.shape[-1]
+        or (labels.shape != hidden.shape[:-1])
+    ):
         raise ValueError(
             "hidden must be [..., d], head [d, vocab] and labels [...], got"
             f" hidden.shape={hidden.shape}, head.shape={head.shape},"
-            f" labels.shape={labels.shape}.")
+            f" labels.shape={labels.shape}."
+        )
     lead = hidden.shape[:-1]
     n = int(np.prod(lead, dtype=np.int64))
     flat = hidden.reshape(n, hidden.shape[-1])
     flat_labels = labels.reshape(n).astype(jnp.int32)
     if where is not None:
-        mask = jnp.broadcast_to(_discrete._check_mask(where, lead, f"the token shape {lead}"),
-                                lead).reshape(n)
+        mask = jnp.broadcast_to(
+            _discrete._check_mask(where, lead, f"the token shape {lead}"), lead
+        ).reshape(n)
         flat = jnp.where(mask[:, None], flat, jnp.zeros((), flat.dtype))
         flat_labels = jnp.where(mask, flat_labels, 0)
     chunk = min(int(chunk_size), max(n, 1))
@@ -507,8 +572,16 @@ def fused_linear_cross_entropy(
     if padded != n:
         flat = jnp.pad(flat, ((0, padded - n), (0, 0)))
         flat_labels = jnp.pad(flat_labels, (0, padded - n))
-    values = _fused(_cross_entropy_rows, chunk, False, flat, head, flat_labels, None,
-                    jnp.asarray(float(temperature), jnp.float32))
+    values = _fused(
+        _cross_entropy_rows,
+        chunk,
+        False,
+        flat,
+        head,
+        flat_labels,
+        None,
+        jnp.asarray(float(temperature), jnp.float32),
+    )
     values = values[:n].reshape(lead)
     if where is not None:
         values = jnp.where(mask.reshape(lead), values, jnp.zeros((), values.dtype))

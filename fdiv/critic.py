@@ -73,8 +73,9 @@ class CriticMLP(nnx.Module):
     def __init__(self, dim: int, *, hidden: Sequence[int] = (64, 64), rngs: nnx.Rngs):
         self.dim = int(dim)
         widths = [self.dim, *[int(h) for h in hidden]]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs)
-                                for a, b in zip(widths[:-1], widths[1:])])
+        self.layers = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
+        )
         self.out = nnx.Linear(widths[-1], 1, kernel_init=nnx.initializers.zeros, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
@@ -121,9 +122,11 @@ class CriticResult:
     best_step: int = 0
     validation_value: float = float("nan")
     validation_steps: np.ndarray = dataclasses.field(
-        default_factory=lambda: np.zeros((0,), np.int64))
+        default_factory=lambda: np.zeros((0,), np.int64)
+    )
     validation_values: np.ndarray = dataclasses.field(
-        default_factory=lambda: np.zeros((0,), np.float32))
+        default_factory=lambda: np.zeros((0,), np.float32)
+    )
     log_ratio_clip: float | None = None
 
     def log_ratio(self, x: Array) -> Array:
@@ -132,8 +135,10 @@ class CriticResult:
         The critic's output clipped to ``[-log_ratio_clip, log_ratio_clip]`` when a clip was
         set (the function every estimate of :func:`train_critic` used), plus the offset.
         """
-        return _clip(self.critic(jnp.asarray(x, jnp.float32)),
-                     self.log_ratio_clip) + self.log_ratio_offset
+        return (
+            _clip(self.critic(jnp.asarray(x, jnp.float32)), self.log_ratio_clip)
+            + self.log_ratio_offset
+        )
 
 
 def _clip(l: Array, clip: float | None) -> Array:
@@ -185,32 +190,74 @@ def _as_source(sample, name: str, holdout: int, validation: int):
         return _sampler_draw(sample), jnp.zeros((1, 1), jnp.float32), None, None, None
     data = jnp.asarray(sample)
     if data.ndim != 2 or not jnp.issubdtype(data.dtype, jnp.floating):
-        raise ValueError(f"{name} must be a sampler (key, n) -> [n, d] or a floating [n, d] "
-                         f"array, got {type(sample).__name__} with shape {np.shape(sample)}.")
+        raise ValueError(
+            f"{name} must be a sampler (key, n) -> [n, d] or a floating [n, d] "
+            f"array, got {type(sample).__name__} with shape {np.shape(sample)}."
+        )
     data = data.astype(jnp.float32)
     if not bool(jnp.all(jnp.isfinite(data))):
         raise ValueError(f"{name} contains non-finite values; remove or fix those samples.")
     n = data.shape[0]
     if n < holdout + validation + 1:
-        raise ValueError(f"{name} has {n} samples, but {holdout} are held out for evaluation, "
-                         f"{validation} for validation, and at least 1 is needed for training; "
-                         "pass more samples or a smaller holdout / validation.")
+        raise ValueError(
+            f"{name} has {n} samples, but {holdout} are held out for evaluation, "
+            f"{validation} for validation, and at least 1 is needed for training; "
+            "pass more samples or a smaller holdout / validation."
+        )
     train_end = n - holdout - validation
-    return (_draw_rows, data[:train_end], data[train_end: n - holdout], data[n - holdout:],
-            data.shape[1])
+    return (
+        _draw_rows,
+        data[:train_end],
+        data[train_end : n - holdout],
+        data[n - holdout :],
+        data.shape[1],
+    )
 
 
 # Module-level and keyed by static arguments, so repeated calls (seeds, sample sizes of an
 # experiment) reuse one compilation instead of tracing a fresh closure each time.
-@functools.partial(jax.jit, static_argnames=(
-    "graphdef", "objective", "divergence", "batch_size", "steps", "tx", "draw_p", "draw_q",
-    "eval_every", "early_stopping", "clip"))
-def _train(state, opt_state, key, data_p, data_q, val_p, val_q, *, graphdef, objective,
-           divergence, batch_size, steps, tx, draw_p, draw_q, eval_every, early_stopping, clip):
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "graphdef",
+        "objective",
+        "divergence",
+        "batch_size",
+        "steps",
+        "tx",
+        "draw_p",
+        "draw_q",
+        "eval_every",
+        "early_stopping",
+        "clip",
+    ),
+)
+def _train(
+    state,
+    opt_state,
+    key,
+    data_p,
+    data_q,
+    val_p,
+    val_q,
+    *,
+    graphdef,
+    objective,
+    divergence,
+    batch_size,
+    steps,
+    tx,
+    draw_p,
+    draw_q,
+    eval_every,
+    early_stopping,
+    clip,
+):
     def objective_at(state, x_p, x_q):
         model = nnx.merge(graphdef, state)
-        return _objective_value(objective, divergence, _clip(model(x_p), clip),
-                                _clip(model(x_q), clip))
+        return _objective_value(
+            objective, divergence, _clip(model(x_p), clip), _clip(model(x_q), clip)
+        )
 
     def validate(state):
         value = objective_at(state, val_p, val_q)
@@ -234,10 +281,17 @@ def _train(state, opt_state, key, data_p, data_q, val_p, val_q, *, graphdef, obj
             best_state, best_value, best_step = best
             value = validate(state)
             better = value > best_value
-            best_state = jax.tree.map(lambda new, old: jnp.where(better, new, old), state,
-                                      best_state)
-            return ((best_state, jnp.where(better, value, best_value),
-                     jnp.where(better, done, best_step)), value)
+            best_state = jax.tree.map(
+                lambda new, old: jnp.where(better, new, old), state, best_state
+            )
+            return (
+                (
+                    best_state,
+                    jnp.where(better, value, best_value),
+                    jnp.where(better, done, best_step),
+                ),
+                value,
+            )
 
         def skip(best):
             return best, jnp.float32(jnp.nan)
@@ -246,18 +300,23 @@ def _train(state, opt_state, key, data_p, data_q, val_p, val_q, *, graphdef, obj
         best, value = jax.lax.cond(is_check, check, skip, best)
         return (state, opt_state, best), (loss, value)
 
-    best = (state, validate(state).astype(jnp.float32) if early_stopping else jnp.float32(0.0),
-            jnp.int32(0))
+    best = (
+        state,
+        validate(state).astype(jnp.float32) if early_stopping else jnp.float32(0.0),
+        jnp.int32(0),
+    )
     initial_value = best[1]
     (state, _, best), (losses, values) = jax.lax.scan(
-        step, (state, opt_state, best), (jnp.arange(steps), jax.random.split(key, steps)))
+        step, (state, opt_state, best), (jnp.arange(steps), jax.random.split(key, steps))
+    )
     if early_stopping:
         state = best[0]
     return state, losses, best[1], best[2], initial_value, values
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "objective", "divergence",
-                                             "eval_batches", "clip"))
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "objective", "divergence", "eval_batches", "clip")
+)
 def _evaluate(state, x_p, x_q, *, graphdef, objective, divergence, eval_batches, clip):
     model = nnx.merge(graphdef, state)
     l_p = _clip(model(x_p.astype(jnp.float32)), clip)
@@ -353,25 +412,36 @@ def train_critic(
         raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}.")
     d = _divergences.resolve(divergence)
     if objective in ("nwj", "dv") and d.name != "forward_kl":
-        raise ValueError(f"objective {objective!r} estimates forward KL only, got divergence "
-                         f"{d.name!r}; use objective='bound' for other divergences.")
-    for name, value in (("steps", steps), ("batch_size", batch_size),
-                        ("eval_batches", eval_batches), ("eval_every", eval_every)):
+        raise ValueError(
+            f"objective {objective!r} estimates forward KL only, got divergence "
+            f"{d.name!r}; use objective='bound' for other divergences."
+        )
+    for name, value in (
+        ("steps", steps),
+        ("batch_size", batch_size),
+        ("eval_batches", eval_batches),
+        ("eval_every", eval_every),
+    ):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     for name, value in (("holdout", holdout), ("validation", validation)):
         if value is not None and (not isinstance(value, int) or value < 0):
             raise ValueError(f"{name} must be None or a non-negative integer, got {value!r}.")
     if early_stopping and validation == 0:
-        raise ValueError("validation=0 leaves nothing to select the critic on; pass "
-                         "validation > 0 or early_stopping=False.")
-    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay)
-            and weight_decay >= 0):
+        raise ValueError(
+            "validation=0 leaves nothing to select the critic on; pass "
+            "validation > 0 or early_stopping=False."
+        )
+    if not (
+        isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0
+    ):
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}.")
-    if log_ratio_clip is not None and not (isinstance(log_ratio_clip, (int, float))
-                                           and 0 < log_ratio_clip < math.inf):
-        raise ValueError(f"log_ratio_clip must be None or a finite number > 0, got "
-                         f"{log_ratio_clip!r}.")
+    if log_ratio_clip is not None and not (
+        isinstance(log_ratio_clip, (int, float)) and 0 < log_ratio_clip < math.inf
+    ):
+        raise ValueError(
+            f"log_ratio_clip must be None or a finite number > 0, got {log_ratio_clip!r}."
+        )
     if objective == "dv" and batch_size < 2:
         raise ValueError("objective 'dv' needs batch_size >= 2.")
     clip = None if log_ratio_clip is None else float(log_ratio_clip)
@@ -395,8 +465,7 @@ def train_critic(
     if dim_q is None:
         dim_q = jax.eval_shape(lambda k: sample_q(k, 2), key_eval).shape[-1]
     if dim_p != dim_q:
-        raise ValueError(f"P and Q samples must have the same dimension, got {dim_p} and "
-                         f"{dim_q}.")
+        raise ValueError(f"P and Q samples must have the same dimension, got {dim_p} and {dim_q}.")
     kvp, kvq = jax.random.split(key_val)
     n_val = validation if validation is not None else 4 * batch_size
     if val_p is None:
@@ -404,8 +473,9 @@ def train_critic(
     if val_q is None:
         val_q = sample_q(kvq, n_val) if early_stopping else jnp.zeros((1, dim_q))
     if early_stopping and min(val_p.shape[0], val_q.shape[0]) < 1:
-        raise ValueError("the validation sets are empty; pass validation > 0 or "
-                         "early_stopping=False.")
+        raise ValueError(
+            "the validation sets are empty; pass validation > 0 or early_stopping=False."
+        )
     if critic is None:
         seed_init = int(jax.random.randint(key_init, (), 0, 2**31 - 1))
         critic = CriticMLP(dim_p, hidden=hidden, rngs=nnx.Rngs(seed_init))
@@ -413,11 +483,25 @@ def train_critic(
 
     graphdef, state = nnx.split(critic)
     state, losses, best_value, best_step, initial_value, values = _train(
-        state, tx.init(state), key_train, data_p, data_q,
-        jnp.asarray(val_p, jnp.float32), jnp.asarray(val_q, jnp.float32), graphdef=graphdef,
-        objective=objective, divergence=d, batch_size=batch_size, steps=steps, tx=tx,
-        draw_p=draw_p, draw_q=draw_q, eval_every=eval_every, early_stopping=early_stopping,
-        clip=clip)
+        state,
+        tx.init(state),
+        key_train,
+        data_p,
+        data_q,
+        jnp.asarray(val_p, jnp.float32),
+        jnp.asarray(val_q, jnp.float32),
+        graphdef=graphdef,
+        objective=objective,
+        divergence=d,
+        batch_size=batch_size,
+        steps=steps,
+        tx=tx,
+        draw_p=draw_p,
+        draw_q=draw_q,
+        eval_every=eval_every,
+        early_stopping=early_stopping,
+        clip=clip,
+    )
     nnx.update(critic, state)
     if early_stopping:
         values = np.asarray(values)
@@ -437,15 +521,27 @@ def train_critic(
     if held_q is None:
         held_q = sample_q(kq, eval_batches * batch_size)
     if min(held_p.shape[0], held_q.shape[0]) < eval_batches:
-        raise ValueError(f"the held-out samples ({held_p.shape[0]} of P, {held_q.shape[0]} of "
-                         f"Q) cannot be cut into eval_batches={eval_batches} batches; lower "
-                         "eval_batches or hold out more samples.")
-    total, per_batch, offset = _evaluate(state, held_p, held_q, graphdef=graphdef,
-                                         objective=objective, divergence=d,
-                                         eval_batches=eval_batches, clip=clip)
+        raise ValueError(
+            f"the held-out samples ({held_p.shape[0]} of P, {held_q.shape[0]} of "
+            f"Q) cannot be cut into eval_batches={eval_batches} batches; lower "
+            "eval_batches or hold out more samples."
+        )
+    total, per_batch, offset = _evaluate(
+        state,
+        held_p,
+        held_q,
+        graphdef=graphdef,
+        objective=objective,
+        divergence=d,
+        eval_batches=eval_batches,
+        clip=clip,
+    )
     per_batch = np.asarray(per_batch, np.float64)
-    se = float(np.std(per_batch, ddof=1) / math.sqrt(eval_batches)) if eval_batches > 1 else \
-        float("nan")
+    se = (
+        float(np.std(per_batch, ddof=1) / math.sqrt(eval_batches))
+        if eval_batches > 1
+        else float("nan")
+    )
     return CriticResult(
         estimate=float(total),
         standard_error=se,

@@ -139,8 +139,12 @@ def preconditioning(sigma: Array, sigma_data: float) -> tuple[Array, Array, Arra
     References:
       Karras et al. 2022, Table 1; docs/reference.md section 6.
     """
-    return (c_skip(sigma, sigma_data), c_out(sigma, sigma_data), c_in(sigma, sigma_data),
-            c_noise(sigma))
+    return (
+        c_skip(sigma, sigma_data),
+        c_out(sigma, sigma_data),
+        c_in(sigma, sigma_data),
+        c_noise(sigma),
+    )
 
 
 def expand_sigma(x: Array, sigma: Array, name: str = "sigma") -> Array:
@@ -157,7 +161,8 @@ def expand_sigma(x: Array, sigma: Array, name: str = "sigma") -> Array:
     if sigma.shape != (x.shape[0],):
         raise ValueError(
             f"{name} must be a scalar or have shape [batch] = {(x.shape[0],)} to match x of shape "
-            f"{x.shape}; got {name} of shape {sigma.shape}.")
+            f"{x.shape}; got {name} of shape {sigma.shape}."
+        )
     return sigma.reshape(sigma.shape + (1,) * (x.ndim - 1))
 
 
@@ -181,7 +186,8 @@ def denoiser(net_fn: RawNetFn, x: Array, sigma: Array, sigma_data: float) -> Arr
     out = net_fn(c_in(s, sigma_data) * x, c_noise(s.reshape(-1)))
     if out.shape != x.shape:
         raise ValueError(
-            f"net_fn must return an array of the shape of x {x.shape}; got {out.shape}.")
+            f"net_fn must return an array of the shape of x {x.shape}; got {out.shape}."
+        )
     return c_skip(s, sigma_data) * x + c_out(s, sigma_data) * out
 
 
@@ -201,7 +207,8 @@ def score_from_denoiser(denoised: Array, x: Array, sigma: Array) -> Array:
     """
     if denoised.shape != x.shape:
         raise ValueError(
-            f"denoised and x must have the same shape; got {denoised.shape} and {x.shape}.")
+            f"denoised and x must have the same shape; got {denoised.shape} and {x.shape}."
+        )
     s = expand_sigma(x, sigma)
     return (denoised - x) / s**2
 
@@ -230,8 +237,9 @@ def denoiser_from_score(score: Array, x: Array, sigma: Array) -> Array:
 # Denoising score matching (docs/reference.md section 6).
 
 
-def sample_sigma(key: Array, shape: tuple[int, ...], p_mean: float = -1.2,
-                 p_std: float = 1.2) -> Array:
+def sample_sigma(
+    key: Array, shape: tuple[int, ...], p_mean: float = -1.2, p_std: float = 1.2
+) -> Array:
     """Log-normal training noise levels, ``log sigma ~ N(p_mean, p_std^2)``.
 
     Args:
@@ -249,8 +257,9 @@ def sample_sigma(key: Array, shape: tuple[int, ...], p_mean: float = -1.2,
     return jnp.exp(p_mean + p_std * jax.random.normal(key, shape))
 
 
-def dsm_loss_per_sample(denoise_fn: DenoiseFn, x: Array, sigma: Array, noise: Array,
-                        sigma_data: float) -> Array:
+def dsm_loss_per_sample(
+    denoise_fn: DenoiseFn, x: Array, sigma: Array, noise: Array, sigma_data: float
+) -> Array:
     """Weighted DSM loss per sample, ``lambda(sigma) mean_dims (D(x + sigma n; sigma) - x)^2``.
 
     With ``lambda = 1 / c_out^2`` the effective target of the raw network has unit variance at
@@ -280,8 +289,15 @@ def dsm_loss_per_sample(denoise_fn: DenoiseFn, x: Array, sigma: Array, noise: Ar
     return jnp.mean(err.reshape(x.shape[0], -1), axis=-1)
 
 
-def dsm_loss(denoise_fn: DenoiseFn, x: Array, key: Array, sigma_data: float, *,
-             p_mean: float = -1.2, p_std: float = 1.2) -> Array:
+def dsm_loss(
+    denoise_fn: DenoiseFn,
+    x: Array,
+    key: Array,
+    sigma_data: float,
+    *,
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+) -> Array:
     """EDM denoising score matching loss with log-normal noise levels (scalar).
 
     Draws ``log sigma ~ N(p_mean, p_std^2)`` and ``noise ~ N(0, I)`` from ``key`` and averages
@@ -311,8 +327,9 @@ def dsm_loss(denoise_fn: DenoiseFn, x: Array, key: Array, sigma_data: float, *,
 # Sampling (docs/reference.md section 6, EDM Algorithm 1 without stochasticity).
 
 
-def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                  rho: float = 7.0) -> Array:
+def karras_sigmas(
+    num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+) -> Array:
     """Karras noise levels ``sigma_0 > ... > sigma_{N-1}`` followed by ``sigma_N = 0``.
 
     ``sigma_i = (sigma_max^(1/rho) + i/(N-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``.
@@ -333,7 +350,8 @@ def karras_sigmas(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 8
         raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
     if not 0 < sigma_min <= sigma_max:
         raise ValueError(
-            f"need 0 < sigma_min <= sigma_max; got sigma_min={sigma_min}, sigma_max={sigma_max}.")
+            f"need 0 < sigma_min <= sigma_max; got sigma_min={sigma_min}, sigma_max={sigma_max}."
+        )
     i = jnp.arange(num_steps, dtype=jnp.result_type(float))
     frac = i / max(num_steps - 1, 1)
     inv = 1.0 / rho
@@ -414,9 +432,18 @@ def heun_sampler(denoise_fn: DenoiseFn, x_init: Array, sigmas: Array) -> Array:
     return x + (sigmas[n] - s) * _ode_direction(denoise_fn, x, s)
 
 
-def sample(denoise_fn: DenoiseFn, key: Array, shape: tuple[int, ...], *, num_steps: int = 18,
-           sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
-           method: str = "heun", dtype=jnp.float32) -> Array:
+def sample(
+    denoise_fn: DenoiseFn,
+    key: Array,
+    shape: tuple[int, ...],
+    *,
+    num_steps: int = 18,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    method: str = "heun",
+    dtype=jnp.float32,
+) -> Array:
     """Draws samples with the deterministic EDM sampler from ``x_init = sigma_max z``.
 
     Args:

@@ -62,17 +62,24 @@ def resolve_divergence(divergence) -> "_divergences.FDivergence":
     """
     d = _divergences.resolve(divergence)
     if not d.has_weight:
-        weighted = [n for n in _divergences.names()
-                    if n in ("alpha", "t_power") or _divergences.get(n).has_weight]
+        weighted = [
+            n
+            for n in _divergences.names()
+            if n in ("alpha", "t_power") or _divergences.get(n).has_weight
+        ]
         raise ValueError(
             f"divergence {d.name!r} has no f-distill weight h(u) = u^2 f''(u) "
             f"(f'' vanishes almost everywhere), so its score-weighted gradient is undefined; "
-            f"use one of {weighted}.")
+            f"use one of {weighted}."
+        )
     return d
 
 
-def clip_log_ratio(log_ratio: Array, logit_clip: Optional[float] = 10.0,
-                   ratio_clip: Optional[tuple[float, float]] = (0.1, 20.0)) -> Array:
+def clip_log_ratio(
+    log_ratio: Array,
+    logit_clip: Optional[float] = 10.0,
+    ratio_clip: Optional[tuple[float, float]] = (0.1, 20.0),
+) -> Array:
     """Clips a discriminator log-ratio as in the f-distill implementation (docs/reference.md section 4).
 
     The logit is clamped to ``[-logit_clip, logit_clip]`` and the ratio ``r = exp(logit)`` to
@@ -97,15 +104,22 @@ def clip_log_ratio(log_ratio: Array, logit_clip: Optional[float] = 10.0,
     if ratio_clip is not None:
         lo, hi = ratio_clip
         if not 0 < lo < hi:
-            raise ValueError(f"ratio_clip must be (r_min, r_max) with 0 < r_min < r_max, "
-                             f"got {ratio_clip}.")
+            raise ValueError(
+                f"ratio_clip must be (r_min, r_max) with 0 < r_min < r_max, got {ratio_clip}."
+            )
         log_ratio = jnp.clip(log_ratio, math.log(lo), math.log(hi))
     return log_ratio
 
 
-def weights(log_ratio: Array, divergence, *, logit_clip: Optional[float] = 10.0,
-            ratio_clip: Optional[tuple[float, float]] = (0.1, 20.0), normalize: bool = True,
-            axis_name: Optional[str] = None) -> Array:
+def weights(
+    log_ratio: Array,
+    divergence,
+    *,
+    logit_clip: Optional[float] = 10.0,
+    ratio_clip: Optional[tuple[float, float]] = (0.1, 20.0),
+    normalize: bool = True,
+    axis_name: Optional[str] = None,
+) -> Array:
     """f-distill weights ``h(r) = r^2 f''(r)`` from log density ratios (docs/reference.md section 4).
 
     The log-ratio is clipped with `clip_log_ratio`, ``h`` evaluated in log space by
@@ -148,13 +162,16 @@ def _check_batch(name: str, arr: Array, x: Array) -> None:
     if arr.shape != (x.shape[0],):
         raise ValueError(
             f"{name} must have shape [batch] = {(x.shape[0],)} to match x of shape {x.shape}; "
-            f"got {name} of shape {arr.shape}.")
+            f"got {name} of shape {arr.shape}."
+        )
 
 
 def _check_same(name: str, arr: Array, x: Array) -> None:
     if arr.shape != x.shape:
-        raise ValueError(f"{name} must have the shape of x; got {name} of shape {arr.shape} and "
-                         f"x of shape {x.shape}.")
+        raise ValueError(
+            f"{name} must have the shape of x; got {name} of shape {arr.shape} and "
+            f"x of shape {x.shape}."
+        )
 
 
 def _surrogate(x: Array, g: Array) -> Array:
@@ -164,11 +181,18 @@ def _surrogate(x: Array, g: Array) -> Array:
     return jnp.mean(per_sample)
 
 
-def score_weighted_loss(x: Array, target_score: Array, model_score: Array, log_ratio: Array,
-                        divergence, *, normalize: bool = False,
-                        logit_clip: Optional[float] = None,
-                        ratio_clip: Optional[tuple[float, float]] = None,
-                        axis_name: Optional[str] = None) -> Array:
+def score_weighted_loss(
+    x: Array,
+    target_score: Array,
+    model_score: Array,
+    log_ratio: Array,
+    divergence,
+    *,
+    normalize: bool = False,
+    logit_clip: Optional[float] = None,
+    ratio_clip: Optional[tuple[float, float]] = None,
+    axis_name: Optional[str] = None,
+) -> Array:
     """Surrogate whose gradient is the f-divergence gradient ``E[h(r)(s_q - s_p)^T dx]``.
 
     ``loss = mean_b 1/2 ||x_b - sg(x_b - g_b)||^2`` with ``g = h(r) (s_q - s_p)`` constant, so
@@ -200,18 +224,33 @@ def score_weighted_loss(x: Array, target_score: Array, model_score: Array, log_r
     _check_same("target_score", target_score, x)
     _check_same("model_score", model_score, x)
     _check_batch("log_ratio", jnp.asarray(log_ratio), x)
-    h = weights(log_ratio, divergence, logit_clip=logit_clip, ratio_clip=ratio_clip,
-                normalize=normalize, axis_name=axis_name)
+    h = weights(
+        log_ratio,
+        divergence,
+        logit_clip=logit_clip,
+        ratio_clip=ratio_clip,
+        normalize=normalize,
+        axis_name=axis_name,
+    )
     h = h.reshape(h.shape + (1,) * (x.ndim - 1))
     g = jax.lax.stop_gradient(h * (model_score - target_score))
     return _surrogate(x, g)
 
 
-def fdistill_loss(x_t: Array, sigma: Array, x0_fake: Array, x0_teacher: Array,
-                  log_ratio: Array, divergence, *, x: Optional[Array] = None,
-                  normalize: bool = True, logit_clip: Optional[float] = 10.0,
-                  ratio_clip: Optional[tuple[float, float]] = (0.1, 20.0),
-                  axis_name: Optional[str] = None) -> Array:
+def fdistill_loss(
+    x_t: Array,
+    sigma: Array,
+    x0_fake: Array,
+    x0_teacher: Array,
+    log_ratio: Array,
+    divergence,
+    *,
+    x: Optional[Array] = None,
+    normalize: bool = True,
+    logit_clip: Optional[float] = 10.0,
+    ratio_clip: Optional[tuple[float, float]] = (0.1, 20.0),
+    axis_name: Optional[str] = None,
+) -> Array:
     """Denoiser-space f-distill generator loss used in training (docs/reference.md sections 4 and 6).
 
     At the noised generator sample ``x_t = x + sigma eps`` (EDM, ``alpha_t = 1``) the score
@@ -262,8 +301,14 @@ def fdistill_loss(x_t: Array, sigma: Array, x0_fake: Array, x0_teacher: Array,
         _check_same("x", x, x_t)
         dist = jnp.mean(jnp.abs(x - x0_teacher).reshape(x.shape[0], -1), axis=-1)
         scale = 1.0 / (dist.reshape(expand) + _EPS)
-    h = weights(log_ratio, divergence, logit_clip=logit_clip, ratio_clip=ratio_clip,
-                normalize=normalize, axis_name=axis_name)
+    h = weights(
+        log_ratio,
+        divergence,
+        logit_clip=logit_clip,
+        ratio_clip=ratio_clip,
+        normalize=normalize,
+        axis_name=axis_name,
+    )
     g = jax.lax.stop_gradient(h.reshape(expand) * scale * diff)
     return _surrogate(x_t, g)
 

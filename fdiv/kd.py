@@ -86,8 +86,9 @@ def _is_number(x):
 def _check_float(x, name):
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must be floating point, got {x.dtype}; cast with"
-                         " .astype(jnp.float32).")
+        raise ValueError(
+            f"{name} must be floating point, got {x.dtype}; cast with .astype(jnp.float32)."
+        )
     return x
 
 
@@ -112,27 +113,39 @@ def _prepare(teacher_logits, student_logits, *, where, softcap, trim_teacher_voc
     teacher = _check_float(teacher_logits, "teacher_logits")
     student = _check_float(student_logits, "student_logits")
     if teacher.ndim == 0 or student.ndim == 0:
-        raise ValueError("teacher_logits and student_logits need a class axis (the last),"
-                         f" got shapes {teacher.shape} and {student.shape}.")
+        raise ValueError(
+            "teacher_logits and student_logits need a class axis (the last),"
+            f" got shapes {teacher.shape} and {student.shape}."
+        )
     t_vocab, s_vocab = teacher.shape[-1], student.shape[-1]
     if t_vocab != s_vocab:
         if trim_teacher_vocab and t_vocab > s_vocab:
             teacher = teacher[..., :s_vocab]
         else:
-            raise ValueError(vocab_mismatch_message(
-                t_vocab, s_vocab, f"teacher_logits.shape={teacher.shape}",
-                f"student_logits.shape={student.shape}"))
+            raise ValueError(
+                vocab_mismatch_message(
+                    t_vocab,
+                    s_vocab,
+                    f"teacher_logits.shape={teacher.shape}",
+                    f"student_logits.shape={student.shape}",
+                )
+            )
     if teacher.shape != student.shape:
         raise ValueError(
             "teacher_logits and student_logits must have the same leading shape, got"
-            f" teacher_logits.shape={teacher.shape} and student_logits.shape={student.shape}.")
+            f" teacher_logits.shape={teacher.shape} and student_logits.shape={student.shape}."
+        )
     if softcap is not None and _is_number(softcap) and not float(softcap) > 0:
         raise ValueError(f"softcap must be > 0 or None, got {softcap}; Gemma 2 uses 30.0.")
     out_shape = teacher.shape[:-1]
     mask = None
     if where is not None:
-        mask = _discrete._check_mask(where, out_shape, f"the output shape {out_shape} (the"
-                                     f" logits shape {teacher.shape} without the class axis)")
+        mask = _discrete._check_mask(
+            where,
+            out_shape,
+            f"the output shape {out_shape} (the"
+            f" logits shape {teacher.shape} without the class axis)",
+        )
         keep = jnp.broadcast_to(mask, out_shape)[..., None]
         teacher = jnp.where(keep, teacher, jnp.zeros((), teacher.dtype))
         student = jnp.where(keep, student, jnp.zeros((), student.dtype))
@@ -143,8 +156,9 @@ def _prepare(teacher_logits, student_logits, *, where, softcap, trim_teacher_voc
 
 def _check_temperature(temperature):
     if _is_number(temperature) and not float(temperature) > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}; distillation usually"
-                         " uses 1 to 10.")
+        raise ValueError(
+            f"temperature must be > 0, got {temperature}; distillation usually uses 1 to 10."
+        )
     return temperature
 
 
@@ -188,8 +202,9 @@ def reduce(loss: ArrayLike, where: ArrayLike | None = None) -> Array:
     loss = _upcast(_check_float(loss, "loss"))
     if where is None:
         return jnp.mean(loss)
-    mask = jnp.broadcast_to(_discrete._check_mask(where, loss.shape, f"loss.shape={loss.shape}"),
-                            loss.shape)
+    mask = jnp.broadcast_to(
+        _discrete._check_mask(where, loss.shape, f"loss.shape={loss.shape}"), loss.shape
+    )
     total = jnp.sum(jnp.where(mask, loss, jnp.zeros((), loss.dtype)))
     count = jnp.sum(mask).astype(loss.dtype)
     return total / jnp.maximum(count, 1)
@@ -229,9 +244,15 @@ def kd_loss(
       Hinton, Vinyals and Dean, `Distilling the Knowledge in a Neural Network
       <https://arxiv.org/abs/1503.02531>`_, 2015.
     """
-    return divergence_loss(teacher_logits, student_logits, "forward_kl",
-                           temperature=temperature, where=where, softcap=softcap,
-                           trim_teacher_vocab=trim_teacher_vocab)
+    return divergence_loss(
+        teacher_logits,
+        student_logits,
+        "forward_kl",
+        temperature=temperature,
+        where=where,
+        softcap=softcap,
+        trim_teacher_vocab=trim_teacher_vocab,
+    )
 
 
 def divergence_loss(
@@ -277,8 +298,13 @@ def divergence_loss(
     """
     fn = resolve_divergence(divergence)
     _check_temperature(temperature)
-    teacher, student, mask = _prepare(teacher_logits, student_logits, where=where,
-                                      softcap=softcap, trim_teacher_vocab=trim_teacher_vocab)
+    teacher, student, mask = _prepare(
+        teacher_logits,
+        student_logits,
+        where=where,
+        softcap=softcap,
+        trim_teacher_vocab=trim_teacher_vocab,
+    )
     values = fn(teacher, student, temperature=temperature, where=mask)
     return _finish(values * _tau_squared(temperature, values.dtype), mask)
 
@@ -287,8 +313,7 @@ def _safe_entropy(log_probs):
     """``-sum p log p`` over the last axis with ``0 log 0 = 0`` and finite gradients there."""
     zero = jnp.isneginf(log_probs)
     safe = jnp.where(zero, jnp.zeros((), log_probs.dtype), log_probs)
-    return -jnp.sum(jnp.where(zero, jnp.zeros((), log_probs.dtype), jnp.exp(safe) * safe),
-                    axis=-1)
+    return -jnp.sum(jnp.where(zero, jnp.zeros((), log_probs.dtype), jnp.exp(safe) * safe), axis=-1)
 
 
 def entropy_balance_weight(teacher_log_probs: Array, student_log_probs: Array) -> Array:
@@ -349,16 +374,24 @@ def bdkd_loss(
       Knowledge Distillation <https://arxiv.org/abs/2212.12965>`_, 2022.
     """
     _check_temperature(temperature)
-    teacher, student, mask = _prepare(teacher_logits, student_logits, where=where,
-                                      softcap=softcap, trim_teacher_vocab=trim_teacher_vocab)
-    forward = _discrete.categorical_divergence(teacher, student, "forward_kl",
-                                               temperature=temperature, where=mask)
-    reverse = _discrete.categorical_divergence(teacher, student, "reverse_kl",
-                                               temperature=temperature, where=mask)
+    teacher, student, mask = _prepare(
+        teacher_logits,
+        student_logits,
+        where=where,
+        softcap=softcap,
+        trim_teacher_vocab=trim_teacher_vocab,
+    )
+    forward = _discrete.categorical_divergence(
+        teacher, student, "forward_kl", temperature=temperature, where=mask
+    )
+    reverse = _discrete.categorical_divergence(
+        teacher, student, "reverse_kl", temperature=temperature, where=mask
+    )
     if callable(weight):
         tau = jnp.asarray(temperature, teacher.dtype)
-        w = weight(jax.nn.log_softmax(teacher / tau, axis=-1),
-                   jax.nn.log_softmax(student / tau, axis=-1))
+        w = weight(
+            jax.nn.log_softmax(teacher / tau, axis=-1), jax.nn.log_softmax(student / tau, axis=-1)
+        )
     else:
         if _is_number(weight) and not 0.0 <= float(weight) <= 1.0:
             raise ValueError(f"weight must be in [0, 1], got {weight}.")
@@ -422,28 +455,42 @@ def nkd_loss(
     _check_temperature(temperature)
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"labels must be integer class indices, got {labels.dtype}; for"
-                         " one-hot labels pass labels.argmax(-1).")
+        raise ValueError(
+            f"labels must be integer class indices, got {labels.dtype}; for"
+            " one-hot labels pass labels.argmax(-1)."
+        )
     student_shape = jnp.shape(student_logits)
     if labels.shape != tuple(student_shape[:-1]):
-        raise ValueError(f"labels must have shape {tuple(student_shape[:-1])} (student_logits"
-                         f" without the class axis), got labels.shape={labels.shape}.")
+        raise ValueError(
+            f"labels must have shape {tuple(student_shape[:-1])} (student_logits"
+            f" without the class axis), got labels.shape={labels.shape}."
+        )
     mask = None if ignore_index is None else labels != ignore_index
     if where is not None:
         given = _discrete._check_mask(where, labels.shape, f"labels.shape={labels.shape}")
         mask = given if mask is None else (mask & given)
-    teacher, student, mask = _prepare(teacher_logits, student_logits, where=mask,
-                                      softcap=softcap, trim_teacher_vocab=trim_teacher_vocab)
+    teacher, student, mask = _prepare(
+        teacher_logits,
+        student_logits,
+        where=mask,
+        softcap=softcap,
+        trim_teacher_vocab=trim_teacher_vocab,
+    )
     num_classes = student.shape[-1]
     safe_labels = labels if mask is None else jnp.where(mask, labels, 0)
     try:
         concrete = np.asarray(safe_labels)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         concrete = None  # traced labels: the range cannot be checked
-    if concrete is not None and concrete.size and not (
-            0 <= concrete.min() and concrete.max() < num_classes):
-        raise ValueError(f"labels must be in [0, {num_classes}) (or ignore_index), got values"
-                         f" in [{concrete.min()}, {concrete.max()}].")
+    if (
+        concrete is not None
+        and concrete.size
+        and not (0 <= concrete.min() and concrete.max() < num_classes)
+    ):
+        raise ValueError(
+            f"labels must be in [0, {num_classes}) (or ignore_index), got values"
+            f" in [{concrete.min()}, {concrete.max()}]."
+        )
     target = jax.nn.one_hot(safe_labels, num_classes, dtype=jnp.bool_)
 
     log_t = jax.nn.log_softmax(teacher, axis=-1)
@@ -492,10 +539,17 @@ def sinkd_loss(
     try:
         from fdiv import transport  # pylint: disable=import-outside-toplevel
     except ImportError as e:
-        raise ImportError("sinkd_loss needs fdiv.transport (the ott-jax based estimators),"
-                          " which this installation does not have.") from e
-    return weight * transport.sinkd(teacher_logits, student_logits, temperature=temperature,
-                                    epsilon=epsilon, num_iters=num_iters)
+        raise ImportError(
+            "sinkd_loss needs fdiv.transport (the ott-jax based estimators),"
+            " which this installation does not have."
+        ) from e
+    return weight * transport.sinkd(
+        teacher_logits,
+        student_logits,
+        temperature=temperature,
+        epsilon=epsilon,
+        num_iters=num_iters,
+    )
 
 
 def topk_divergence_loss(
@@ -559,15 +613,20 @@ def topk_divergence_loss(
         raise ValueError(f"teacher_topk_ids must be integers, got {ids.dtype}.")
     student = _upcast(_check_float(student_logits, "student_logits"))
     if topk.shape != ids.shape or topk.ndim == 0:
-        raise ValueError("teacher_topk_logprobs and teacher_topk_ids must have the same shape"
-                         f" [..., k], got {topk.shape} and {ids.shape}.")
+        raise ValueError(
+            "teacher_topk_logprobs and teacher_topk_ids must have the same shape"
+            f" [..., k], got {topk.shape} and {ids.shape}."
+        )
     if student.ndim == 0 or topk.shape[:-1] != student.shape[:-1]:
-        raise ValueError(f"student_logits must be [..., vocab] with leading shape"
-                         f" {topk.shape[:-1]}, got student_logits.shape={student.shape}.")
+        raise ValueError(
+            f"student_logits must be [..., vocab] with leading shape"
+            f" {topk.shape[:-1]}, got student_logits.shape={student.shape}."
+        )
     k, vocab = topk.shape[-1], student.shape[-1]
     if k > vocab:
-        raise ValueError(f"k = {k} stored teacher classes exceed the student's vocabulary size"
-                         f" {vocab}.")
+        raise ValueError(
+            f"k = {k} stored teacher classes exceed the student's vocabulary size {vocab}."
+        )
     out_shape = student.shape[:-1]
     mask = None
     if where is not None:
@@ -595,14 +654,14 @@ def topk_divergence_loss(
         top_mass = jnp.minimum(jax.nn.logsumexp(topk, axis=-1, keepdims=True), 0.0)
         # log(1 - sum p) with the top mass 1 (tail 0) mapping to -inf without a NaN gradient.
         full = top_mass >= 0
-        t_tail = jnp.where(full, -jnp.inf,
-                           jnp.log(-jnp.expm1(jnp.where(full, -1.0, top_mass))))
+        t_tail = jnp.where(full, -jnp.inf, jnp.log(-jnp.expm1(jnp.where(full, -1.0, top_mass))))
         if tail_floor:
             t_tail = jnp.maximum(t_tail, math.log(tail_floor))
             full = jnp.zeros_like(full)
         log_rest = math.log(vocab - k)
-        t_tail = jnp.where(full, -jnp.inf,
-                           (jnp.where(full, 0.0, t_tail) - log_rest) / tau + log_rest)
+        t_tail = jnp.where(
+            full, -jnp.inf, (jnp.where(full, 0.0, t_tail) - log_rest) / tau + log_rest
+        )
         t_buckets = jnp.concatenate([topk / tau, t_tail], axis=-1)
         s_buckets = jnp.concatenate([s_top, s_tail], axis=-1)
     values = fn(t_buckets, s_buckets, temperature=1.0, where=mask)

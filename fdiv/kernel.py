@@ -59,19 +59,26 @@ def _is_concrete(x) -> bool:
 def _samples(x: ArrayLike, name: str, *, min_rows: int) -> Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must be floating point, got dtype {x.dtype}; cast it with "
-                         ".astype(jnp.float32).")
+        raise ValueError(
+            f"{name} must be floating point, got dtype {x.dtype}; cast it with "
+            ".astype(jnp.float32)."
+        )
     if x.ndim != 2:
-        raise ValueError(f"{name} must be a [n, d] array of samples (one row per sample), got "
-                         f"shape {x.shape}; reshape 1-D samples with x[:, None].")
+        raise ValueError(
+            f"{name} must be a [n, d] array of samples (one row per sample), got "
+            f"shape {x.shape}; reshape 1-D samples with x[:, None]."
+        )
     if x.shape[0] < min_rows:
-        raise ValueError(f"{name} has {x.shape[0]} samples; this estimate needs at least "
-                         f"{min_rows} (U-statistics exclude i = j).")
+        raise ValueError(
+            f"{name} has {x.shape[0]} samples; this estimate needs at least "
+            f"{min_rows} (U-statistics exclude i = j)."
+        )
     if x.shape[1] == 0:
         raise ValueError(f"{name} has zero features (shape {x.shape}).")
     if _is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf); remove or fix those "
-                         "samples.")
+        raise ValueError(
+            f"{name} contains non-finite values (NaN or inf); remove or fix those samples."
+        )
     if jnp.finfo(x.dtype).bits < 32:
         x = x.astype(jnp.float32)
     return x
@@ -81,8 +88,10 @@ def _pair(x_p, x_q, *, min_rows: int) -> tuple[Array, Array]:
     x_p = _samples(x_p, "x_p", min_rows=min_rows)
     x_q = _samples(x_q, "x_q", min_rows=min_rows)
     if x_p.shape[1] != x_q.shape[1]:
-        raise ValueError(f"x_p and x_q must have the same feature dimension, got x_p.shape="
-                         f"{x_p.shape} and x_q.shape={x_q.shape}.")
+        raise ValueError(
+            f"x_p and x_q must have the same feature dimension, got x_p.shape="
+            f"{x_p.shape} and x_q.shape={x_q.shape}."
+        )
     dtype = jnp.result_type(x_p, x_q)
     return x_p.astype(dtype), x_q.astype(dtype)
 
@@ -90,15 +99,21 @@ def _pair(x_p, x_q, *, min_rows: int) -> tuple[Array, Array]:
 def _bandwidths(bandwidth: Bandwidth, dtype) -> Array:
     """``[k]`` bandwidths; concrete values are checked positive and finite."""
     if bandwidth is None:
-        raise ValueError("bandwidth is required: pass a positive float, a sequence of them (sum "
-                         "of kernels), or median_bandwidth(x_p, x_q).")
+        raise ValueError(
+            "bandwidth is required: pass a positive float, a sequence of them (sum "
+            "of kernels), or median_bandwidth(x_p, x_q)."
+        )
     bws = jnp.atleast_1d(jnp.asarray(bandwidth, dtype))
     if bws.ndim != 1 or bws.shape[0] == 0:
-        raise ValueError(f"bandwidth must be a positive number or a non-empty 1-D sequence of "
-                         f"them, got shape {np.shape(bandwidth)}.")
+        raise ValueError(
+            f"bandwidth must be a positive number or a non-empty 1-D sequence of "
+            f"them, got shape {np.shape(bandwidth)}."
+        )
     if _is_concrete(bws) and not bool(jnp.all((bws > 0) & jnp.isfinite(bws))):
-        raise ValueError(f"bandwidth must be positive and finite, got {np.asarray(bws)}; use "
-                         "median_bandwidth(x_p, x_q) for a data-driven choice.")
+        raise ValueError(
+            f"bandwidth must be positive and finite, got {np.asarray(bws)}; use "
+            "median_bandwidth(x_p, x_q) for a data-driven choice."
+        )
     return bws
 
 
@@ -114,8 +129,7 @@ def _block_size(block_size) -> int:
 
 def _sq_dists(a: Array, b: Array) -> Array:
     """``[m, n]`` squared distances, clipped at 0 (the expansion can round below)."""
-    sq = (jnp.sum(a * a, axis=1)[:, None] + jnp.sum(b * b, axis=1)[None, :]
-          - 2.0 * (a @ b.T))
+    sq = jnp.sum(a * a, axis=1)[:, None] + jnp.sum(b * b, axis=1)[None, :] - 2.0 * (a @ b.T)
     return jnp.maximum(sq, 0.0)
 
 
@@ -129,8 +143,9 @@ def _blocks(x: Array, block_size: int):
     return xb, rows
 
 
-def _pair_reduce(x: Array, y: Array, block_size: int, fn, *, exclude_diagonal: bool,
-                 upper: bool = False):
+def _pair_reduce(
+    x: Array, y: Array, block_size: int, fn, *, exclude_diagonal: bool, upper: bool = False
+):
     """``[nb, ...]`` per-block results of ``fn(sq_dists [block, m], valid [block, m])``.
 
     ``valid`` masks out padding rows and, for the self terms, the pairs ``i = j`` (``upper``:
@@ -172,16 +187,16 @@ def _kernel_log_sum(x, y, bws, block_size, *, exclude_diagonal):
         log_k = jnp.where(valid[..., None], log_k, -jnp.inf)
         return jax.nn.logsumexp(log_k)
 
-    return jax.nn.logsumexp(_pair_reduce(x, y, block_size, fn,
-                                         exclude_diagonal=exclude_diagonal))
+    return jax.nn.logsumexp(_pair_reduce(x, y, block_size, fn, exclude_diagonal=exclude_diagonal))
 
 
 # ----------------------------------------------------------------------------------------------
 # Public estimators.
 
 
-def mmd2(x_p: ArrayLike, x_q: ArrayLike, *, bandwidth: Bandwidth,
-         block_size: int = _DEFAULT_BLOCK) -> Array:
+def mmd2(
+    x_p: ArrayLike, x_q: ArrayLike, *, bandwidth: Bandwidth, block_size: int = _DEFAULT_BLOCK
+) -> Array:
     """Unbiased squared maximum mean discrepancy ``MMD^2_u`` with a Gaussian kernel.
 
     ``MMD^2 = E k(p, p') + E k(q, q') - 2 E k(p, q)``; the two self terms are U-statistics over
@@ -217,8 +232,9 @@ def _mmd2(x_p, x_q, bws, block_size):
     return k_pp + k_qq - 2.0 * k_pq
 
 
-def cauchy_schwarz(x_p: ArrayLike, x_q: ArrayLike, *, bandwidth: Bandwidth,
-                   block_size: int = _DEFAULT_BLOCK) -> Array:
+def cauchy_schwarz(
+    x_p: ArrayLike, x_q: ArrayLike, *, bandwidth: Bandwidth, block_size: int = _DEFAULT_BLOCK
+) -> Array:
     """Sample Cauchy-Schwarz divergence with a Gaussian kernel, in log space.
 
     ``log mean_{i!=j} k(p_i, p_j) + log mean_{i!=j} k(q_i, q_j) - 2 log mean_{i,j} k(p_i, q_j)``
@@ -250,16 +266,24 @@ def cauchy_schwarz(x_p: ArrayLike, x_q: ArrayLike, *, bandwidth: Bandwidth,
 @functools.partial(jax.jit, static_argnums=(3,))
 def _cauchy_schwarz(x_p, x_q, bws, block_size):
     n, m = x_p.shape[0], x_q.shape[0]
-    log_pp = (_kernel_log_sum(x_p, x_p, bws, block_size, exclude_diagonal=True)
-              - math.log(n * (n - 1)))
-    log_qq = (_kernel_log_sum(x_q, x_q, bws, block_size, exclude_diagonal=True)
-              - math.log(m * (m - 1)))
+    log_pp = _kernel_log_sum(x_p, x_p, bws, block_size, exclude_diagonal=True) - math.log(
+        n * (n - 1)
+    )
+    log_qq = _kernel_log_sum(x_q, x_q, bws, block_size, exclude_diagonal=True) - math.log(
+        m * (m - 1)
+    )
     log_pq = _kernel_log_sum(x_p, x_q, bws, block_size, exclude_diagonal=False) - math.log(n * m)
     return log_pp + log_qq - 2.0 * log_pq
 
 
-def median_bandwidth(x_p: ArrayLike, x_q: ArrayLike, *, block_size: int = _DEFAULT_BLOCK,
-                     bins: int = 4096, passes: int = 2) -> Array:
+def median_bandwidth(
+    x_p: ArrayLike,
+    x_q: ArrayLike,
+    *,
+    block_size: int = _DEFAULT_BLOCK,
+    bins: int = 4096,
+    passes: int = 2,
+) -> Array:
     """The median heuristic: the median distance ``||z_i - z_j||`` over pairs ``i != j`` of the
     pooled sample ``z = [x_p; x_q]``.
 
@@ -288,8 +312,10 @@ def median_bandwidth(x_p: ArrayLike, x_q: ArrayLike, *, block_size: int = _DEFAU
     x_p = _samples(x_p, "x_p", min_rows=1)
     x_q = _samples(x_q, "x_q", min_rows=1)
     if x_p.shape[1] != x_q.shape[1]:
-        raise ValueError(f"x_p and x_q must have the same feature dimension, got x_p.shape="
-                         f"{x_p.shape} and x_q.shape={x_q.shape}.")
+        raise ValueError(
+            f"x_p and x_q must have the same feature dimension, got x_p.shape="
+            f"{x_p.shape} and x_q.shape={x_q.shape}."
+        )
     if not isinstance(bins, numbers.Integral) or bins < 2:
         raise ValueError(f"bins must be an integer >= 2, got {bins!r}.")
     if not isinstance(passes, numbers.Integral) or passes < 1:
@@ -300,9 +326,11 @@ def median_bandwidth(x_p: ArrayLike, x_q: ArrayLike, *, block_size: int = _DEFAU
     if n < 2:
         raise ValueError("median_bandwidth needs at least 2 samples in x_p and x_q together.")
     if n > 65536:
-        raise ValueError(f"median_bandwidth counts pairs in int32 and supports up to 65536 "
-                         f"pooled samples, got {n}; pass a random subset (the median of a "
-                         "subset of 10^4 points is accurate to about 1%).")
+        raise ValueError(
+            f"median_bandwidth counts pairs in int32 and supports up to 65536 "
+            f"pooled samples, got {n}; pass a random subset (the median of a "
+            "subset of 10^4 points is accurate to about 1%)."
+        )
     num_pairs = n * (n - 1) // 2
     return _median(z, _block_size(block_size), int(bins), int(passes), (num_pairs - 1) // 2)
 
@@ -315,8 +343,9 @@ def _median(z, block_size, bins, passes, rank):
     def max_fn(sq, valid):
         return jnp.max(jnp.where(valid, sq, 0.0))
 
-    hi = jnp.sqrt(jnp.max(_pair_reduce(z, z, block_size, max_fn, exclude_diagonal=True,
-                                       upper=True)))
+    hi = jnp.sqrt(
+        jnp.max(_pair_reduce(z, z, block_size, max_fn, exclude_diagonal=True, upper=True))
+    )
     # The interval [lo, hi) contains the median; `below` counts the distances under lo.
     lo = jnp.zeros((), dtype)
     hi = hi * (1.0 + 4.0 * jnp.finfo(dtype).eps) + jnp.finfo(dtype).tiny
@@ -328,11 +357,15 @@ def _median(z, block_size, bins, passes, rank):
             dist = jnp.sqrt(sq)
             inside = valid & (dist >= lo) & (dist < lo + width * bins)
             idx = jnp.clip(jnp.floor((dist - lo) / width).astype(jnp.int32), 0, bins - 1)
-            return jnp.zeros((bins,), jnp.int32).at[jnp.where(inside, idx, 0)].add(
-                inside.astype(jnp.int32))
+            return (
+                jnp.zeros((bins,), jnp.int32)
+                .at[jnp.where(inside, idx, 0)]
+                .add(inside.astype(jnp.int32))
+            )
 
-        counts = jnp.sum(_pair_reduce(z, z, block_size, hist_fn, exclude_diagonal=True, upper=True),
-                         axis=0)
+        counts = jnp.sum(
+            _pair_reduce(z, z, block_size, hist_fn, exclude_diagonal=True, upper=True), axis=0
+        )
         cumulative = below + jnp.cumsum(counts)
         k = jnp.argmax(cumulative > rank)
         below = jnp.where(k > 0, cumulative[jnp.maximum(k - 1, 0)], below)
@@ -349,8 +382,11 @@ def _gauss_log_density_at(diff: Array, cov: Array) -> Array:
     d = diff.shape[-1]
     chol = jnp.linalg.cholesky(cov)
     sol = jax.scipy.linalg.solve_triangular(chol, diff, lower=True)
-    return (-0.5 * jnp.sum(sol * sol) - jnp.sum(jnp.log(jnp.diagonal(chol)))
-            - 0.5 * d * math.log(2.0 * math.pi))
+    return (
+        -0.5 * jnp.sum(sol * sol)
+        - jnp.sum(jnp.log(jnp.diagonal(chol)))
+        - 0.5 * d * math.log(2.0 * math.pi)
+    )
 
 
 def _gauss_log_mean_kernel(mean_a, cov_a, mean_b, cov_b, s):
@@ -364,8 +400,10 @@ def _gauss_log_mean_kernel(mean_a, cov_a, mean_b, cov_b, s):
 
 
 def _gauss_args(mean_p, cov_p, mean_q, cov_q, bandwidth):
-    mean_p, mean_q = jnp.atleast_1d(jnp.asarray(mean_p, jnp.float32)), jnp.atleast_1d(
-        jnp.asarray(mean_q, jnp.float32))
+    mean_p, mean_q = (
+        jnp.atleast_1d(jnp.asarray(mean_p, jnp.float32)),
+        jnp.atleast_1d(jnp.asarray(mean_q, jnp.float32)),
+    )
     d = mean_p.shape[0]
     # A scalar covariance is isotropic: var * I.
     cov_p = jnp.asarray(cov_p, jnp.float32)
@@ -373,8 +411,10 @@ def _gauss_args(mean_p, cov_p, mean_q, cov_q, bandwidth):
     cov_p = cov_p * jnp.eye(d) if cov_p.ndim == 0 else cov_p
     cov_q = cov_q * jnp.eye(d) if cov_q.ndim == 0 else cov_q
     if cov_p.shape != (d, d) or cov_q.shape != (d, d) or mean_q.shape != (d,):
-        raise ValueError(f"means must be [d] and covariances [d, d] with the same d; got "
-                         f"{mean_p.shape}, {cov_p.shape}, {mean_q.shape}, {cov_q.shape}.")
+        raise ValueError(
+            f"means must be [d] and covariances [d, d] with the same d; got "
+            f"{mean_p.shape}, {cov_p.shape}, {mean_q.shape}, {cov_q.shape}."
+        )
     return mean_p, cov_p, mean_q, cov_q, _bandwidths(bandwidth, jnp.float32)
 
 
@@ -388,9 +428,11 @@ def gaussian_mmd2(mean_p, cov_p, mean_q, cov_q, *, bandwidth: Bandwidth) -> Arra
     mean_p, cov_p, mean_q, cov_q, bws = _gauss_args(mean_p, cov_p, mean_q, cov_q, bandwidth)
     total = 0.0
     for s in bws:
-        total = total + (jnp.exp(_gauss_log_mean_kernel(mean_p, cov_p, mean_p, cov_p, s))
-                         + jnp.exp(_gauss_log_mean_kernel(mean_q, cov_q, mean_q, cov_q, s))
-                         - 2.0 * jnp.exp(_gauss_log_mean_kernel(mean_p, cov_p, mean_q, cov_q, s)))
+        total = total + (
+            jnp.exp(_gauss_log_mean_kernel(mean_p, cov_p, mean_p, cov_p, s))
+            + jnp.exp(_gauss_log_mean_kernel(mean_q, cov_q, mean_q, cov_q, s))
+            - 2.0 * jnp.exp(_gauss_log_mean_kernel(mean_p, cov_p, mean_q, cov_q, s))
+        )
     return total
 
 
@@ -405,8 +447,10 @@ def gaussian_cauchy_schwarz(mean_p, cov_p, mean_q, cov_q, *, bandwidth: Bandwidt
     mean_p, cov_p, mean_q, cov_q, bws = _gauss_args(mean_p, cov_p, mean_q, cov_q, bandwidth)
 
     def log_mean(ma, ca, mb, cb):
-        return jax.nn.logsumexp(jnp.stack([_gauss_log_mean_kernel(ma, ca, mb, cb, s)
-                                           for s in bws]))
+        return jax.nn.logsumexp(jnp.stack([_gauss_log_mean_kernel(ma, ca, mb, cb, s) for s in bws]))
 
-    return (log_mean(mean_p, cov_p, mean_p, cov_p) + log_mean(mean_q, cov_q, mean_q, cov_q)
-            - 2.0 * log_mean(mean_p, cov_p, mean_q, cov_q))
+    return (
+        log_mean(mean_p, cov_p, mean_p, cov_p)
+        + log_mean(mean_q, cov_q, mean_q, cov_q)
+        - 2.0 * log_mean(mean_p, cov_p, mean_q, cov_q)
+    )

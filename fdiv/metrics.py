@@ -45,21 +45,29 @@ def pairwise_distances(x: Array, y: Array) -> Array:
     """
     x, y = jnp.asarray(x), jnp.asarray(y)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be [n, d] and [m, d] with the same d; got shapes "
-                         f"{x.shape} and {y.shape}.")
+        raise ValueError(
+            f"x and y must be [n, d] and [m, d] with the same d; got shapes "
+            f"{x.shape} and {y.shape}."
+        )
     if x.shape[0] * y.shape[0] * x.shape[1] <= 2**25:
         sq = jnp.sum((x[:, None, :] - y[None, :, :]) ** 2, axis=-1)
     else:
-        sq = (jnp.sum(x**2, axis=1)[:, None] + jnp.sum(y**2, axis=1)[None, :]
-              - 2 * x @ y.T)
+        sq = jnp.sum(x**2, axis=1)[:, None] + jnp.sum(y**2, axis=1)[None, :] - 2 * x @ y.T
         sq = jnp.clip(sq, 0.0)
     # The gradient of sqrt at 0 is infinite; the where keeps it finite on the diagonal.
     safe = jnp.where(sq > 0, sq, 1.0)
     return jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
 
 
-def mixture_metrics(samples: Array, centers: Array, weights: Array, std: float, *,
-                    n_std: float = 3.0, min_share: float = 0.2) -> dict[str, Array]:
+def mixture_metrics(
+    samples: Array,
+    centers: Array,
+    weights: Array,
+    std: float,
+    *,
+    n_std: float = 3.0,
+    min_share: float = 0.2,
+) -> dict[str, Array]:
     """Mode coverage of samples from a model of an isotropic Gaussian mixture (docs/reference.md section 8).
 
     A sample is *near* mode k when its nearest centre is k and it lies within ``n_std``
@@ -87,18 +95,23 @@ def mixture_metrics(samples: Array, centers: Array, weights: Array, std: float, 
     samples, centers = jnp.asarray(samples), jnp.asarray(centers)
     weights = jnp.asarray(weights, samples.dtype)
     if samples.ndim != 2 or centers.ndim != 2 or samples.shape[1] != centers.shape[1]:
-        raise ValueError(f"samples and centers must be [n, d] and [K, d]; got {samples.shape} "
-                         f"and {centers.shape}.")
+        raise ValueError(
+            f"samples and centers must be [n, d] and [K, d]; got {samples.shape} "
+            f"and {centers.shape}."
+        )
     if weights.shape != (centers.shape[0],):
-        raise ValueError(f"weights must have shape [K] = {(centers.shape[0],)} to match centers "
-                         f"of shape {centers.shape}; got {weights.shape}.")
+        raise ValueError(
+            f"weights must have shape [K] = {(centers.shape[0],)} to match centers "
+            f"of shape {centers.shape}; got {weights.shape}."
+        )
     weights = weights / jnp.sum(weights)
     n = samples.shape[0]
     dist = pairwise_distances(samples, centers)
     nearest = jnp.argmin(dist, axis=1)
     near = jnp.min(dist, axis=1) <= n_std * std
-    counts = jnp.sum(jax.nn.one_hot(nearest, centers.shape[0], dtype=samples.dtype)
-                     * near[:, None], axis=0)
+    counts = jnp.sum(
+        jax.nn.one_hot(nearest, centers.shape[0], dtype=samples.dtype) * near[:, None], axis=0
+    )
     total = jnp.sum(counts)
     freqs = counts / jnp.maximum(total, 1.0)
     expected = weights * n
@@ -134,8 +147,7 @@ def _sum_distances(x: Array, y: Array, block_size: int) -> Array:
     return jnp.sum(jax.lax.map(block_sum, (xb, valid)))
 
 
-def energy_distance(x: Array, y: Array, *, unbiased: bool = True,
-                    block_size: int = 2048) -> Array:
+def energy_distance(x: Array, y: Array, *, unbiased: bool = True, block_size: int = 2048) -> Array:
     """Energy distance ``2 E|x - y| - E|x - x'| - E|y - y'|`` between samples (docs/reference.md section 8).
 
     Args:
@@ -155,12 +167,15 @@ def energy_distance(x: Array, y: Array, *, unbiased: bool = True,
     """
     x, y = jnp.asarray(x), jnp.asarray(y)
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be [n, d] and [m, d] with the same d; got shapes "
-                         f"{x.shape} and {y.shape}.")
+        raise ValueError(
+            f"x and y must be [n, d] and [m, d] with the same d; got shapes "
+            f"{x.shape} and {y.shape}."
+        )
     n, m = x.shape[0], y.shape[0]
     if unbiased and min(n, m) < 2:
-        raise ValueError(f"the unbiased energy distance needs at least 2 samples in x and y; "
-                         f"got {n} and {m}.")
+        raise ValueError(
+            f"the unbiased energy distance needs at least 2 samples in x and y; got {n} and {m}."
+        )
     dxy = _sum_distances(x, y, block_size) / (n * m)
     # The diagonal |x_i - x_i| is exactly 0, so the off-diagonal mean only changes the count.
     sxx, syy = _sum_distances(x, x, block_size), _sum_distances(y, y, block_size)
@@ -233,8 +248,10 @@ def frechet_distance(mu1: Array, cov1: Array, mu2: Array, cov2: Array) -> Array:
     mu1, mu2, cov1, cov2 = map(jnp.asarray, (mu1, mu2, cov1, cov2))
     d = mu1.shape[-1]
     if mu2.shape != (d,) or cov1.shape != (d, d) or cov2.shape != (d, d):
-        raise ValueError(f"need mu [d] and cov [d, d] for both; got mu1 {mu1.shape}, "
-                         f"cov1 {cov1.shape}, mu2 {mu2.shape}, cov2 {cov2.shape}.")
+        raise ValueError(
+            f"need mu [d] and cov [d, d] for both; got mu1 {mu1.shape}, "
+            f"cov1 {cov1.shape}, mu2 {mu2.shape}, cov2 {cov2.shape}."
+        )
     s1 = _sqrtm_psd(cov1)
     m = s1 @ cov2 @ s1
     w = jnp.linalg.eigvalsh(0.5 * (m + m.T))
@@ -274,8 +291,10 @@ def knn_precision_recall(real: Array, fake: Array, k: int = 3) -> dict[str, Arra
     """
     real, fake = jnp.asarray(real), jnp.asarray(fake)
     if min(real.shape[0], fake.shape[0]) <= k:
-        raise ValueError(f"need more than k = {k} samples in each set; got real {real.shape} "
-                         f"and fake {fake.shape}.")
+        raise ValueError(
+            f"need more than k = {k} samples in each set; got real {real.shape} "
+            f"and fake {fake.shape}."
+        )
     r_real, r_fake = _kth_nn_radius(real, k), _kth_nn_radius(fake, k)
     d = pairwise_distances(fake, real)  # [m, n]
     precision = jnp.mean(jnp.any(d <= r_real[None, :], axis=1))

@@ -55,76 +55,76 @@ __all__ = [
 
 
 def _normalize_axis(axis, ndim, name_shape):
-  if axis is None:
-    return tuple(range(ndim))
-  axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
-  out = []
-  for a in axes:
-    if not isinstance(a, numbers.Integral) or not -ndim <= a < ndim:
-      raise ValueError(
-          f"axis must be None, an integer or a tuple of integers in [-{ndim},"
-          f" {ndim}) for samples of shape {name_shape}, got {axis!r}."
-      )
-    out.append(int(a) % ndim)
-  if len(set(out)) != len(out):
-    raise ValueError(f"axis contains repeated axes: {axis!r}.")
-  return tuple(sorted(out))
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
+    out = []
+    for a in axes:
+        if not isinstance(a, numbers.Integral) or not -ndim <= a < ndim:
+            raise ValueError(
+                f"axis must be None, an integer or a tuple of integers in [-{ndim},"
+                f" {ndim}) for samples of shape {name_shape}, got {axis!r}."
+            )
+        out.append(int(a) % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"axis contains repeated axes: {axis!r}.")
+    return tuple(sorted(out))
 
 
 def _prepare(log_p, log_q, where, axis, names):
-  """Validates and returns ``(log_u, mask, axes)`` in the compute dtype."""
-  name_p, name_q = names
-  log_p = _checks.check_floating(log_p, name_p)
-  log_q = _checks.check_floating(log_q, name_q)
-  if log_p.shape != log_q.shape:
-    raise ValueError(
-        f"{name_p} and {name_q} must have the same shape (one entry per"
-        f" sample), got {name_p}.shape={log_p.shape} and"
-        f" {name_q}.shape={log_q.shape}."
-    )
-  shape = log_p.shape
-  axes = _normalize_axis(axis, len(shape), shape)
-  n_static = int(np.prod([shape[a] for a in axes], dtype=np.int64))
-  if n_static < 2:
-    raise ValueError(
-        "at least 2 samples along axis are needed for a standard error, got"
-        f" {n_static} (samples shape {shape}, axis {axis!r})."
-    )
-  dtype = _checks.compute_dtype(log_p.dtype, log_q.dtype)
-  log_p = log_p.astype(dtype)
-  log_q = log_q.astype(dtype)
+    """Validates and returns ``(log_u, mask, axes)`` in the compute dtype."""
+    name_p, name_q = names
+    log_p = _checks.check_floating(log_p, name_p)
+    log_q = _checks.check_floating(log_q, name_q)
+    if log_p.shape != log_q.shape:
+        raise ValueError(
+            f"{name_p} and {name_q} must have the same shape (one entry per"
+            f" sample), got {name_p}.shape={log_p.shape} and"
+            f" {name_q}.shape={log_q.shape}."
+        )
+    shape = log_p.shape
+    axes = _normalize_axis(axis, len(shape), shape)
+    n_static = int(np.prod([shape[a] for a in axes], dtype=np.int64))
+    if n_static < 2:
+        raise ValueError(
+            "at least 2 samples along axis are needed for a standard error, got"
+            f" {n_static} (samples shape {shape}, axis {axis!r})."
+        )
+    dtype = _checks.compute_dtype(log_p.dtype, log_q.dtype)
+    log_p = log_p.astype(dtype)
+    log_q = log_q.astype(dtype)
 
-  mask = None
-  if where is not None:
-    mask = _checks.check_mask(where, shape, f"the samples shape {shape}")
-    mask = jnp.broadcast_to(mask, shape)
-    # Double-where, first half: masked samples get log_u = 0 (u = 1) before
-    # any arithmetic, so inf/NaN there cannot reach values or gradients.
-    zero = jnp.zeros((), dtype)
-    log_p = jnp.where(mask, log_p, zero)
-    log_q = jnp.where(mask, log_q, zero)
-  return log_p - log_q, mask, axes
+    mask = None
+    if where is not None:
+        mask = _checks.check_mask(where, shape, f"the samples shape {shape}")
+        mask = jnp.broadcast_to(mask, shape)
+        # Double-where, first half: masked samples get log_u = 0 (u = 1) before
+        # any arithmetic, so inf/NaN there cannot reach values or gradients.
+        zero = jnp.zeros((), dtype)
+        log_p = jnp.where(mask, log_p, zero)
+        log_q = jnp.where(mask, log_q, zero)
+    return log_p - log_q, mask, axes
 
 
 def _count(mask, shape, axes, dtype):
-  if mask is None:
-    return jnp.asarray(np.prod([shape[a] for a in axes]), dtype)
-  return jnp.sum(mask, axis=axes).astype(dtype)
+    if mask is None:
+        return jnp.asarray(np.prod([shape[a] for a in axes]), dtype)
+    return jnp.sum(mask, axis=axes).astype(dtype)
 
 
 def _masked(values, mask):
-  if mask is None:
-    return values
-  return jnp.where(mask, values, jnp.zeros((), values.dtype))
+    if mask is None:
+        return values
+    return jnp.where(mask, values, jnp.zeros((), values.dtype))
 
 
 def _mean_and_se(values, mask, axes):
-  """Masked mean and ``std(ddof=1) / sqrt(n)`` over ``axes``."""
-  n = _count(mask, values.shape, axes, values.dtype)
-  mean = jnp.sum(_masked(values, mask), axis=axes) / n
-  centred = _masked(values - jnp.expand_dims(mean, axes), mask)
-  var = jnp.sum(centred * centred, axis=axes) / (n - 1)
-  return mean, jnp.sqrt(var / n)
+    """Masked mean and ``std(ddof=1) / sqrt(n)`` over ``axes``."""
+    n = _count(mask, values.shape, axes, values.dtype)
+    mean = jnp.sum(_masked(values, mask), axis=axes) / n
+    centred = _masked(values - jnp.expand_dims(mean, axes), mask)
+    var = jnp.sum(centred * centred, axis=axes) / (n - 1)
+    return mean, jnp.sqrt(var / n)
 
 
 def mc_divergence_from_model_samples(
@@ -135,38 +135,38 @@ def mc_divergence_from_model_samples(
     where: Optional[ArrayLike] = None,
     axis: Axis = None,
 ) -> Tuple[Array, Array]:
-  r"""Monte Carlo ``D_f(P || Q)`` from samples of the model ``Q``.
+    r"""Monte Carlo ``D_f(P || Q)`` from samples of the model ``Q``.
 
-  With ``x_i ~ Q`` and ``u_i = p(x_i) / q(x_i)`` (docs/reference.md section 3):
+    With ``x_i ~ Q`` and ``u_i = p(x_i) / q(x_i)`` (docs/reference.md section 3):
 
-  .. math::
-    \hat D = \frac{1}{n} \sum_i f(u_i), \qquad
-    \mathrm{se} = \mathrm{std}_i(f(u_i)) / \sqrt{n}.
+    .. math::
+      \hat D = \frac{1}{n} \sum_i f(u_i), \qquad
+      \mathrm{se} = \mathrm{std}_i(f(u_i)) / \sqrt{n}.
 
-  Unbiased. Its variance is finite only when ``E_Q[f(u)^2]`` is; for
-  forward KL with a heavy-tailed ratio prefer
-  :func:`mc_divergence_from_target_samples`.
+    Unbiased. Its variance is finite only when ``E_Q[f(u)^2]`` is; for
+    forward KL with a heavy-tailed ratio prefer
+    :func:`mc_divergence_from_target_samples`.
 
-  Args:
-    log_p: ``log p(x_i)`` of the (normalised) target, shape ``[n]`` or any
-      shape whose ``axis`` axes index samples.
-    log_q: ``log q(x_i)`` of the model at the same samples, same shape.
-    divergence: A registered divergence name or an ``FDivergence``.
-    where: Optional boolean mask over samples, broadcastable to ``log_p``;
-      masked samples count neither in the mean nor in ``n``.
-    axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
+    Args:
+      log_p: ``log p(x_i)`` of the (normalised) target, shape ``[n]`` or any
+        shape whose ``axis`` axes index samples.
+      log_q: ``log q(x_i)`` of the model at the same samples, same shape.
+      divergence: A registered divergence name or an ``FDivergence``.
+      where: Optional boolean mask over samples, broadcastable to ``log_p``;
+        masked samples count neither in the mean nor in ``n``.
+      axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
 
-  Returns:
-    ``(estimate, standard_error)``, each of shape ``log_p.shape`` without
-    ``axis`` (scalars by default).
+    Returns:
+      ``(estimate, standard_error)``, each of shape ``log_p.shape`` without
+      ``axis`` (scalars by default).
 
-  References:
-    Owen, `Monte Carlo theory, methods and examples
-    <https://artowen.su.domains/mc/>`_, 2013, chapter 2.
-  """
-  divergence = _divergences.resolve(divergence)
-  log_u, mask, axes = _prepare(log_p, log_q, where, axis, ("log_p", "log_q"))
-  return _mean_and_se(divergence.f(log_u), mask, axes)
+    References:
+      Owen, `Monte Carlo theory, methods and examples
+      <https://artowen.su.domains/mc/>`_, 2013, chapter 2.
+    """
+    divergence = _divergences.resolve(divergence)
+    log_u, mask, axes = _prepare(log_p, log_q, where, axis, ("log_p", "log_q"))
+    return _mean_and_se(divergence.f(log_u), mask, axes)
 
 
 def mc_divergence_from_target_samples(
@@ -177,54 +177,54 @@ def mc_divergence_from_target_samples(
     where: Optional[ArrayLike] = None,
     axis: Axis = None,
 ) -> Tuple[Array, Array]:
-  r"""Monte Carlo ``D_f(P || Q)`` from samples of the target ``P``.
+    r"""Monte Carlo ``D_f(P || Q)`` from samples of the target ``P``.
 
-  With ``x_i ~ P`` and ``u_i = p(x_i) / q(x_i)``, using
-  ``E_Q[f(u)] = E_P[f(u) / u]`` (docs/reference.md section 3):
+    With ``x_i ~ P`` and ``u_i = p(x_i) / q(x_i)``, using
+    ``E_Q[f(u)] = E_P[f(u) / u]`` (docs/reference.md section 3):
 
-  .. math::
-    \hat D = \frac{1}{n} \sum_i \frac{f(u_i)}{u_i}, \qquad
-    \mathrm{se} = \mathrm{std}_i(f(u_i)/u_i) / \sqrt{n}.
+    .. math::
+      \hat D = \frac{1}{n} \sum_i \frac{f(u_i)}{u_i}, \qquad
+      \mathrm{se} = \mathrm{std}_i(f(u_i)/u_i) / \sqrt{n}.
 
-  Unbiased when ``Q`` is positive wherever ``P`` is. ``f(u)/u`` is computed by
-  ``divergence.f_over_u`` in log space (for forward KL it is ``log u``).
+    Unbiased when ``Q`` is positive wherever ``P`` is. ``f(u)/u`` is computed by
+    ``divergence.f_over_u`` in log space (for forward KL it is ``log u``).
 
-  Args:
-    log_p: ``log p(x_i)`` of the (normalised) target at ``x_i ~ P``, shape
-      ``[n]`` or any shape whose ``axis`` axes index samples.
-    log_q: ``log q(x_i)`` of the model at the same samples, same shape.
-    divergence: A registered divergence name or an ``FDivergence``.
-    where: Optional boolean mask over samples, broadcastable to ``log_p``.
-    axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
+    Args:
+      log_p: ``log p(x_i)`` of the (normalised) target at ``x_i ~ P``, shape
+        ``[n]`` or any shape whose ``axis`` axes index samples.
+      log_q: ``log q(x_i)`` of the model at the same samples, same shape.
+      divergence: A registered divergence name or an ``FDivergence``.
+      where: Optional boolean mask over samples, broadcastable to ``log_p``.
+      axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
 
-  Returns:
-    ``(estimate, standard_error)``, each of shape ``log_p.shape`` without
-    ``axis`` (scalars by default).
+    Returns:
+      ``(estimate, standard_error)``, each of shape ``log_p.shape`` without
+      ``axis`` (scalars by default).
 
-  References:
-    Owen, `Monte Carlo theory, methods and examples
-    <https://artowen.su.domains/mc/>`_, 2013, chapters 2 and 9.
-  """
-  divergence = _divergences.resolve(divergence)
-  log_u, mask, axes = _prepare(log_p, log_q, where, axis, ("log_p", "log_q"))
-  return _mean_and_se(divergence.f_over_u(log_u), mask, axes)
+    References:
+      Owen, `Monte Carlo theory, methods and examples
+      <https://artowen.su.domains/mc/>`_, 2013, chapters 2 and 9.
+    """
+    divergence = _divergences.resolve(divergence)
+    log_u, mask, axes = _prepare(log_p, log_q, where, axis, ("log_p", "log_q"))
+    return _mean_and_se(divergence.f_over_u(log_u), mask, axes)
 
 
 def _masked_logsumexp(x, mask, axes):
-  if mask is None:
-    return jax.nn.logsumexp(x, axis=axes)
-  # `b=mask` drops masked samples without touching their (already safe) value.
-  return jax.nn.logsumexp(x, axis=axes, b=mask.astype(x.dtype))
+    if mask is None:
+        return jax.nn.logsumexp(x, axis=axes)
+    # `b=mask` drops masked samples without touching their (already safe) value.
+    return jax.nn.logsumexp(x, axis=axes, b=mask.astype(x.dtype))
 
 
 def _self_normalize(log_p_unnormalized, log_q, where, axis):
-  log_w, mask, axes = _prepare(
-      log_p_unnormalized, log_q, where, axis, ("log_p_unnormalized", "log_q")
-  )
-  n = _count(mask, log_w.shape, axes, log_w.dtype)
-  log_z = _masked_logsumexp(log_w, mask, axes) - jnp.log(n)
-  log_u = log_w - jnp.expand_dims(log_z, axes)
-  return log_u, log_z, n, mask, axes
+    log_w, mask, axes = _prepare(
+        log_p_unnormalized, log_q, where, axis, ("log_p_unnormalized", "log_q")
+    )
+    n = _count(mask, log_w.shape, axes, log_w.dtype)
+    log_z = _masked_logsumexp(log_w, mask, axes) - jnp.log(n)
+    log_u = log_w - jnp.expand_dims(log_z, axes)
+    return log_u, log_z, n, mask, axes
 
 
 def mc_log_normalizer(
@@ -234,37 +234,35 @@ def mc_log_normalizer(
     where: Optional[ArrayLike] = None,
     axis: Axis = None,
 ) -> Tuple[Array, Array]:
-  r"""Importance-sampling estimate of ``log Z`` for ``p = p_tilde / Z``.
+    r"""Importance-sampling estimate of ``log Z`` for ``p = p_tilde / Z``.
 
-  With ``x_i ~ Q`` and ``w_i = p_tilde(x_i) / q(x_i)``:
+    With ``x_i ~ Q`` and ``w_i = p_tilde(x_i) / q(x_i)``:
 
-  .. math::
-    \log \hat Z = \mathrm{logsumexp}_i(\log w_i) - \log n, \qquad
-    \mathrm{se} = \mathrm{std}_i(w_i / \hat Z) / \sqrt{n}.
+    .. math::
+      \log \hat Z = \mathrm{logsumexp}_i(\log w_i) - \log n, \qquad
+      \mathrm{se} = \mathrm{std}_i(w_i / \hat Z) / \sqrt{n}.
 
-  ``hat Z`` is unbiased for ``Z``; ``log hat Z`` is biased low (Jensen) and
-  consistent. The standard error is the delta method's
-  ``se(hat Z) / hat Z``.
+    ``hat Z`` is unbiased for ``Z``; ``log hat Z`` is biased low (Jensen) and
+    consistent. The standard error is the delta method's
+    ``se(hat Z) / hat Z``.
 
-  Args:
-    log_p_unnormalized: ``log p_tilde(x_i)`` at ``x_i ~ Q``, shape ``[n]`` or
-      any shape whose ``axis`` axes index samples.
-    log_q: ``log q(x_i)`` of the (normalised) proposal, same shape.
-    where: Optional boolean mask over samples, broadcastable to the samples.
-    axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
+    Args:
+      log_p_unnormalized: ``log p_tilde(x_i)`` at ``x_i ~ Q``, shape ``[n]`` or
+        any shape whose ``axis`` axes index samples.
+      log_q: ``log q(x_i)`` of the (normalised) proposal, same shape.
+      where: Optional boolean mask over samples, broadcastable to the samples.
+      axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
 
-  Returns:
-    ``(log_z, standard_error)``, each of shape ``log_q.shape`` without ``axis``.
+    Returns:
+      ``(log_z, standard_error)``, each of shape ``log_q.shape`` without ``axis``.
 
-  References:
-    Owen, `Monte Carlo theory, methods and examples
-    <https://artowen.su.domains/mc/>`_, 2013, chapter 9.
-  """
-  log_u, log_z, _, mask, axes = _self_normalize(
-      log_p_unnormalized, log_q, where, axis
-  )
-  _, se = _mean_and_se(jnp.exp(log_u), mask, axes)
-  return log_z, se
+    References:
+      Owen, `Monte Carlo theory, methods and examples
+      <https://artowen.su.domains/mc/>`_, 2013, chapter 9.
+    """
+    log_u, log_z, _, mask, axes = _self_normalize(log_p_unnormalized, log_q, where, axis)
+    _, se = _mean_and_se(jnp.exp(log_u), mask, axes)
+    return log_z, se
 
 
 def mc_divergence_self_normalized(
@@ -275,73 +273,71 @@ def mc_divergence_self_normalized(
     where: Optional[ArrayLike] = None,
     axis: Axis = None,
 ) -> Tuple[Array, Array]:
-  r"""Self-normalised ``D_f(P || Q)`` from model samples, ``p`` unnormalised.
+    r"""Self-normalised ``D_f(P || Q)`` from model samples, ``p`` unnormalised.
 
-  With ``x_i ~ Q``, ``p = p_tilde / Z`` and ``w_i = p_tilde(x_i) / q(x_i)``,
-  the normaliser is estimated by importance sampling (docs/reference.md section 3), and the
-  ratios are normalised by it:
+    With ``x_i ~ Q``, ``p = p_tilde / Z`` and ``w_i = p_tilde(x_i) / q(x_i)``,
+    the normaliser is estimated by importance sampling (docs/reference.md section 3), and the
+    ratios are normalised by it:
 
-  .. math::
-    \hat Z = \frac{1}{n}\sum_i w_i, \quad \hat u_i = w_i / \hat Z, \quad
-    \hat D = \frac{1}{n} \sum_i f(\hat u_i).
+    .. math::
+      \hat Z = \frac{1}{n}\sum_i w_i, \quad \hat u_i = w_i / \hat Z, \quad
+      \hat D = \frac{1}{n} \sum_i f(\hat u_i).
 
-  The estimate is **biased** for finite ``n`` (``hat Z`` sits inside the
-  nonlinear ``f``) and **consistent**: it converges to ``D_f(P || Q)`` as
-  ``n -> inf``, with bias ``O(1/n)``. It does not depend on the constant in
-  ``p_tilde``.
+    The estimate is **biased** for finite ``n`` (``hat Z`` sits inside the
+    nonlinear ``f``) and **consistent**: it converges to ``D_f(P || Q)`` as
+    ``n -> inf``, with bias ``O(1/n)``. It does not depend on the constant in
+    ``p_tilde``.
 
-  The standard error is the delta method's: ``hat D`` is the plug-in estimate
-  of ``T(Q) = E_Q[f(w / E_Q w)]``, whose influence function at ``x_i`` is
-  ``f(u_i) - D - c (u_i - 1)`` with ``c = E_Q[u f'(u)]``; the reported value
-  is the sample standard deviation of ``f(hat u_i) - hat c (hat u_i - 1)``
-  over ``sqrt(n)``.
+    The standard error is the delta method's: ``hat D`` is the plug-in estimate
+    of ``T(Q) = E_Q[f(w / E_Q w)]``, whose influence function at ``x_i`` is
+    ``f(u_i) - D - c (u_i - 1)`` with ``c = E_Q[u f'(u)]``; the reported value
+    is the sample standard deviation of ``f(hat u_i) - hat c (hat u_i - 1)``
+    over ``sqrt(n)``.
 
-  Args:
-    log_p_unnormalized: ``log p_tilde(x_i)``, the target's log-density up to
-      an additive constant, at ``x_i ~ Q``; shape ``[n]`` or any shape whose
-      ``axis`` axes index samples.
-    log_q: ``log q(x_i)`` of the (normalised) model, same shape.
-    divergence: A registered divergence name or an ``FDivergence``.
-    where: Optional boolean mask over samples, broadcastable to the samples.
-    axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
+    Args:
+      log_p_unnormalized: ``log p_tilde(x_i)``, the target's log-density up to
+        an additive constant, at ``x_i ~ Q``; shape ``[n]`` or any shape whose
+        ``axis`` axes index samples.
+      log_q: ``log q(x_i)`` of the (normalised) model, same shape.
+      divergence: A registered divergence name or an ``FDivergence``.
+      where: Optional boolean mask over samples, broadcastable to the samples.
+      axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
 
-  Returns:
-    ``(estimate, standard_error)``, each of shape ``log_q.shape`` without
-    ``axis`` (scalars by default).
+    Returns:
+      ``(estimate, standard_error)``, each of shape ``log_q.shape`` without
+      ``axis`` (scalars by default).
 
-  References:
-    Owen, `Monte Carlo theory, methods and examples
-    <https://artowen.su.domains/mc/>`_, 2013, chapter 9 (self-normalised
-    importance sampling and its delta-method variance).
+    References:
+      Owen, `Monte Carlo theory, methods and examples
+      <https://artowen.su.domains/mc/>`_, 2013, chapter 9 (self-normalised
+      importance sampling and its delta-method variance).
 
-    Go, Korbak, Kruszewski, Rozen and Dymetman, `Aligning Language Models
-    with Preferences through f-divergence Minimization
-    <https://arxiv.org/abs/2302.08215>`_, ICML 2023 (partition function by
-    importance sampling).
-  """
-  divergence = _divergences.resolve(divergence)
-  log_u, _, _, mask, axes = _self_normalize(
-      log_p_unnormalized, log_q, where, axis
-  )
-  f_u = divergence.f(log_u)
-  estimate, _ = _mean_and_se(f_u, mask, axes)
-  # u f'(u) -> 0 as u -> 0 whenever f(0) is finite (f' is monotone and
-  # integrable near 0); where f(0) = inf the estimate is inf regardless.
-  zero_u = jnp.isneginf(log_u)
-  safe_log_u = jnp.where(zero_u, jnp.zeros((), log_u.dtype), log_u)
-  u = jnp.exp(safe_log_u)
-  u_f_prime = u * divergence.f_prime(safe_log_u)
-  # u f'(u) = f*(f'(u)) + f(u) where the product is inf * 0 (e.g. reverse KL at a ratio
-  # beyond exp's range, whose u f'(u) is -1).
-  u_f_prime = jnp.where(
-      jnp.isnan(u_f_prime) & ~jnp.isnan(safe_log_u),
-      divergence.conjugate_at_derivative(safe_log_u) + divergence.f(safe_log_u),
-      u_f_prime,
-  )
-  u_f_prime = jnp.where(zero_u, jnp.zeros((), u.dtype), u_f_prime)
-  u = jnp.where(zero_u, jnp.zeros((), u.dtype), u)
-  n = _count(mask, log_u.shape, axes, log_u.dtype)
-  c = jnp.sum(_masked(u_f_prime, mask), axis=axes) / n
-  influence = f_u - jnp.expand_dims(c, axes) * (u - 1)
-  _, se = _mean_and_se(influence, mask, axes)
-  return estimate, se
+      Go, Korbak, Kruszewski, Rozen and Dymetman, `Aligning Language Models
+      with Preferences through f-divergence Minimization
+      <https://arxiv.org/abs/2302.08215>`_, ICML 2023 (partition function by
+      importance sampling).
+    """
+    divergence = _divergences.resolve(divergence)
+    log_u, _, _, mask, axes = _self_normalize(log_p_unnormalized, log_q, where, axis)
+    f_u = divergence.f(log_u)
+    estimate, _ = _mean_and_se(f_u, mask, axes)
+    # u f'(u) -> 0 as u -> 0 whenever f(0) is finite (f' is monotone and
+    # integrable near 0); where f(0) = inf the estimate is inf regardless.
+    zero_u = jnp.isneginf(log_u)
+    safe_log_u = jnp.where(zero_u, jnp.zeros((), log_u.dtype), log_u)
+    u = jnp.exp(safe_log_u)
+    u_f_prime = u * divergence.f_prime(safe_log_u)
+    # u f'(u) = f*(f'(u)) + f(u) where the product is inf * 0 (e.g. reverse KL at a ratio
+    # beyond exp's range, whose u f'(u) is -1).
+    u_f_prime = jnp.where(
+        jnp.isnan(u_f_prime) & ~jnp.isnan(safe_log_u),
+        divergence.conjugate_at_derivative(safe_log_u) + divergence.f(safe_log_u),
+        u_f_prime,
+    )
+    u_f_prime = jnp.where(zero_u, jnp.zeros((), u.dtype), u_f_prime)
+    u = jnp.where(zero_u, jnp.zeros((), u.dtype), u)
+    n = _count(mask, log_u.shape, axes, log_u.dtype)
+    c = jnp.sum(_masked(u_f_prime, mask), axis=axes) / n
+    influence = f_u - jnp.expand_dims(c, axes) * (u - 1)
+    _, se = _mean_and_se(influence, mask, axes)
+    return estimate, se

@@ -85,8 +85,10 @@ def _floating(x: ArrayLike, name: str) -> Array:
         if jnp.issubdtype(dtype, jnp.integer) and not isinstance(x, (jax.Array, np.ndarray)):
             dtype = np.float32
         else:
-            raise ValueError(f"{name} must be floating point (log-probabilities), got dtype "
-                             f"{dtype}; cast with .astype(jnp.float32).")
+            raise ValueError(
+                f"{name} must be floating point (log-probabilities), got dtype "
+                f"{dtype}; cast with .astype(jnp.float32)."
+            )
     x = jnp.asarray(x, dtype=dtype)
     if jnp.finfo(x.dtype).bits < 32:
         # bfloat16 log-probabilities lose the ratio's digits; compute in float32.
@@ -169,8 +171,10 @@ def pseudo_reward(log_target: ArrayLike, log_model: ArrayLike, divergence) -> Ar
     try:
         np.broadcast_shapes(log_target.shape, log_model.shape)
     except ValueError:
-        raise ValueError(f"log_target and log_model must broadcast, got shapes {log_target.shape}"
-                         f" and {log_model.shape}.") from None
+        raise ValueError(
+            f"log_target and log_model must broadcast, got shapes {log_target.shape}"
+            f" and {log_model.shape}."
+        ) from None
     dtype = _common_dtype(log_target, log_model)
     log_u = log_target.astype(dtype) - log_model.astype(dtype)
     return _reward_fn(divergence)(log_u)
@@ -274,26 +278,34 @@ def fdpg_loss(
     log_model = _floating(log_model, "log_model")
     log_target = _floating(log_target, "log_target")
     if log_model.ndim != 1:
-        raise ValueError(f"log_model must have shape [n] (one log-probability per sample), got "
-                         f"shape {log_model.shape}; flatten the batch first.")
+        raise ValueError(
+            f"log_model must have shape [n] (one log-probability per sample), got "
+            f"shape {log_model.shape}; flatten the batch first."
+        )
     n = log_model.shape[0]
     if n == 0:
         raise ValueError("log_model is empty; fdpg_loss needs at least one sample.")
     if log_target.shape != log_model.shape:
-        raise ValueError(f"log_target must have the shape of log_model {log_model.shape}, got "
-                         f"{log_target.shape}.")
+        raise ValueError(
+            f"log_target must have the shape of log_model {log_model.shape}, got "
+            f"{log_target.shape}."
+        )
     arrays = [log_model, log_target]
     if log_proposal is not None:
         log_proposal = _floating(log_proposal, "log_proposal")
         if log_proposal.shape != log_model.shape:
-            raise ValueError(f"log_proposal must have the shape of log_model {log_model.shape}, "
-                             f"got {log_proposal.shape}.")
+            raise ValueError(
+                f"log_proposal must have the shape of log_model {log_model.shape}, "
+                f"got {log_proposal.shape}."
+            )
         arrays.append(log_proposal)
     baseline = _check_scalar(baseline, "baseline", "pass a float, e.g. MovingBaseline.value.")
     if log_normalizer is not None:
         log_normalizer = _check_scalar(
-            log_normalizer, "log_normalizer",
-            "pass log Z (e.g. RunningNormalizer.log_normalizer) or None to estimate it.")
+            log_normalizer,
+            "log_normalizer",
+            "pass log Z (e.g. RunningNormalizer.log_normalizer) or None to estimate it.",
+        )
     dtype = _common_dtype(*arrays)
 
     log_model_sg = jax.lax.stop_gradient(log_model).astype(dtype)
@@ -324,8 +336,8 @@ def fdpg_loss(
     l_low = jnp.where(low, safe_log_u, 0.0)
     l_high = jnp.where(low, 0.0, safe_log_u)
     divergence_terms = jnp.where(
-        low, weight * divergence.f(l_low),
-        jnp.exp(log_w + l_high) * divergence.f_over_u(l_high))
+        low, weight * divergence.f(l_low), jnp.exp(log_w + l_high) * divergence.f_over_u(l_high)
+    )
     aux = {
         "divergence": jnp.mean(jnp.where(alive, divergence_terms, 0.0)),
         "ess": effective_sample_size(log_w),
@@ -363,8 +375,9 @@ class RunningNormalizer:
         """The empty state (``log_normalizer`` is ``-inf`` until the first `update`)."""
         return cls(jnp.full((), -jnp.inf, dtype), jnp.zeros((), dtype))
 
-    def update(self, log_target: ArrayLike, log_sampler: ArrayLike,
-               where: ArrayLike | None = None) -> RunningNormalizer:
+    def update(
+        self, log_target: ArrayLike, log_sampler: ArrayLike, where: ArrayLike | None = None
+    ) -> RunningNormalizer:
         """The state after adding samples ``x_i ~ s`` with ``log p_tilde(x_i)``, ``log s(x_i)``.
 
         Args:
@@ -375,8 +388,10 @@ class RunningNormalizer:
         log_target = _floating(log_target, "log_target")
         log_sampler = _floating(log_sampler, "log_sampler")
         if log_target.ndim != 1 or log_target.shape != log_sampler.shape:
-            raise ValueError(f"log_target and log_sampler must both have shape [n], got "
-                             f"{log_target.shape} and {log_sampler.shape}.")
+            raise ValueError(
+                f"log_target and log_sampler must both have shape [n], got "
+                f"{log_target.shape} and {log_sampler.shape}."
+            )
         log_ratio = jax.lax.stop_gradient(log_target - log_sampler).astype(self.log_sum.dtype)
         if where is None:
             batch_log_sum = jax.nn.logsumexp(log_ratio)
@@ -384,12 +399,15 @@ class RunningNormalizer:
         else:
             mask = jnp.asarray(where)
             if mask.dtype != jnp.bool_ or mask.shape != log_ratio.shape:
-                raise ValueError(f"where must be a boolean mask of shape {log_ratio.shape}, got "
-                                 f"dtype {mask.dtype} and shape {mask.shape}.")
+                raise ValueError(
+                    f"where must be a boolean mask of shape {log_ratio.shape}, got "
+                    f"dtype {mask.dtype} and shape {mask.shape}."
+                )
             batch_log_sum = jax.nn.logsumexp(jnp.where(mask, log_ratio, -jnp.inf))
             batch_count = jnp.sum(mask).astype(self.count.dtype)
-        return RunningNormalizer(jnp.logaddexp(self.log_sum, batch_log_sum),
-                                 self.count + batch_count)
+        return RunningNormalizer(
+            jnp.logaddexp(self.log_sum, batch_log_sum), self.count + batch_count
+        )
 
     @property
     def log_normalizer(self) -> Array:
@@ -427,23 +445,36 @@ class MovingBaseline:
     def ema(cls, decay: float = 0.99, dtype=jnp.float32) -> MovingBaseline:
         if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0 <= decay < 1:
             raise ValueError(f"decay must be a Python number in [0, 1), got {decay!r}.")
-        return cls(jnp.zeros((), dtype), jnp.zeros((1,), dtype), jnp.zeros((), jnp.int32),
-                   decay=float(decay), window=None)
+        return cls(
+            jnp.zeros((), dtype),
+            jnp.zeros((1,), dtype),
+            jnp.zeros((), jnp.int32),
+            decay=float(decay),
+            window=None,
+        )
 
     @classmethod
     def windowed(cls, window: int = 1024, dtype=jnp.float32) -> MovingBaseline:
         if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
             raise ValueError(f"window must be a positive Python int, got {window!r}.")
-        return cls(jnp.zeros((), dtype), jnp.zeros((int(window),), dtype),
-                   jnp.zeros((), jnp.int32), decay=None, window=int(window))
+        return cls(
+            jnp.zeros((), dtype),
+            jnp.zeros((int(window),), dtype),
+            jnp.zeros((), jnp.int32),
+            decay=None,
+            window=int(window),
+        )
 
     @property
     def value(self) -> Array:
         if self.window is None:
-            correction = 1.0 - jnp.power(jnp.asarray(self.decay, self.accumulator.dtype),
-                                         self.count.astype(self.accumulator.dtype))
-            return jnp.where(self.count > 0,
-                             self.accumulator / jnp.where(self.count > 0, correction, 1.0), 0.0)
+            correction = 1.0 - jnp.power(
+                jnp.asarray(self.decay, self.accumulator.dtype),
+                self.count.astype(self.accumulator.dtype),
+            )
+            return jnp.where(
+                self.count > 0, self.accumulator / jnp.where(self.count > 0, correction, 1.0), 0.0
+            )
         filled = jnp.minimum(self.count, self.window)
         valid = jnp.arange(self.window) < filled
         return jnp.sum(jnp.where(valid, self.buffer, 0.0)) / jnp.maximum(filled, 1)
@@ -459,13 +490,15 @@ class MovingBaseline:
             mean = jnp.mean(rewards)
             accumulator = self.decay * self.accumulator + (1.0 - self.decay) * mean
             return dataclasses.replace(self, accumulator=accumulator, count=self.count + 1)
-        kept = rewards[-self.window:]
+        kept = rewards[-self.window :]
         positions = (self.count + jnp.arange(kept.shape[0])) % self.window
         buffer = self.buffer.at[positions].set(kept)
         return dataclasses.replace(self, buffer=buffer, count=self.count + kept.shape[0])
 
 
-jax.tree_util.register_dataclass(RunningNormalizer, data_fields=["log_sum", "count"],
-                                 meta_fields=[])
-jax.tree_util.register_dataclass(MovingBaseline, data_fields=["accumulator", "buffer", "count"],
-                                 meta_fields=["decay", "window"])
+jax.tree_util.register_dataclass(
+    RunningNormalizer, data_fields=["log_sum", "count"], meta_fields=[]
+)
+jax.tree_util.register_dataclass(
+    MovingBaseline, data_fields=["accumulator", "buffer", "count"], meta_fields=["decay", "window"]
+)

@@ -52,8 +52,10 @@ def _is_concrete(x) -> bool:
 def _floating(x: ArrayLike, name: str) -> Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must be floating point, got dtype {x.dtype}; cast it with "
-                         ".astype(jnp.float32).")
+        raise ValueError(
+            f"{name} must be floating point, got dtype {x.dtype}; cast it with "
+            ".astype(jnp.float32)."
+        )
     if jnp.finfo(x.dtype).bits < 32:
         x = x.astype(jnp.float32)
     return x
@@ -92,8 +94,9 @@ def _cost_fn(cost):
     if isinstance(cost, costs.CostFn):
         return cost
     if cost not in _COSTS:
-        raise ValueError(f"cost must be one of {sorted(_COSTS)} or an ott.geometry.costs.CostFn, "
-                         f"got {cost!r}.")
+        raise ValueError(
+            f"cost must be one of {sorted(_COSTS)} or an ott.geometry.costs.CostFn, got {cost!r}."
+        )
     return _COSTS[cost]()
 
 
@@ -144,32 +147,47 @@ def sinkhorn_divergence(
             raise ValueError(f"{name} is empty: the Sinkhorn divergence needs at least one point.")
         _check_finite(x, name)
     if x_p.shape[1] != x_q.shape[1]:
-        raise ValueError(f"x_p and x_q must have the same dimension, got x_p.shape={x_p.shape} "
-                         f"and x_q.shape={x_q.shape}.")
+        raise ValueError(
+            f"x_p and x_q must have the same dimension, got x_p.shape={x_p.shape} "
+            f"and x_q.shape={x_q.shape}."
+        )
     _check_positive(epsilon, "epsilon")
     cost_fn = _cost_fn(cost)
     dtype = jnp.result_type(x_p, x_q)
     x_p, x_q = x_p.astype(dtype), x_q.astype(dtype)
     a = _weights(weights_p, x_p.shape[0], "weights_p", dtype)
     b = _weights(weights_q, x_q.shape[0], "weights_q", dtype)
-    return _point_cloud_divergence(x_p, x_q, a, b, jnp.asarray(epsilon, dtype), cost_fn,
-                                   float(threshold), int(max_iterations))
+    return _point_cloud_divergence(
+        x_p, x_q, a, b, jnp.asarray(epsilon, dtype), cost_fn, float(threshold), int(max_iterations)
+    )
 
 
 # Compiled once per shape and cost: ott-jax's loops called eagerly would recompile every call.
 @functools.partial(jax.jit, static_argnums=(6, 7))
 def _point_cloud_divergence(x_p, x_q, a, b, epsilon, cost_fn, threshold, max_iterations):
     value, _ = _ott_sinkhorn_divergence.sinkhorn_divergence(
-        pointcloud.PointCloud, x_p, x_q, cost_fn=cost_fn, epsilon=epsilon, a=a, b=b,
-        solve_kwargs={"threshold": threshold, "max_iterations": max_iterations})
+        pointcloud.PointCloud,
+        x_p,
+        x_q,
+        cost_fn=cost_fn,
+        epsilon=epsilon,
+        a=a,
+        b=b,
+        solve_kwargs={"threshold": threshold, "max_iterations": max_iterations},
+    )
     return value
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5))
 def _histogram_divergence(a, b, cost_matrix, epsilon, threshold, max_iterations):
     value, _ = _ott_sinkhorn_divergence.sinkhorn_divergence(
-        geometry.Geometry, cost_matrix=(cost_matrix, cost_matrix, cost_matrix), epsilon=epsilon,
-        a=a, b=b, solve_kwargs={"threshold": threshold, "max_iterations": max_iterations})
+        geometry.Geometry,
+        cost_matrix=(cost_matrix, cost_matrix, cost_matrix),
+        epsilon=epsilon,
+        a=a,
+        b=b,
+        solve_kwargs={"threshold": threshold, "max_iterations": max_iterations},
+    )
     return value
 
 
@@ -182,9 +200,16 @@ def _sinkd(t, s, temperature, epsilon, num_iters):
     geom = geometry.Geometry(cost_matrix=cost.T, epsilon=epsilon)
     uniform = jnp.full((batch,), 1.0 / batch, t.dtype)
     out = linear.solve(
-        geom, a=uniform, b=uniform,
-        lse_mode=True, min_iterations=num_iters, max_iterations=num_iters,
-        inner_iterations=num_iters, implicit_diff=None, use_danskin=False)
+        geom,
+        a=uniform,
+        b=uniform,
+        lse_mode=True,
+        min_iterations=num_iters,
+        max_iterations=num_iters,
+        inner_iterations=num_iters,
+        implicit_diff=None,
+        use_danskin=False,
+    )
     return batch * jnp.sum(out.matrix * cost.T)
 
 
@@ -222,16 +247,19 @@ def histogram_sinkhorn_divergence(
     if b.shape != (n,):
         raise ValueError(f"b must have the shape of a, ({n},), got {b.shape}.")
     if cost_matrix.shape != (n, n):
-        raise ValueError(f"cost_matrix must be [n, n] = ({n}, {n}) for histograms of length {n}, "
-                         f"got {cost_matrix.shape}.")
+        raise ValueError(
+            f"cost_matrix must be [n, n] = ({n}, {n}) for histograms of length {n}, "
+            f"got {cost_matrix.shape}."
+        )
     _check_finite(cost_matrix, "cost_matrix")
     _check_positive(epsilon, "epsilon")
     dtype = jnp.result_type(a, b, cost_matrix)
     a = _weights(a, n, "a", dtype)
     b = _weights(b, n, "b", dtype)
     cost_matrix = cost_matrix.astype(dtype)
-    return _histogram_divergence(a, b, cost_matrix, jnp.asarray(epsilon, dtype), float(threshold),
-                                 int(max_iterations))
+    return _histogram_divergence(
+        a, b, cost_matrix, jnp.asarray(epsilon, dtype), float(threshold), int(max_iterations)
+    )
 
 
 def sinkd(
@@ -280,11 +308,14 @@ def sinkd(
     t = _floating(teacher_logits, "teacher_logits")
     s = _floating(student_logits, "student_logits")
     if t.ndim != 2 or s.shape != t.shape:
-        raise ValueError(f"teacher_logits and student_logits must both be [B, C] with the same "
-                         f"shape, got {t.shape} and {s.shape}.")
+        raise ValueError(
+            f"teacher_logits and student_logits must both be [B, C] with the same "
+            f"shape, got {t.shape} and {s.shape}."
+        )
     if t.shape[0] == 0 or t.shape[1] == 0:
-        raise ValueError(f"the logits are empty (shape {t.shape}); SinKD needs B >= 1 rows of "
-                         "C >= 1 classes.")
+        raise ValueError(
+            f"the logits are empty (shape {t.shape}); SinKD needs B >= 1 rows of C >= 1 classes."
+        )
     _check_finite(t, "teacher_logits")
     _check_finite(s, "student_logits")
     _check_positive(temperature, "temperature")
@@ -293,5 +324,6 @@ def sinkd(
         raise ValueError(f"num_iters must be a positive integer, got {num_iters!r}.")
     dtype = jnp.result_type(t, s)
     t, s = t.astype(dtype), s.astype(dtype)
-    return _sinkd(t, s, jnp.asarray(temperature, dtype), jnp.asarray(epsilon, dtype),
-                  int(num_iters))
+    return _sinkd(
+        t, s, jnp.asarray(temperature, dtype), jnp.asarray(epsilon, dtype), int(num_iters)
+    )

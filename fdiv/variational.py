@@ -82,8 +82,10 @@ def _as_compute(x: ArrayLike, name: str) -> Array:
     """``x`` as a floating array in at least float32, rejecting integer and complex input."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(f"{name} must be floating point, got dtype {x.dtype}; cast it with "
-                         ".astype(jnp.float32).")
+        raise ValueError(
+            f"{name} must be floating point, got dtype {x.dtype}; cast it with "
+            ".astype(jnp.float32)."
+        )
     if jnp.finfo(x.dtype).bits < 32:
         x = x.astype(jnp.float32)
     return x
@@ -91,8 +93,10 @@ def _as_compute(x: ArrayLike, name: str) -> Array:
 
 def _check_no_nan(x: Array, name: str) -> None:
     if _is_concrete(x) and bool(jnp.any(jnp.isnan(x))):
-        raise ValueError(f"{name} contains NaN; the critic produced NaN on some samples (check "
-                         "its inputs and training).")
+        raise ValueError(
+            f"{name} contains NaN; the critic produced NaN on some samples (check "
+            "its inputs and training)."
+        )
 
 
 def _critic_pair(critic_p: ArrayLike, critic_q: ArrayLike) -> tuple[Array, Array]:
@@ -100,12 +104,16 @@ def _critic_pair(critic_p: ArrayLike, critic_q: ArrayLike) -> tuple[Array, Array
     critic_q = _as_compute(critic_q, "critic_q")
     for name, value in (("critic_p", critic_p), ("critic_q", critic_q)):
         if value.ndim != 1:
-            raise ValueError(f"{name} must be a 1-D array of critic outputs, one per sample "
-                             f"([n]), got shape {value.shape}; flatten a [n, 1] output with "
-                             ".reshape(-1).")
+            raise ValueError(
+                f"{name} must be a 1-D array of critic outputs, one per sample "
+                f"([n]), got shape {value.shape}; flatten a [n, 1] output with "
+                ".reshape(-1)."
+            )
         if value.shape[0] == 0:
-            raise ValueError(f"{name} is empty: the estimate needs at least one sample from "
-                             f"{'P' if name == 'critic_p' else 'Q'}.")
+            raise ValueError(
+                f"{name} is empty: the estimate needs at least one sample from "
+                f"{'P' if name == 'critic_p' else 'Q'}."
+            )
         _check_no_nan(value, name)
     dtype = jnp.result_type(critic_p, critic_q)
     return critic_p.astype(dtype), critic_q.astype(dtype)
@@ -260,12 +268,15 @@ def lower_bound(
         inputs), an unknown parametrization or divergence.
     """
     if parametrization not in _PARAMETRIZATIONS:
-        raise ValueError(f"parametrization must be one of {_PARAMETRIZATIONS}, got "
-                         f"{parametrization!r}.")
+        raise ValueError(
+            f"parametrization must be one of {_PARAMETRIZATIONS}, got {parametrization!r}."
+        )
     d = _divergences.resolve(divergence)
     if parametrization == "fgan" and not d.has_conjugate:
-        raise ValueError(f"divergence {d.name!r} has no conjugate, which parametrization='fgan' "
-                         "needs; use parametrization='log_ratio'.")
+        raise ValueError(
+            f"divergence {d.name!r} has no conjugate, which parametrization='fgan' "
+            "needs; use parametrization='log_ratio'."
+        )
     critic_p, critic_q = _critic_pair(critic_p, critic_q)
     t_p, conj_q = _bound_terms(critic_p, critic_q, d, parametrization)
     return jnp.mean(t_p) - jnp.mean(conj_q)
@@ -337,8 +348,10 @@ def info_nce(scores: ArrayLike) -> Array:
     """
     scores = _as_compute(scores, "scores")
     if scores.ndim != 2 or scores.shape[0] != scores.shape[1]:
-        raise ValueError(f"scores must be a square [n, n] matrix (scores[i, j] = T(x_i, y_j), "
-                         f"positives on the diagonal), got shape {scores.shape}.")
+        raise ValueError(
+            f"scores must be a square [n, n] matrix (scores[i, j] = T(x_i, y_j), "
+            f"positives on the diagonal), got shape {scores.shape}."
+        )
     if scores.shape[0] == 0:
         raise ValueError("scores is empty: InfoNCE needs at least one pair (n >= 1).")
     _check_no_nan(scores, "scores")
@@ -388,8 +401,10 @@ def log_ratio_from_logits(logits: ArrayLike, n_p: float, n_q: float) -> Array:
     """
     for name, value in (("n_p", n_p), ("n_q", n_q)):
         if not isinstance(value, numbers.Real) or not value > 0 or not math.isfinite(value):
-            raise ValueError(f"{name} must be a positive finite number (the class count or "
-                             f"prior weight), got {value!r}.")
+            raise ValueError(
+                f"{name} must be a positive finite number (the class count or "
+                f"prior weight), got {value!r}."
+            )
     logits = _as_compute(logits, "logits")
     return logits - math.log(float(n_p) / float(n_q))
 
@@ -399,4 +414,3 @@ def train_critic(*args, **kwargs):
     from fdiv import critic as _critic
 
     return _critic.train_critic(*args, **kwargs)
-

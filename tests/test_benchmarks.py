@@ -37,15 +37,21 @@ def test_divergence_specs():
 
 def test_comparison_table_figures_and_keyed_reuse(quick_config, tmp_path, monkeypatch):
     divs = ["alpha:0.5", "alpha:1"]
-    out = fdistill_divergences.compare(quick_config, str(tmp_path), divs, seeds=[0],
-                                       print_fn=lambda s: None)
+    out = fdistill_divergences.compare(
+        quick_config, str(tmp_path), divs, seeds=[0], print_fn=lambda s: None
+    )
     table = open(tmp_path / "table.md").read()
     assert table == out["table"] + "\n"
     lines = table.splitlines()
     assert "energy distance (n=1000)" in lines[0]
     labels = [l.split("|")[1].strip() for l in lines[2:] if l.startswith("|")]
-    assert labels == ["target (fresh draw: sampling-noise floor)", "teacher (Heun)",
-                      "generator at init", "alpha=0.5 (one step)", "alpha=1 (one step)"]
+    assert labels == [
+        "target (fresh draw: sampling-noise floor)",
+        "teacher (Heun)",
+        "generator at init",
+        "alpha=0.5 (one step)",
+        "alpha=1 (one step)",
+    ]
     assert out["runs"]["alpha=0.5/0"]["divergence"] == "alpha(alpha=0.5)"
     for name in ("samples.png", "alpha_sweep.png"):
         assert os.path.getsize(tmp_path / name) > 0
@@ -54,15 +60,19 @@ def test_comparison_table_figures_and_keyed_reuse(quick_config, tmp_path, monkey
 
     # Same config and code: reused. Another code version: the old run is moved aside and
     # the run is repeated (a stale result never enters a table).
-    again = fdistill_divergences.compare(quick_config, str(tmp_path), ["alpha:1"], seeds=[0],
-                                         print_fn=lambda s: None)
+    again = fdistill_divergences.compare(
+        quick_config, str(tmp_path), ["alpha:1"], seeds=[0], print_fn=lambda s: None
+    )
     assert again["reused"] == ["alpha=1/0"]
     assert again["runs"]["alpha=1/0"]["models"] == out["runs"]["alpha=1/0"]["models"]
     monkeypatch.setattr(fdistill_divergences, "code_version", lambda: "other")
     lines = []
-    rerun = fdistill_divergences.compare(quick_config, str(tmp_path), ["alpha:1"], seeds=[0],
-                                         print_fn=lines.append)
+    rerun = fdistill_divergences.compare(
+        quick_config, str(tmp_path), ["alpha:1"], seeds=[0], print_fn=lines.append
+    )
     assert rerun["reused"] == [] and any("moved to" in l for l in lines)
     assert any(n.startswith("alpha=1_seed0.stale-") for n in os.listdir(tmp_path))
-    assert (rerun["runs"]["alpha=1/0"]["models"]["student"]
-            == out["runs"]["alpha=1/0"]["models"]["student"])
+    assert (
+        rerun["runs"]["alpha=1/0"]["models"]["student"]
+        == out["runs"]["alpha=1/0"]["models"]["student"]
+    )

@@ -16,8 +16,14 @@ def _env(**extra):
 
 
 def _main(*args, timeout=300, **env):
-    return subprocess.run([sys.executable, "-m", "experiments.main", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout, env=_env(**env))
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.main", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(**env),
+    )
 
 
 def _one_line_error(out):
@@ -39,16 +45,22 @@ def test_help_lists_configs_and_variants():
 
 def test_override_is_applied(tmp_path):
     wd = str(tmp_path / "run")
-    out = _main(DIGITS, f"--workdir={wd}", "--config.num_steps=3", "--config.log_every=1",
-                "--config.model.hidden=16")
+    out = _main(
+        DIGITS,
+        f"--workdir={wd}",
+        "--config.num_steps=3",
+        "--config.log_every=1",
+        "--config.model.hidden=16",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step 3/3" in out.stdout and "steps/s" in out.stdout and "ETA" in out.stdout
     with open(os.path.join(wd, "summary.json")) as f:
         summary = json.load(f)
     assert summary["config"]["loop"]["num_steps"] == 3
     assert summary["config"]["model"]["hidden"] == 16
-    assert summary["num_params"] == (16 * (2 * 2 * 32) + 16 + 16 * 10 + 10 + (9 * 1 * 16 + 16)
-                                     + (9 * 16 * 32 + 32))
+    assert summary["num_params"] == (
+        16 * (2 * 2 * 32) + 16 + 16 * 10 + 10 + (9 * 1 * 16 + 16) + (9 * 16 * 32 + 32)
+    )
 
 
 def test_mistyped_field_is_an_error(tmp_path):
@@ -66,16 +78,31 @@ def test_missing_config_file_lists_the_configs(tmp_path):
 
 def test_bad_values_are_one_line_before_any_work(tmp_path):
     wd = tmp_path / "run"
-    line = _one_line_error(_main(DIGITS, f"--workdir={wd}", "--config.batch_size=0",
-                                 "--config.num_steps=0", "--config.learning_rate=-0.1"))
+    line = _one_line_error(
+        _main(
+            DIGITS,
+            f"--workdir={wd}",
+            "--config.batch_size=0",
+            "--config.num_steps=0",
+            "--config.learning_rate=-0.1",
+        )
+    )
     for field in ("config.batch_size=0", "config.num_steps=0", "config.learning_rate=-0.1"):
         assert field in line, line
     assert not (wd / "checkpoints").exists() and not (wd / "metrics.jsonl").exists()
-    line = _one_line_error(_main("--config=configs/fdistill_toy2d.py:quick", f"--workdir={wd}",
-                                 "--config.divergence=kll"))
+    line = _one_line_error(
+        _main(
+            "--config=configs/fdistill_toy2d.py:quick", f"--workdir={wd}", "--config.divergence=kll"
+        )
+    )
     assert "config.divergence='kll'" in line and "did you mean 'kl'" in line
-    line = _one_line_error(_main("--config=configs/fdistill_toy2d.py:quick", f"--workdir={wd}",
-                                 "--config.divergence=total_variation"))
+    line = _one_line_error(
+        _main(
+            "--config=configs/fdistill_toy2d.py:quick",
+            f"--workdir={wd}",
+            "--config.divergence=total_variation",
+        )
+    )
     assert "no f-distill weight" in line
     assert not (wd / "checkpoints").exists()
 
@@ -98,11 +125,23 @@ def test_unknown_experiment_and_nan_are_errors(tmp_path):
 
 def test_ctrl_c_saves_and_exits_with_one_line(tmp_path):
     wd = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.main", DIGITS,
-                             f"--workdir={wd}", "--config.num_steps=100000",
-                             "--config.log_every=10", "--config.checkpoint_every_steps=0"],
-                            cwd=REPO, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "experiments.main",
+            DIGITS,
+            f"--workdir={wd}",
+            "--config.num_steps=100000",
+            "--config.log_every=10",
+            "--config.checkpoint_every_steps=0",
+        ],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 240
         while time.time() < deadline and not (wd / "metrics.jsonl").exists():

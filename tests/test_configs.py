@@ -19,11 +19,17 @@ from fdiv.train import metrics as metrics_lib
 from fdiv.train.config import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TYPED = {"fdistill": settings.FDistillConfig, "classifier": settings.ClassifierConfig,
-         "edm_teacher": settings.EDMTeacherConfig}
+TYPED = {
+    "fdistill": settings.FDistillConfig,
+    "classifier": settings.ClassifierConfig,
+    "edm_teacher": settings.EDMTeacherConfig,
+}
 # The base config of each experiment: its typed defaults.
-BASES = {"fdistill": "fdistill_toy2d", "classifier": "classifier_digits",
-         "edm_teacher": "edm_teacher_toy2d"}
+BASES = {
+    "fdistill": "fdistill_toy2d",
+    "classifier": "classifier_digits",
+    "edm_teacher": "edm_teacher_toy2d",
+}
 CONFIG_NAMES = configs.names()
 
 
@@ -45,8 +51,11 @@ def _finite(tree):
 
 
 def test_configs_and_variants_are_discovered():
-    files = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs"))
-                   if f.endswith(".py") and not f.startswith("_"))
+    files = sorted(
+        f[:-3]
+        for f in os.listdir(os.path.join(REPO, "configs"))
+        if f.endswith(".py") and not f.startswith("_")
+    )
     assert CONFIG_NAMES == files
     assert configs.variants("fdistill_toy2d") == ("grid25", "grid25_quick", "quick")
     assert configs.variants("fdistill_fashion") == ("cpu", "quick")
@@ -61,8 +70,11 @@ def test_config_file_conventions(name):
     assert "quick" in configs.variants(name)
     full, quick = configs.get_config(name), configs.get_config(name, "quick")
     assert full.experiment in experiments.EXPERIMENTS and quick.experiment == full.experiment
-    steps = (lambda c: c.teacher.num_steps) if full.experiment == "edm_teacher" else (
-        lambda c: c.num_steps)
+    steps = (
+        (lambda c: c.teacher.num_steps)
+        if full.experiment == "edm_teacher"
+        else (lambda c: c.num_steps)
+    )
     assert steps(quick) <= steps(full)
     with pytest.raises(ValueError, match=r"no variant 'quik'; did you mean 'quick'"):
         configs.get_config(name, "quik")
@@ -81,12 +93,15 @@ def test_typed_defaults_and_base_configs_agree(experiment):
     assert settings.to_config_dict(cls()).to_dict() == base.to_dict()
 
 
-@pytest.mark.parametrize("name,variant", [(n, v) for n in CONFIG_NAMES
-                                          for v in (None,) + configs.variants(n)])
+@pytest.mark.parametrize(
+    "name,variant", [(n, v) for n in CONFIG_NAMES for v in (None,) + configs.variants(n)]
+)
 def test_every_variant_is_a_valid_typed_config(name, variant):
     c = configs.get_config(name, variant)
     if c.experiment not in TYPED:
-        pytest.skip(f"experiment {c.experiment!r} reads its ConfigDict directly (no typed config yet)")
+        pytest.skip(
+            f"experiment {c.experiment!r} reads its ConfigDict directly (no typed config yet)"
+        )
     cfg = settings.read(TYPED[c.experiment], c)
     loop = cfg.loop if hasattr(cfg, "loop") else cfg.teacher.loop
     assert loop.resume == "auto"  # --config.resume=restart is an existing field
@@ -101,7 +116,9 @@ def test_typed_config_reports_every_bad_field_at_once(tmp_path):
     with pytest.raises(ConfigError) as e:
         settings.read(settings.ClassifierConfig, c, str(blocked / "run"))
     msgs = e.value.problems
-    assert any(m.startswith("config.model.hiden is not a field (did you mean 'hidden'") for m in msgs)
+    assert any(
+        m.startswith("config.model.hiden is not a field (did you mean 'hidden'") for m in msgs
+    )
     assert any(m.startswith("config.num_steps=-3 must be >= 0") for m in msgs), msgs
     assert any(m.startswith("--workdir=") and "cannot be created" in m for m in msgs), msgs
     c.model.hiden = None
@@ -110,13 +127,18 @@ def test_typed_config_reports_every_bad_field_at_once(tmp_path):
     with pytest.raises(ConfigError) as e:
         settings.read(settings.ClassifierConfig, c, str(blocked / "run"))
     assert sorted(m.split("=")[0] for m in e.value.problems) == [
-        "--workdir", "config.batch_size", "config.learning_rate", "config.num_steps"]
+        "--workdir",
+        "config.batch_size",
+        "config.learning_rate",
+        "config.num_steps",
+    ]
     assert "\n" not in str(e.value)  # one line
 
 
 def _data_available(config):
     if config.get("data") == "fashion_mnist" or config.get("dataset") == "fashion_mnist":
         from fdiv import data
+
         try:
             data.load_images("fashion_mnist")
         except (OSError, ValueError):
@@ -158,7 +180,9 @@ def test_run_rejects_nan_and_unknown_experiment(tmp_path):
 
 def test_registered_but_missing_module_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(experiments.EXPERIMENTS, "ghost", "experiments.ghost")
-    with pytest.raises(ValueError, match=r"registered as module 'experiments.ghost'.*does not exist"):
+    with pytest.raises(
+        ValueError, match=r"registered as module 'experiments.ghost'.*does not exist"
+    ):
         experiments.get_experiment("ghost")
 
 
@@ -178,8 +202,9 @@ def test_stages_never_import_the_experiments_that_use_them():
     for stage in ("edm_teacher", "classifier", "problems", "settings", "cache"):
         imported = _imports(os.path.join(REPO, "experiments", f"{stage}.py"))
         assert not {"experiments.fdistill"} & imported, stage
-    assert "experiments.edm_teacher" not in _imports(os.path.join(REPO, "experiments",
-                                                                  "classifier.py"))
+    assert "experiments.edm_teacher" not in _imports(
+        os.path.join(REPO, "experiments", "classifier.py")
+    )
 
 
 def test_cache_two_concurrent_runs_and_a_failed_one(tmp_path):
@@ -193,9 +218,16 @@ def test_cache_two_concurrent_runs_and_a_failed_one(tmp_path):
             f.write(str(len(trained)))
 
     results = []
-    threads = [threading.Thread(target=lambda: results.append(
-        cache.cached_run("stage", {"a": 1}, train, cache_dir=root, code="v1",
-                         print_fn=lambda s: None))) for _ in range(2)]
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(
+                cache.cached_run(
+                    "stage", {"a": 1}, train, cache_dir=root, code="v1", print_fn=lambda s: None
+                )
+            )
+        )
+        for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -236,8 +268,9 @@ def test_classifier_reproducible_and_feature_extractor_cached(tmp_path):
     a = classifier.train_and_evaluate(config, str(tmp_path / "a"))
     b = classifier.train_and_evaluate(config, str(tmp_path / "b"))
     assert a["test_accuracy"] == b["test_accuracy"]
-    assert (metrics_lib.strip_timing(metrics_lib.read_metrics(str(tmp_path / "a")))
-            == metrics_lib.strip_timing(metrics_lib.read_metrics(str(tmp_path / "b"))))
+    assert metrics_lib.strip_timing(
+        metrics_lib.read_metrics(str(tmp_path / "a"))
+    ) == metrics_lib.strip_timing(metrics_lib.read_metrics(str(tmp_path / "b")))
 
     root = str(tmp_path / "cache")
     quick = configs.get_config("classifier_digits", "quick")

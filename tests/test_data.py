@@ -19,21 +19,29 @@ def test_ring8_and_grid25_follow_spec_section_8():
     w = np.array([4, 1, 3, 1, 4, 2, 1, 2], float)
     np.testing.assert_allclose(r.weights, w / w.sum())
     angles = 2 * np.pi * np.arange(8) / 8
-    np.testing.assert_allclose(r.centres_array, np.stack([2 * np.cos(angles), 2 * np.sin(angles)], 1), atol=1e-6)
+    np.testing.assert_allclose(
+        r.centres_array, np.stack([2 * np.cos(angles), 2 * np.sin(angles)], 1), atol=1e-6
+    )
     assert r.std == 0.08 and r.near_radius == pytest.approx(0.24) and r.num_modes == 8
     g = data.grid25()
     assert g.std == 0.05 and g.num_modes == 25
     wg = 1.0 + np.arange(25) % 4
     np.testing.assert_allclose(g.weights, wg / wg.sum())
-    assert g.centres[0] == (-2.0, -2.0) and g.centres[1] == (-2.0, -1.0) and g.centres[5] == (-1.0, -2.0)
+    assert (
+        g.centres[0] == (-2.0, -2.0)
+        and g.centres[1] == (-2.0, -1.0)
+        and g.centres[5] == (-1.0, -2.0)
+    )
     assert sorted(set(c for xy in g.centres for c in xy)) == [-2.0, -1.0, 0.0, 1.0, 2.0]
     assert hash(r) == hash(data.ring8()) and r == data.ring8()
 
 
 def _scipy_log_prob(target, x, sigma=0.0):
-    var = target.std ** 2 + sigma ** 2
-    dens = sum(w * stats.multivariate_normal(mean=c, cov=var * np.eye(2)).pdf(x)
-               for c, w in zip(target.centres, target.weights))
+    var = target.std**2 + sigma**2
+    dens = sum(
+        w * stats.multivariate_normal(mean=c, cov=var * np.eye(2)).pdf(x)
+        for c, w in zip(target.centres, target.weights)
+    )
     return np.log(dens)
 
 
@@ -65,12 +73,20 @@ def test_score_and_denoiser_match_autodiff_and_closed_form():
         # One component: E[x0 | x] = c + s^2 / (s^2 + sigma^2) (x - c).
         single = data.GaussianMixture2D("one", ((1.0, -0.5),), (1.0,), 0.3)
         sigma = 0.7
-        expected = np.array([1.0, -0.5]) + 0.09 / (0.09 + 0.49) * (np.asarray(x) - np.array([1.0, -0.5]))
+        expected = np.array([1.0, -0.5]) + 0.09 / (0.09 + 0.49) * (
+            np.asarray(x) - np.array([1.0, -0.5])
+        )
         np.testing.assert_allclose(single.denoiser(x, sigma), expected, rtol=1e-10)
         # Finite differences of the noised log-density.
         eps = 1e-6
-        fd = np.stack([(target.log_prob(x + eps * e, sigma) - target.log_prob(x - eps * e, sigma)) / (2 * eps)
-                       for e in jnp.eye(2)], -1)
+        fd = np.stack(
+            [
+                (target.log_prob(x + eps * e, sigma) - target.log_prob(x - eps * e, sigma))
+                / (2 * eps)
+                for e in jnp.eye(2)
+            ],
+            -1,
+        )
         np.testing.assert_allclose(target.score(x, sigma), fd, rtol=1e-5, atol=1e-6)
 
 
@@ -87,7 +103,9 @@ def test_sampling_statistics_and_nearest_mode():
     np.testing.assert_array_equal(np.asarray(idx), np.asarray(labels))  # modes are far apart
     d_ref = np.linalg.norm(np.asarray(x)[:, None] - target.centres_array, axis=-1)
     np.testing.assert_allclose(np.asarray(dist), d_ref.min(1), rtol=1e-5)
-    assert float(np.mean(np.asarray(dist) < target.near_radius)) > 0.98  # 3-sigma disc in 2-D: 0.989
+    assert (
+        float(np.mean(np.asarray(dist) < target.near_radius)) > 0.98
+    )  # 3-sigma disc in 2-D: 0.989
     np.testing.assert_allclose(np.sqrt(np.asarray(x).var(0).mean()), target.sigma_data, rtol=0.02)
     again = target.sample(jax.random.key(0), n)
     np.testing.assert_array_equal(np.asarray(again), np.asarray(x))
@@ -130,8 +148,9 @@ def test_digits():
     from sklearn.datasets import load_digits as sk
 
     raw = sk()
-    np.testing.assert_allclose((raw.data.reshape(-1, 8, 8, 1) / 8 - 1).sum(), tr.images.sum() + te.images.sum(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        (raw.data.reshape(-1, 8, 8, 1) / 8 - 1).sum(), tr.images.sum() + te.images.sum(), rtol=1e-5
+    )
 
 
 def _fashion_available():
@@ -141,7 +160,12 @@ def _fashion_available():
 @pytest.mark.skipif(not _fashion_available(), reason="needs apt-get install dataset-fashion-mnist")
 def test_fashion_mnist():
     f = data.load_fashion_mnist()
-    assert f["train"].images.shape == (60000, 28, 28, 1) and f["test"].images.shape == (10000, 28, 28, 1)
+    assert f["train"].images.shape == (60000, 28, 28, 1) and f["test"].images.shape == (
+        10000,
+        28,
+        28,
+        1,
+    )
     assert f["train"].images.min() == -1.0 and f["train"].images.max() == 1.0
     np.testing.assert_array_equal(np.bincount(f["test"].labels), np.full(10, 1000))
 
@@ -245,12 +269,16 @@ def test_text_batcher_and_eval_batches():
     b = tb.host_batch(5)
     assert b["inputs"].shape == (4, 16)
     np.testing.assert_array_equal(b["targets"], b["inputs"] + 1)  # next token
-    np.testing.assert_array_equal(data.TextBatcher(toks, 16, 4, 0).host_batch(5)["inputs"], b["inputs"])
+    np.testing.assert_array_equal(
+        data.TextBatcher(toks, 16, 4, 0).host_batch(5)["inputs"], b["inputs"]
+    )
     assert not np.array_equal(tb.host_batch(6)["inputs"], b["inputs"])
     batches = list(data.eval_batches({"v": np.arange(10)}, 4))
     assert [len(x["v"]) for x in batches] == [4, 4, 4]
     assert sum(x["mask"].sum() for x in batches) == 10
-    np.testing.assert_array_equal(np.concatenate([x["v"][x["mask"] > 0] for x in batches]), np.arange(10))
+    np.testing.assert_array_equal(
+        np.concatenate([x["v"][x["mask"] > 0] for x in batches]), np.arange(10)
+    )
 
 
 # ---------------------------------------------------------------------------------- package layout
@@ -270,20 +298,45 @@ def test_data_package_never_imports_train():
         "print(bad); sys.exit(1 if bad else 0)"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
-                         check=False,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_data_package_reexports_every_name_of_the_former_module():
     # The public names of the single-file fdiv/data.py this package replaced, plus the private
     # directory lookup that tests and configs call.
-    former = ["ArrayBatcher", "CharCorpus", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DIR",
-              "GaussianMixture2D", "IMAGE_DATASETS", "LabelledImages", "Moons", "SwissRoll",
-              "TOY_TARGETS", "TextBatcher", "epoch_permutation", "eval_batches", "grid25",
-              "load_digits", "load_fashion_mnist", "load_images", "load_shakespeare", "read_idx",
-              "ring8", "toy_target", "_fashion_mnist_dir", "_FASHION_FILES"]
+    former = [
+        "ArrayBatcher",
+        "CharCorpus",
+        "FASHION_MNIST_CLASSES",
+        "FASHION_MNIST_DIR",
+        "GaussianMixture2D",
+        "IMAGE_DATASETS",
+        "LabelledImages",
+        "Moons",
+        "SwissRoll",
+        "TOY_TARGETS",
+        "TextBatcher",
+        "epoch_permutation",
+        "eval_batches",
+        "grid25",
+        "load_digits",
+        "load_fashion_mnist",
+        "load_images",
+        "load_shakespeare",
+        "read_idx",
+        "ring8",
+        "toy_target",
+        "_fashion_mnist_dir",
+        "_FASHION_FILES",
+    ]
     missing = [n for n in former if not hasattr(data, n)]
     assert not missing
     assert set(data.__all__) <= set(dir(data))

@@ -49,15 +49,18 @@ def test_denoiser_wraps_raw_network(use_jit):
     def net_fn(x_in, cn):
         sigma = jnp.exp(4 * cn)[:, None]
         x = x_in / diffusion.c_in(sigma, sd)
-        return (exact(x, sigma[:, 0]) - diffusion.c_skip(sigma, sd) * x) / diffusion.c_out(sigma, sd)
+        return (exact(x, sigma[:, 0]) - diffusion.c_skip(sigma, sd) * x) / diffusion.c_out(
+            sigma, sd
+        )
 
     x = jax.random.normal(jax.random.PRNGKey(0), (5, 3))
     sigma = jnp.array([0.01, 0.3, 1.0, 5.0, 40.0])
     fn = _maybe_jit(lambda x, s: diffusion.denoiser(net_fn, x, s, sd), use_jit)
     np.testing.assert_allclose(fn(x, sigma), exact(x, sigma), rtol=1e-4, atol=1e-5)
     # A scalar sigma broadcasts over the batch.
-    np.testing.assert_allclose(fn(x, jnp.float32(2.0)), exact(x, jnp.full((5,), 2.0)),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        fn(x, jnp.float32(2.0)), exact(x, jnp.full((5,), 2.0)), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_shape_errors_name_both_shapes():
@@ -84,8 +87,7 @@ def test_score_denoiser_round_trip_and_tweedie(use_jit):
         score = score_fn(d, x, sigma)
         assert score.dtype == jnp.float64
         np.testing.assert_allclose(score, -(x - m) / (s**2 + sigma[:, None] ** 2), rtol=1e-12)
-        np.testing.assert_allclose(diffusion.denoiser_from_score(score, x, sigma), d,
-                                   rtol=1e-12)
+        np.testing.assert_allclose(diffusion.denoiser_from_score(score, x, sigma), d, rtol=1e-12)
 
 
 def test_karras_sigmas_formula():
@@ -98,12 +100,12 @@ def test_karras_sigmas_formula():
     assert got[-1] == 0.0
     np.testing.assert_allclose([got[0], got[-2]], [smax, smin], rtol=1e-5)
     assert np.all(np.diff(got) < 0)
-    np.testing.assert_allclose(np.asarray(diffusion.karras_sigmas(1, smin, smax)), [smax, 0.0],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(diffusion.karras_sigmas(1, smin, smax)), [smax, 0.0], rtol=1e-6
+    )
 
 
-@pytest.mark.parametrize("method,num_steps", [("heun", 18), ("heun", 1), ("heun", 4),
-                                              ("euler", 5)])
+@pytest.mark.parametrize("method,num_steps", [("heun", 18), ("heun", 1), ("heun", 4), ("euler", 5)])
 def test_number_of_network_evaluations(method, num_steps):
     calls = []
 
@@ -115,8 +117,11 @@ def test_number_of_network_evaluations(method, num_steps):
         io_callback(count, jax.ShapeDtypeStruct((), jnp.int32), x, ordered=True)
         return 0.5 * x
 
-    fn = jax.jit(lambda key: diffusion.sample(d, key, (3, 2), num_steps=num_steps,
-                                              sigma_max=5.0, method=method))
+    fn = jax.jit(
+        lambda key: diffusion.sample(
+            d, key, (3, 2), num_steps=num_steps, sigma_max=5.0, method=method
+        )
+    )
     jax.block_until_ready(fn(jax.random.PRNGKey(0)))
     assert len(calls) == diffusion.num_evaluations(num_steps, method)
     assert diffusion.num_evaluations(18, "heun") == 35
@@ -133,8 +138,7 @@ def test_heun_maps_noise_to_gaussian_exactly(use_jit):
     n = 2048
 
     def run(key, method, steps):
-        return diffusion.sample(exact, key, (n, 2), num_steps=steps, sigma_max=smax,
-                                method=method)
+        return diffusion.sample(exact, key, (n, 2), num_steps=steps, sigma_max=smax, method=method)
 
     fn = _maybe_jit(run, use_jit, static_argnums=(1, 2))
     x_init = smax * jax.random.normal(key, (n, 2))
@@ -175,6 +179,7 @@ def test_dsm_loss_of_exact_denoiser(use_jit):
         def d(xn, sigma):
             sig = sigma[:, None]
             return m + b + (1 + a) * s**2 / (s**2 + sig**2) * (xn - m)
+
         return diffusion.dsm_loss(d, x, key, s, p_mean=-1.2, p_std=1.2)
 
     fn = _maybe_jit(loss, use_jit)

@@ -63,8 +63,12 @@ def _exact_divergence(name, mu, s):
 
 def _fd_gradient(name, mu, s, eps=1e-4):
     d = functools.partial(_exact_divergence, name)
-    return np.array([(d(mu + eps, s) - d(mu - eps, s)) / (2 * eps),
-                     (d(mu, s + eps) - d(mu, s - eps)) / (2 * eps)])
+    return np.array(
+        [
+            (d(mu + eps, s) - d(mu - eps, s)) / (2 * eps),
+            (d(mu, s + eps) - d(mu, s - eps)) / (2 * eps),
+        ]
+    )
 
 
 def _estimator_gradient(divergence, z, theta):
@@ -77,8 +81,7 @@ def _estimator_gradient(divergence, z, theta):
         xc = jax.lax.stop_gradient(x)
         target_score = -xc
         model_score = -(xc - mu_c) / s_c**2
-        log_ratio = (-0.5 * xc[:, 0] ** 2) - (-0.5 * ((xc[:, 0] - mu_c) / s_c) ** 2
-                                              - jnp.log(s_c))
+        log_ratio = (-0.5 * xc[:, 0] ** 2) - (-0.5 * ((xc[:, 0] - mu_c) / s_c) ** 2 - jnp.log(s_c))
         return distill.score_weighted_loss(x, target_score, model_score, log_ratio, divergence)
 
     return jax.grad(loss)(theta)
@@ -89,8 +92,14 @@ def _estimator_gradient(divergence, z, theta):
 def test_score_weighted_gradient_matches_divergence_gradient(use_jit, mu, s):
     """THE key identity: the surrogate's gradient is grad_theta D_f(P || Q_theta)."""
     n = 200_000
-    names = ["reverse_kl", "softened_reverse_kl", "js", "squared_hellinger", "forward_kl",
-             "jeffreys"]
+    names = [
+        "reverse_kl",
+        "softened_reverse_kl",
+        "js",
+        "squared_hellinger",
+        "forward_kl",
+        "jeffreys",
+    ]
     with jax.enable_x64(True):
         z = jax.random.normal(jax.random.PRNGKey(0), (n,), jnp.float64)
         theta = jnp.array([mu, s], jnp.float64)
@@ -115,11 +124,13 @@ def test_score_weighted_gradient_matches_divergence_gradient(use_jit, mu, s):
 def test_weights_match_closed_forms(use_jit):
     log_u = np.linspace(-4.0, 4.0, 17)
     for name, h in _NP_H.items():
-        fn = functools.partial(distill.weights, divergence=name, logit_clip=None,
-                               ratio_clip=None, normalize=False)
+        fn = functools.partial(
+            distill.weights, divergence=name, logit_clip=None, ratio_clip=None, normalize=False
+        )
         fn = jax.jit(fn) if use_jit else fn
-        np.testing.assert_allclose(fn(jnp.asarray(log_u, jnp.float32)), h(np.exp(log_u)),
-                                   rtol=2e-5, err_msg=name)
+        np.testing.assert_allclose(
+            fn(jnp.asarray(log_u, jnp.float32)), h(np.exp(log_u)), rtol=2e-5, err_msg=name
+        )
 
 
 @pytest.mark.parametrize("use_jit", JIT)
@@ -135,8 +146,7 @@ def test_weights_clipping_and_normalisation(use_jit):
     np.testing.assert_allclose(norm(log_r), want / (want.mean() + 1e-6), rtol=1e-5)
     # Logit clip alone: exp(clip(l, -10, 10)).
     only_logit = distill.weights(log_r, "forward_kl", ratio_clip=None, normalize=False)
-    np.testing.assert_allclose(only_logit, np.exp(np.clip(np.asarray(log_r), -10, 10)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(only_logit, np.exp(np.clip(np.asarray(log_r), -10, 10)), rtol=1e-5)
     # Reverse KL has h = 1: normalised weights are 1 (up to the 1e-6 guard).
     np.testing.assert_allclose(distill.weights(log_r, "reverse_kl"), 1 / (1 + 1e-6), rtol=1e-6)
     # Weights are constants of the generator update.
@@ -150,8 +160,9 @@ def test_weights_global_mean_over_devices_via_axis_name():
     # vmap with an axis name emulates devices: the normalisation must use the mean over all
     # of them, i.e. equal the weights of the concatenated batch.
     log_r = jax.random.normal(jax.random.PRNGKey(1), (4, 8)) * 2
-    per_device = jax.vmap(lambda l: distill.weights(l, "jeffreys", axis_name="data"),
-                          axis_name="data")(log_r)
+    per_device = jax.vmap(
+        lambda l: distill.weights(l, "jeffreys", axis_name="data"), axis_name="data"
+    )(log_r)
     global_ = distill.weights(log_r.reshape(-1), "jeffreys").reshape(4, 8)
     np.testing.assert_allclose(per_device, global_, rtol=1e-5)
     local = jax.vmap(lambda l: distill.weights(l, "jeffreys"))(log_r)
@@ -195,8 +206,9 @@ def test_fdistill_loss_gradient(use_jit):
     def loss(a, use_x):
         x = a * base
         x_t = x + sigma[:, None, None] * eps
-        return distill.fdistill_loss(x_t, sigma, x0_fake, x0_teacher, log_r, "js",
-                                     x=x if use_x else None)
+        return distill.fdistill_loss(
+            x_t, sigma, x0_fake, x0_teacher, log_r, "js", x=x if use_x else None
+        )
 
     grad = jax.grad(loss)
     grad = jax.jit(grad, static_argnums=1) if use_jit else grad
@@ -224,12 +236,22 @@ def test_fdistill_loss_is_score_weighted_loss_in_denoiser_space():
     s = sigma[:, None] ** 2
 
     def a(x):
-        return distill.fdistill_loss(x, sigma, x0_fake, x0_teacher, log_r, "squared_hellinger",
-                                     normalize=False, logit_clip=None, ratio_clip=None)
+        return distill.fdistill_loss(
+            x,
+            sigma,
+            x0_fake,
+            x0_teacher,
+            log_r,
+            "squared_hellinger",
+            normalize=False,
+            logit_clip=None,
+            ratio_clip=None,
+        )
 
     def b(x):
-        return distill.score_weighted_loss(x, (x0_teacher - x_t) / s, (x0_fake - x_t) / s,
-                                           log_r, "squared_hellinger")
+        return distill.score_weighted_loss(
+            x, (x0_teacher - x_t) / s, (x0_fake - x_t) / s, log_r, "squared_hellinger"
+        )
 
     np.testing.assert_allclose(jax.grad(a)(x_t), jax.grad(b)(x_t), rtol=1e-5, atol=1e-6)
 
@@ -244,8 +266,9 @@ def test_discriminator_and_gan_losses(use_jit):
     lf = np.array([1.0, -1.0, 0.5, 4.0])
     disc = jax.jit(distill.discriminator_loss) if use_jit else distill.discriminator_loss
     gan = jax.jit(distill.generator_gan_loss) if use_jit else distill.generator_gan_loss
-    np.testing.assert_allclose(disc(lr, lf), _softplus(lf).mean() + _softplus(-lr).mean(),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        disc(lr, lf), _softplus(lf).mean() + _softplus(-lr).mean(), rtol=1e-6
+    )
     np.testing.assert_allclose(gan(lf), _softplus(-lf).mean(), rtol=1e-6)
 
 
@@ -257,8 +280,10 @@ def test_discriminator_optimum_is_log_ratio():
     def population_loss(scale, shift):
         def integrand(x):
             l = scale * (_log_normal(x, 0, 1) - _log_normal(x, mu, s)) + shift
-            return (np.exp(_log_normal(x, mu, s)) * _softplus(l)
-                    + np.exp(_log_normal(x, 0, 1)) * _softplus(-l))
+            return np.exp(_log_normal(x, mu, s)) * _softplus(l) + np.exp(
+                _log_normal(x, 0, 1)
+            ) * _softplus(-l)
+
         return integrate.quad(integrand, -12, 12, epsabs=1e-12, limit=200)[0]
 
     jsd = _exact_divergence("js", mu, s)

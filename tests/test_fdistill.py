@@ -24,8 +24,9 @@ def cache(tmp_path_factory):
 def js_run(cache, tmp_path_factory):
     """One full quick run (JS), shared by the tests that compare against it."""
     workdir = tmp_path_factory.mktemp("fdistill_js") / "full"
-    summary = fdistill.train_and_evaluate(_config(cache, divergence="js"), str(workdir),
-                                          print_fn=lambda s: None)
+    summary = fdistill.train_and_evaluate(
+        _config(cache, divergence="js"), str(workdir), print_fn=lambda s: None
+    )
     return summary, workdir
 
 
@@ -45,8 +46,13 @@ def test_toy_quick_end_to_end_and_exact_resume(cache, js_run, tmp_path):
     tdir = full["teacher_dir"]
     assert tdir.startswith(cache) and os.path.exists(os.path.join(tdir, "cache_key.json"))
     assert models["teacher"]["num_evaluations"] == 2 * 4 - 1
-    for key in ("modes_recovered", "precision", "weight_error", "energy_distance",
-                "energy_distance_large"):
+    for key in (
+        "modes_recovered",
+        "precision",
+        "weight_error",
+        "energy_distance",
+        "energy_distance_large",
+    ):
         for part in ("student", "generator_init", "teacher", "target"):
             assert np.isfinite(models[part][key]), (part, key)
     # A fresh target draw is the floor: all modes, (near) exact precision and weights.
@@ -74,11 +80,11 @@ def test_toy_quick_end_to_end_and_exact_resume(cache, js_run, tmp_path):
 
     part_dir = str(tmp_path / "part")
     with pytest.raises(KeyboardInterrupt):
-        fdistill.train_and_evaluate(_config(cache, divergence="js"), part_dir,
-                                    print_fn=interrupt)
+        fdistill.train_and_evaluate(_config(cache, divergence="js"), part_dir, print_fn=interrupt)
     lines = []
-    resumed = fdistill.train_and_evaluate(_config(cache, divergence="js"), part_dir,
-                                          print_fn=lines.append)
+    resumed = fdistill.train_and_evaluate(
+        _config(cache, divergence="js"), part_dir, print_fn=lines.append
+    )
     assert resumed["training"]["resumed_from"] == 4
     assert resumed["teacher_dir"] == tdir
     assert not any(l.startswith("[teacher]") for l in lines), lines
@@ -90,15 +96,15 @@ def test_toy_quick_end_to_end_and_exact_resume(cache, js_run, tmp_path):
 
 def test_teacher_cache_key_is_what_changes_the_model(cache, js_run):
     tdir = js_run[0]["teacher_dir"]
-    stage = settings.from_config(settings.FDistillConfig,
-                                 _config(cache)).teacher_stage()
+    stage = settings.from_config(settings.FDistillConfig, _config(cache)).teacher_stage()
     assert edm_teacher.cache_entry(stage) == tdir
     # Logging, checkpointing and sampler fields reuse the cached teacher ...
     c = _config(cache)
     c.teacher.log_every, c.teacher.sample_steps, c.teacher.checkpoint_every_steps = 7, 2, 5
     lines = []
     teacher = edm_teacher.load_or_train(
-        settings.from_config(settings.FDistillConfig, c).teacher_stage(), print_fn=lines.append)
+        settings.from_config(settings.FDistillConfig, c).teacher_stage(), print_fn=lines.append
+    )
     assert teacher.directory == tdir and not lines
     # ... while the number of training steps (or the seed) is a different teacher.
     for field, value in (("num_steps", 31), ("seed", 1)):
@@ -122,14 +128,19 @@ def test_invalid_settings_are_rejected_before_work(cache, tmp_path):
     assert len(msgs) == 5, msgs
     assert not (tmp_path / "bad" / "checkpoints").exists()
     with pytest.raises(ValueError, match="total_variation.*no f-distill weight"):
-        fdistill.train_and_evaluate(_config(cache, divergence="total_variation"),
-                                    str(tmp_path / "tv"), print_fn=lambda s: None)
+        fdistill.train_and_evaluate(
+            _config(cache, divergence="total_variation"),
+            str(tmp_path / "tv"),
+            print_fn=lambda s: None,
+        )
     with pytest.raises(ValueError, match="gan_weigth is not a field.*did you mean .gan_weight."):
-        fdistill.train_and_evaluate(_config(cache, gan_weigth=1.0), str(tmp_path / "x"),
-                                    print_fn=lambda s: None)
+        fdistill.train_and_evaluate(
+            _config(cache, gan_weigth=1.0), str(tmp_path / "x"), print_fn=lambda s: None
+        )
     with pytest.raises(ValueError, match="generator_sigma must be 0"):
-        fdistill.train_and_evaluate(_config(cache, generator_sigma=-0.5), str(tmp_path / "g"),
-                                    print_fn=lambda s: None)
+        fdistill.train_and_evaluate(
+            _config(cache, generator_sigma=-0.5), str(tmp_path / "g"), print_fn=lambda s: None
+        )
     images = configs.get_config("fdistill_digits", "quick")
     images.cache_dir, images.eval_ed_samples = cache, 100
     with pytest.raises(ValueError, match="eval_ed_samples applies to the toy targets"):
@@ -143,13 +154,19 @@ def test_divergence_kw_reaches_fdiv_get(cache):
     assert fdistill.divergence_of(cfg) == fdiv.get("alpha", alpha=0.3)
     assert fdistill.divergence_label(cfg) == "alpha(alpha=0.3)"
     log_r = np.linspace(-2.0, 2.0, 9)
-    np.testing.assert_allclose(distill.weights(log_r, fdistill.divergence_of(cfg), normalize=False),
-                               distill.weights(log_r, fdiv.get("alpha", alpha=0.3),
-                                               normalize=False))
+    np.testing.assert_allclose(
+        distill.weights(log_r, fdistill.divergence_of(cfg), normalize=False),
+        distill.weights(log_r, fdiv.get("alpha", alpha=0.3), normalize=False),
+    )
     # alpha = 1 is forward KL, h(r) = r.
     c.divergence_kw.alpha = 1.0
-    h = distill.weights(log_r, fdistill.divergence_of(fdistill.read_config(c)),
-                        logit_clip=None, ratio_clip=None, normalize=False)
+    h = distill.weights(
+        log_r,
+        fdistill.divergence_of(fdistill.read_config(c)),
+        logit_clip=None,
+        ratio_clip=None,
+        normalize=False,
+    )
     np.testing.assert_allclose(h, np.exp(log_r), rtol=1e-5)
     with pytest.raises(ConfigError, match="config.divergence='js'.*alpha"):
         c = _config(cache, divergence="js")
@@ -176,8 +193,9 @@ def _learning_config(cache):
 def test_fdistill_learns(cache, tmp_path):
     # With the generator gradient's sign flipped (distill.fdistill_loss negated) the same run
     # ends with energy distance ~17 and no modes: these assertions fail.
-    s = fdistill.train_and_evaluate(_learning_config(cache), str(tmp_path / "learn"),
-                                    print_fn=lambda s: None)
+    s = fdistill.train_and_evaluate(
+        _learning_config(cache), str(tmp_path / "learn"), print_fn=lambda s: None
+    )
     init, student = s["models"]["generator_init"], s["models"]["student"]
     assert init["energy_distance"] > 1.0 and init["modes_recovered"] == 0
     assert student["energy_distance"] < 0.1 * init["energy_distance"], (init, student)
@@ -201,15 +219,29 @@ def test_eight_devices_match_one_device(js_run, tmp_path):
     # means) reproduces the single-device run up to float reassociation.
     one = js_run[0]
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu", PYTHONPATH=repo)
-    out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, str(tmp_path / "cache2"),
-                          str(tmp_path / "eight")], env=env, cwd=repo, capture_output=True,
-                         text=True, timeout=600)
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=repo,
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _SHARDED_SCRIPT, str(tmp_path / "cache2"), str(tmp_path / "eight")],
+        env=env,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     eight = json.loads(out.stdout.strip().splitlines()[-1])
     assert eight["devices"] == 8 and one["num_devices"] == 1
     for part in ("teacher", "student"):
         for k in ("precision", "weight_error", "energy_distance", "energy_distance_large"):
-            np.testing.assert_allclose(eight["models"][part][k], one["models"][part][k],
-                                       rtol=1e-3, atol=1e-4, err_msg=f"{part} {k}")
+            np.testing.assert_allclose(
+                eight["models"][part][k],
+                one["models"][part][k],
+                rtol=1e-3,
+                atol=1e-4,
+                err_msg=f"{part} {k}",
+            )

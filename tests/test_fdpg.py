@@ -65,8 +65,9 @@ def test_quick_variant_end_to_end(cache, quick_run):
     assert all(f"| {name} |" in table for name in rows)
     # Running again in the same workdir restores the finished run from its Orbax checkpoint
     # (policy, proposal, normaliser and baseline states) and reproduces its evaluation exactly.
-    again = fdpg.train_and_evaluate(_config(cache, divergences=("js",)), workdir,
-                                    print_fn=lambda s: None)
+    again = fdpg.train_and_evaluate(
+        _config(cache, divergences=("js",)), workdir, print_fn=lambda s: None
+    )
     assert again["results"]["js"] == rows["js"]
 
 
@@ -75,8 +76,10 @@ def test_proposal_mode_reuses_cached_lm_and_rejects_bad_settings(cache, quick_ru
     lm_dir = first["lm_dir"]
     stamp = os.path.getmtime(os.path.join(lm_dir, "summary.json"))
     summary = fdpg.train_and_evaluate(
-        _config(cache, sampler="proposal", divergences=("js",), num_steps=2), str(tmp_path / "p"),
-        print_fn=lambda s: None)
+        _config(cache, sampler="proposal", divergences=("js",), num_steps=2),
+        str(tmp_path / "p"),
+        print_fn=lambda s: None,
+    )
     assert summary["lm_dir"] == lm_dir
     records = _records(tmp_path / "p" / "js")
     assert any("proposal_replaced" in r for r in records)
@@ -84,14 +87,17 @@ def test_proposal_mode_reuses_cached_lm_and_rejects_bad_settings(cache, quick_ru
     assert all(r["ess"] <= 32 + 1e-3 for r in records if "ess" in r)
     assert os.path.getmtime(os.path.join(lm_dir, "summary.json")) >= stamp
     with pytest.raises(ValueError, match="config.sampler"):
-        fdpg.train_and_evaluate(_config(cache, sampler="offline"), str(tmp_path / "x"),
-                                print_fn=lambda s: None)
+        fdpg.train_and_evaluate(
+            _config(cache, sampler="offline"), str(tmp_path / "x"), print_fn=lambda s: None
+        )
     with pytest.raises(ValueError, match="unknown divergence"):
-        fdpg.train_and_evaluate(_config(cache, divergences=("kl2",)), str(tmp_path / "y"),
-                                print_fn=lambda s: None)
+        fdpg.train_and_evaluate(
+            _config(cache, divergences=("kl2",)), str(tmp_path / "y"), print_fn=lambda s: None
+        )
     with pytest.raises(ValueError, match="sample_len"):
-        fdpg.train_and_evaluate(_config(cache, sample_len=40), str(tmp_path / "z"),
-                                print_fn=lambda s: None)
+        fdpg.train_and_evaluate(
+            _config(cache, sample_len=40), str(tmp_path / "z"), print_fn=lambda s: None
+        )
 
 
 def test_contains_and_distinct_n():

@@ -26,13 +26,24 @@ def _inputs(seed=0, dtype=jnp.float32):
 def _naive(div, tau, where):
     def f(hs, ws, ht, wt):
         return kd.divergence_loss(ht @ wt, hs @ ws, div, temperature=tau, where=where)
+
     return f
 
 
 def _fused(div, tau, where, chunk, train_teacher=True):
     def f(hs, ws, ht, wt):
-        return kd.fused_linear_divergence(hs, ws, ht, wt, div, chunk_size=chunk, temperature=tau,
-                                          where=where, train_teacher=train_teacher)
+        return kd.fused_linear_divergence(
+            hs,
+            ws,
+            ht,
+            wt,
+            div,
+            chunk_size=chunk,
+            temperature=tau,
+            where=where,
+            train_teacher=train_teacher,
+        )
+
     return f
 
 
@@ -41,6 +52,7 @@ def _value_and_grads(fn, args, cot):
     def run(*args):
         value, vjp = jax.vjp(fn, *args)
         return value, vjp(cot)
+
     return run(*args)
 
 
@@ -51,7 +63,9 @@ def _assert_close(got, want, rtol=1e-5):
 
 
 DIVERGENCES = list(names()) + [
-    "skew_kl", "skew_reverse_kl", "generalized_jsd",
+    "skew_kl",
+    "skew_reverse_kl",
+    "generalized_jsd",
     functools.partial(discrete.generalized_jsd, beta=0.9),
 ]
 IDS = list(names()) + ["skew_kl", "skew_reverse_kl", "gkd_0.5", "gkd_0.9"]
@@ -85,16 +99,25 @@ def test_fused_chunk_sizes_and_mask(chunk):
 def test_constant_teacher_and_teacher_logits():
     hs, ws, ht, wt, cot = _inputs(3)
     _, want_g = _value_and_grads(_naive("reverse_kl", 1.0, None), (hs, ws, ht, wt), cot)
-    _, got_g = _value_and_grads(_fused("reverse_kl", 1.0, None, 4, train_teacher=False),
-                                (hs, ws, ht, wt), cot)
+    _, got_g = _value_and_grads(
+        _fused("reverse_kl", 1.0, None, 4, train_teacher=False), (hs, ws, ht, wt), cot
+    )
     _assert_close(got_g[0], want_g[0])
     _assert_close(got_g[1], want_g[1])
     np.testing.assert_array_equal(got_g[2], 0.0)
     np.testing.assert_array_equal(got_g[3], 0.0)
 
     def with_logits(hs, ws, logits):
-        return kd.fused_linear_divergence(hs, ws, None, None, "forward_kl", chunk_size=6,
-                                          teacher_logits=logits, train_teacher=True)
+        return kd.fused_linear_divergence(
+            hs,
+            ws,
+            None,
+            None,
+            "forward_kl",
+            chunk_size=6,
+            teacher_logits=logits,
+            train_teacher=True,
+        )
 
     def naive(hs, ws, logits):
         return kd.divergence_loss(logits, hs @ ws, "forward_kl")
@@ -114,11 +137,16 @@ def test_leading_batch_shape_and_vocab_errors():
     assert got.shape == (2, 11)
     _assert_close(got, kd.divergence_loss(ht3 @ wt, hs3 @ ws, "js"))
     padded = jnp.concatenate([wt, jnp.zeros((D_T, 24))], axis=1)
-    with pytest.raises(ValueError, match="teacher vocabulary size 64 differs from student"
-                                         " vocabulary size 40.*trim_teacher_vocab"):
+    with pytest.raises(
+        ValueError,
+        match="teacher vocabulary size 64 differs from student"
+        " vocabulary size 40.*trim_teacher_vocab",
+    ):
         kd.fused_linear_divergence(hs, ws, ht, padded, "js")
-    _assert_close(kd.fused_linear_divergence(hs, ws, ht, padded, "js", trim_teacher_vocab=True),
-                  kd.divergence_loss(ht @ wt, hs @ ws, "js"))
+    _assert_close(
+        kd.fused_linear_divergence(hs, ws, ht, padded, "js", trim_teacher_vocab=True),
+        kd.divergence_loss(ht @ wt, hs @ ws, "js"),
+    )
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         kd.fused_linear_divergence(hs, ws, ht, wt, "js", chunk_size=0)
 
@@ -183,8 +211,9 @@ def test_fused_cross_entropy_equals_optax_and_jax_cce():
         _assert_close(g, w)
     jax_cce = pytest.importorskip("jax_cce")
     peer = jax_cce.linear_cross_entropy(hs, ws.T, labels, chunk_size=8)
-    np.testing.assert_allclose(float(kd.reduce(kd.fused_linear_cross_entropy(hs, ws, labels))),
-                               float(peer), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(kd.reduce(kd.fused_linear_cross_entropy(hs, ws, labels))), float(peer), rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("mask_in_fused", [True, False])
@@ -209,11 +238,22 @@ def test_mean_loss_gradients(mask_in_fused):
 def test_benchmark_quick_run_agrees_and_tabulates():
     from benchmarks import fused_linear
 
-    r = fused_linear.run(tokens=48, hidden=8, vocab=128, chunk_sizes=[20], repeats=1,
-                         measure_rss=False, print_fn=lambda s: None)
-    assert set(r["agreement"]) == {"forward_kl/fused c=20", "reverse_kl/fused c=20",
-                                   "js/fused c=20", "cross_entropy/fused c=20",
-                                   "cross_entropy/jax_cce"}
+    r = fused_linear.run(
+        tokens=48,
+        hidden=8,
+        vocab=128,
+        chunk_sizes=[20],
+        repeats=1,
+        measure_rss=False,
+        print_fn=lambda s: None,
+    )
+    assert set(r["agreement"]) == {
+        "forward_kl/fused c=20",
+        "reverse_kl/fused c=20",
+        "js/fused c=20",
+        "cross_entropy/fused c=20",
+        "cross_entropy/jax_cce",
+    }
     for errors in r["agreement"].values():
         assert max(errors.values()) < 1e-5, r["agreement"]
     rows = [line for line in fused_linear.table(r).splitlines() if line.startswith("| ")]

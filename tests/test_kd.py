@@ -15,10 +15,17 @@ LD = np.longdouble
 P_DOC = np.array([0.2, 0.5, 0.3])  # docs/reference.md section 2, P = teacher
 Q_DOC = np.array([0.1, 0.6, 0.3])  # Q = student
 DOC_VALUES = {  # docs/reference.md section 2 (nats)
-    "forward_kl": 0.0474687, "reverse_kl": 0.0400782, "js": 0.0107708,
-    "squared_hellinger": 0.0108561, "total_variation": 0.1, "pearson": 0.1166667,
-    "neyman": 0.07, "jeffreys": 0.0875469, "skew_kl": 0.0368102,
-    "skew_reverse_kl": 0.0333260, "generalized_jsd": 0.0107708,
+    "forward_kl": 0.0474687,
+    "reverse_kl": 0.0400782,
+    "js": 0.0107708,
+    "squared_hellinger": 0.0108561,
+    "total_variation": 0.1,
+    "pearson": 0.1166667,
+    "neyman": 0.07,
+    "jeffreys": 0.0875469,
+    "skew_kl": 0.0368102,
+    "skew_reverse_kl": 0.0333260,
+    "generalized_jsd": 0.0107708,
 }
 
 
@@ -82,6 +89,7 @@ def _logits(seed, shape, scale=2.0):
 
 def _both_jit(fn):
     """Runs ``fn`` as is and under jit and checks they agree; returns the eager result."""
+
     def run(*args, **kwargs):
         eager = fn(*args, **kwargs)
         arrays = [i for i, a in enumerate(args) if isinstance(a, np.ndarray)]
@@ -95,6 +103,7 @@ def _both_jit(fn):
         jitted = jax.jit(on_arrays)(*[args[i] for i in arrays])
         np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=2e-6, atol=1e-7)
         return eager
+
     return run
 
 
@@ -160,8 +169,9 @@ def test_nkd_ignore_index_masks_rows():
     got = kd.nkd_loss(t, s, labels)
     keep = labels != -100
     np.testing.assert_array_equal(np.asarray(got)[~keep], 0.0)
-    np.testing.assert_allclose(np.asarray(got)[keep], np_nkd(t[keep], s[keep], labels[keep],
-                                                             1.0, 1.5), rtol=2e-5)
+    np.testing.assert_allclose(
+        np.asarray(got)[keep], np_nkd(t[keep], s[keep], labels[keep], 1.0, 1.5), rtol=2e-5
+    )
     with pytest.raises(ValueError, match=r"labels must be in \[0, 6\)"):
         kd.nkd_loss(t, s, np.array([1, 2, 3, 4, 6]))
 
@@ -174,10 +184,14 @@ def test_bdkd_matches_numpy_and_limits():
     w = h_t / (h_t + h_s)
     want = tau**2 * (w * np_kl(p, q) + (1 - w) * np_kl(q, p))
     np.testing.assert_allclose(_both_jit(kd.bdkd_loss)(t, s, temperature=tau), want, rtol=2e-5)
-    np.testing.assert_allclose(kd.bdkd_loss(t, s, weight=1.0, temperature=tau),
-                               kd.kd_loss(t, s, temperature=tau), rtol=1e-6)
-    np.testing.assert_allclose(kd.bdkd_loss(t, s, weight=0.0),
-                               kd.divergence_loss(t, s, "reverse_kl"), rtol=1e-6)
+    np.testing.assert_allclose(
+        kd.bdkd_loss(t, s, weight=1.0, temperature=tau),
+        kd.kd_loss(t, s, temperature=tau),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        kd.bdkd_loss(t, s, weight=0.0), kd.divergence_loss(t, s, "reverse_kl"), rtol=1e-6
+    )
     constant = kd.bdkd_loss(t, s, weight=lambda lp, lq: jnp.full(lp.shape[:-1], 0.25))
     np.testing.assert_allclose(constant, kd.bdkd_loss(t, s, weight=0.25), rtol=1e-6)
 
@@ -210,13 +224,19 @@ def test_softcap_applies_to_both_sides_and_keeps_minus_inf():
 
 def test_vocab_mismatch_error_and_trim():
     t, s = _logits(17, (3, 12)), _logits(18, (3, 10))
-    with pytest.raises(ValueError, match="teacher vocabulary size 12 differs from student"
-                                         " vocabulary size 10.*trim_teacher_vocab=True"):
+    with pytest.raises(
+        ValueError,
+        match="teacher vocabulary size 12 differs from student"
+        " vocabulary size 10.*trim_teacher_vocab=True",
+    ):
         kd.kd_loss(t, s, temperature=1.0)
     with pytest.raises(ValueError, match="size 10 differs from student vocabulary size 12"):
         kd.kd_loss(s, t, temperature=1.0, trim_teacher_vocab=True)
-    np.testing.assert_allclose(kd.kd_loss(t, s, temperature=2.0, trim_teacher_vocab=True),
-                               kd.kd_loss(t[:, :10], s, temperature=2.0), rtol=1e-7)
+    np.testing.assert_allclose(
+        kd.kd_loss(t, s, temperature=2.0, trim_teacher_vocab=True),
+        kd.kd_loss(t[:, :10], s, temperature=2.0),
+        rtol=1e-7,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -230,8 +250,13 @@ LOSSES = {
     "skew_kl": lambda t, s, **kw: kd.divergence_loss(t, s, "skew_kl", **kw),
     "gkd": lambda t, s, **kw: kd.divergence_loss(t, s, "generalized_jsd", **kw),
     "bdkd": lambda t, s, **kw: kd.bdkd_loss(t, s, **kw),
-    "nkd": lambda t, s, **kw: kd.nkd_loss(t, s, jnp.arange(t.shape[0] * t.shape[1]).reshape(
-        t.shape[:-1]) % t.shape[-1], ignore_index=None, **kw),
+    "nkd": lambda t, s, **kw: kd.nkd_loss(
+        t,
+        s,
+        jnp.arange(t.shape[0] * t.shape[1]).reshape(t.shape[:-1]) % t.shape[-1],
+        ignore_index=None,
+        **kw,
+    ),
 }
 
 
@@ -248,7 +273,8 @@ def test_where_equals_slicing_and_blocks_nan(name):
     np.testing.assert_array_equal(np.asarray(got)[~where], 0.0)
     np.testing.assert_allclose(np.asarray(got)[where], np.asarray(full)[where], rtol=1e-6)
     grads = jax.jit(jax.grad(lambda t, s: kd.reduce(loss(t, s, where=where), where), (0, 1)))(
-        jnp.asarray(t_bad), jnp.asarray(s_bad))
+        jnp.asarray(t_bad), jnp.asarray(s_bad)
+    )
     for g in grads:
         assert np.all(np.isfinite(g))
         np.testing.assert_array_equal(np.asarray(g)[~where], 0.0)
@@ -271,12 +297,22 @@ def test_reduce_is_mean_over_real_tokens():
 
 
 def _extreme_pair():
-    t = np.array([[1e4, -1e4, 0.0, -np.inf, 5.0],
-                  [-1e4, 1e4, -np.inf, 3.0, -1e4],
-                  [0.0, 0.0, -np.inf, 1e4, 1e4]], np.float32)
-    s = np.array([[-1e4, 1e4, 2.0, -np.inf, -1e4],
-                  [1e4, -1e4, -np.inf, -1e4, 0.0],
-                  [1e4, -1e4, -np.inf, 0.0, 1e4]], np.float32)
+    t = np.array(
+        [
+            [1e4, -1e4, 0.0, -np.inf, 5.0],
+            [-1e4, 1e4, -np.inf, 3.0, -1e4],
+            [0.0, 0.0, -np.inf, 1e4, 1e4],
+        ],
+        np.float32,
+    )
+    s = np.array(
+        [
+            [-1e4, 1e4, 2.0, -np.inf, -1e4],
+            [1e4, -1e4, -np.inf, -1e4, 0.0],
+            [1e4, -1e4, -np.inf, 0.0, 1e4],
+        ],
+        np.float32,
+    )
     return t, s
 
 
@@ -285,7 +321,8 @@ def test_finite_values_and_gradients_at_extreme_logits(name):
     loss = LOSSES[name]
     t, s = _extreme_pair()
     value, grads = jax.jit(jax.value_and_grad(lambda t, s: loss(t, s).sum(), (0, 1)))(
-        jnp.asarray(t)[None], jnp.asarray(s)[None])
+        jnp.asarray(t)[None], jnp.asarray(s)[None]
+    )
     assert np.isfinite(value), value
     for g in grads:
         assert np.all(np.isfinite(g)), g
@@ -309,8 +346,15 @@ def _lm_like_logits(seed, rows, vocab):
     """Zipf-like teacher logits (log-rank decay with noise) and a student that disagrees."""
     rng = np.random.default_rng(seed)
     ranks = np.arange(1, vocab + 1)
-    t = np.stack([-1.1 * np.log(ranks[rng.permutation(vocab)]) + 0.5 * rng.standard_normal(vocab)
-                  for _ in range(rows)]) * 3.0
+    t = (
+        np.stack(
+            [
+                -1.1 * np.log(ranks[rng.permutation(vocab)]) + 0.5 * rng.standard_normal(vocab)
+                for _ in range(rows)
+            ]
+        )
+        * 3.0
+    )
     s = 0.8 * t + 1.5 * rng.standard_normal(t.shape)
     return t.astype(np.float32), s.astype(np.float32)
 
@@ -347,8 +391,9 @@ def test_topk_buckets_match_numpy():
         log_q = np_log_softmax(row_s, tau)
         rest = np.setdiff1d(np.arange(64), row_ids)
         tail_mass = 1 - np.exp(row_t).sum()
-        teacher = np.concatenate([np.exp(row_t / tau),
-                                  [len(rest) * (tail_mass / len(rest)) ** (1 / tau)]])
+        teacher = np.concatenate(
+            [np.exp(row_t / tau), [len(rest) * (tail_mass / len(rest)) ** (1 / tau)]]
+        )
         teacher /= teacher.sum()
         student = np.concatenate([np.exp(log_q[row_ids]), [np.exp(log_q[rest]).sum()]])
         want.append(tau**2 * np_kl(teacher, student))
@@ -365,7 +410,8 @@ def test_topk_gradient_finite_with_full_top_mass():
     t[:, 8:] = -np.inf  # the teacher's mass is all in 8 classes: tail mass 0
     values, ids = _topk(t, 8)
     g = jax.jit(jax.grad(lambda s: kd.topk_divergence_loss(values, ids, s, "js").sum()))(
-        jnp.asarray(s))
+        jnp.asarray(s)
+    )
     assert np.all(np.isfinite(g))
 
 
@@ -373,10 +419,12 @@ def test_topk_gradient_finite_with_full_top_mass():
 # SinKD (needs fdiv.transport).
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fdiv.transport") is None,
-                    reason="fdiv.transport is not in this tree")
+@pytest.mark.skipif(
+    importlib.util.find_spec("fdiv.transport") is None, reason="fdiv.transport is not in this tree"
+)
 def test_sinkd_loss_is_weighted_transport_sinkd():
     from fdiv import transport
+
     t, s = _logits(26, (8, 5)), _logits(27, (8, 5))
     got = kd.sinkd_loss(t, s)
     want = 0.002 * transport.sinkd(t, s, temperature=2.0, epsilon=0.1, num_iters=20)

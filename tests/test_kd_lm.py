@@ -53,8 +53,12 @@ def test_coarse_grained_divergence_is_at_most_the_full_one(div):
     # With all but one token kept, coarse-graining loses nothing.
     vals, idx, rest = kd_lm._teacher_topk(t_logits, 29)
     teacher = jnp.concatenate([vals, rest[..., None]], -1)
-    np.testing.assert_allclose(kd_lm.LOSSES[div](teacher, kd_lm.coarse_log_probs(s_logits, idx)),
-                               full, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        kd_lm.LOSSES[div](teacher, kd_lm.coarse_log_probs(s_logits, idx)),
+        full,
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
 
 def test_teacher_topk_is_sorted_and_complete():
@@ -67,15 +71,24 @@ def test_teacher_topk_is_sorted_and_complete():
 
 
 def test_loss_registry():
-    assert set(kd_lm.LOSSES) == {"forward_kl", "reverse_kl", "js", "total_variation", "skew_kl",
-                                 "skew_reverse_kl", "gjsd"}
+    assert set(kd_lm.LOSSES) == {
+        "forward_kl",
+        "reverse_kl",
+        "js",
+        "total_variation",
+        "skew_kl",
+        "skew_reverse_kl",
+        "gjsd",
+    }
     rng = np.random.default_rng(3)
     p, q = (jnp.asarray(rng.normal(size=(4, 9)), jnp.float32) for _ in range(2))
-    np.testing.assert_allclose(kd_lm.LOSSES["gjsd"](p, q), fdiv.categorical_divergence(p, q, "js"),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        kd_lm.LOSSES["gjsd"](p, q), fdiv.categorical_divergence(p, q, "js"), atol=1e-6
+    )
     lp, lq = _np_log_softmax(np.asarray(p)), _np_log_softmax(np.asarray(q))
-    np.testing.assert_allclose(kd_lm.LOSSES["forward_kl"](p, q),
-                               (np.exp(lp) * (lp - lq)).sum(-1), atol=1e-5)
+    np.testing.assert_allclose(
+        kd_lm.LOSSES["forward_kl"](p, q), (np.exp(lp) * (lp - lq)).sum(-1), atol=1e-5
+    )
 
 
 def test_distinct_n():

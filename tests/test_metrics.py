@@ -26,10 +26,11 @@ def test_mixture_metrics_known_counts(use_jit):
     n = 3600
     counts = (RING_WEIGHTS * n).astype(int)  # exactly proportional: 800, 200, 600, ...
     offsets = np.array([[0.5, -0.5]]) * RING_STD  # within 3 std of the centre
-    pts = [np.repeat(RING_CENTERS[k:k + 1] + offsets, c, axis=0) for k, c in enumerate(counts)]
+    pts = [np.repeat(RING_CENTERS[k : k + 1] + offsets, c, axis=0) for k, c in enumerate(counts)]
     x = np.concatenate(pts)
-    fn = _fn(lambda x: metrics.mixture_metrics(x, RING_CENTERS, RING_WEIGHTS * 18, RING_STD),
-             use_jit)
+    fn = _fn(
+        lambda x: metrics.mixture_metrics(x, RING_CENTERS, RING_WEIGHTS * 18, RING_STD), use_jit
+    )
     m = fn(jnp.asarray(x, jnp.float32))
     assert float(m["precision"]) == 1.0
     assert int(m["modes_recovered"]) == 8
@@ -40,10 +41,10 @@ def test_mixture_metrics_known_counts(use_jit):
     # 3.5 std from its centre: precision drops by exactly those counts, mode 0 is lost and
     # the weights among near samples are renormalised.
     y = x.copy()
-    y[:counts[0]] = 0.0
+    y[: counts[0]] = 0.0
     start2 = counts[:2].sum()
     moved = counts[2] // 10
-    y[start2:start2 + moved] = RING_CENTERS[2] + np.array([3.5 * RING_STD, 0.0])
+    y[start2 : start2 + moved] = RING_CENTERS[2] + np.array([3.5 * RING_STD, 0.0])
     m = fn(jnp.asarray(y, jnp.float32))
     near = counts.copy()
     near[0] = 0
@@ -58,7 +59,7 @@ def test_mixture_metrics_known_counts(use_jit):
         z = x.copy()
         keep = int(share * counts[1])
         start1 = counts[0]
-        z[start1 + keep:start1 + counts[1]] = RING_CENTERS[0]
+        z[start1 + keep : start1 + counts[1]] = RING_CENTERS[0]
         assert bool(fn(jnp.asarray(z, jnp.float32))["recovered"][1]) == ok
 
 
@@ -88,18 +89,21 @@ def test_energy_distance(use_jit):
         # Two point masses a distance 3 apart: 2 * 3 - 0 - 0.
         a, b = np.zeros((5, 2)), np.tile([[3.0, 0.0]], (4, 1))
         np.testing.assert_allclose(fn(a, b), 6.0, rtol=1e-12)
+
     # Population value for 1-D Gaussians N(0,1) vs N(mu, s^2): E|X - Y| with X - Y ~ N(m, t^2)
     # is t sqrt(2/pi) exp(-m^2/2t^2) + m (1 - 2 Phi(-m/t)).
     def e_abs(m, t):
-        return t * np.sqrt(2 / np.pi) * np.exp(-m**2 / (2 * t**2)) + m * (
-            1 - 2 * scipy.stats.norm.cdf(-m / t))
+        return t * np.sqrt(2 / np.pi) * np.exp(-(m**2) / (2 * t**2)) + m * (
+            1 - 2 * scipy.stats.norm.cdf(-m / t)
+        )
 
     mu, s, n = 0.8, 1.5, 2000
     want = 2 * e_abs(mu, np.sqrt(1 + s**2)) - e_abs(0, np.sqrt(2)) - e_abs(0, np.sqrt(2) * s)
     x = rng.normal(size=(n, 1))
     y = mu + s * rng.normal(size=(n, 1))
-    np.testing.assert_allclose(fn(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)),
-                               want, atol=0.03)
+    np.testing.assert_allclose(
+        fn(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)), want, atol=0.03
+    )
 
 
 @pytest.mark.parametrize("use_jit", JIT)
@@ -115,8 +119,9 @@ def test_energy_distance_blocked_matches_direct_sums(use_jit):
     with jax.enable_x64(True):
         for block in (64, 500, 4096):
             np.testing.assert_allclose(fn(x, y, block_size=block), want_u, rtol=1e-10)
-            np.testing.assert_allclose(fn(x, y, unbiased=False, block_size=block), want_v,
-                                       rtol=1e-10)
+            np.testing.assert_allclose(
+                fn(x, y, unbiased=False, block_size=block), want_v, rtol=1e-10
+            )
     # float32 sums over 4e6 pairs stay accurate to the size of the estimate's sampling noise.
     big = fn(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), block_size=128)
     np.testing.assert_allclose(big, want_u, atol=1e-5)
@@ -131,23 +136,24 @@ def test_mmd2(use_jit):
     fn = _fn(metrics.mmd2, use_jit)
     rng = np.random.default_rng(2)
     n, l = 2000, 1.0
+
     # E k(X, Y) for X ~ N(a, s1^2), Y ~ N(b, s2^2), k = exp(-(x-y)^2 / 2 l^2) in 1-D.
     def ek(a, s1, b, s2):
         v = l**2 + s1**2 + s2**2
-        return l / np.sqrt(v) * np.exp(-(a - b) ** 2 / (2 * v))
+        return l / np.sqrt(v) * np.exp(-((a - b) ** 2) / (2 * v))
 
     want = ek(0, 1, 0, 1) + ek(1, 0.5, 1, 0.5) - 2 * ek(0, 1, 1, 0.5)
     x, y = rng.normal(size=(n, 1)), 1 + 0.5 * rng.normal(size=(n, 1))
     # Standard deviation of the estimate at n = 2000 is 0.016 (measured over 20 repeats).
-    np.testing.assert_allclose(fn(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), l),
-                               want, atol=0.065)
+    np.testing.assert_allclose(
+        fn(jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32), l), want, atol=0.065
+    )
     # Same distribution: unbiased estimate is centred at 0.
     x2 = rng.normal(size=(n, 1))
     assert abs(float(fn(jnp.asarray(x, jnp.float32), jnp.asarray(x2, jnp.float32), l))) < 0.005
     # A sum of kernels is the sum of MMDs.
     bw = (0.5, 2.0)
-    np.testing.assert_allclose(
-        fn(x, y, bw), fn(x, y, bw[0]) + fn(x, y, bw[1]), rtol=1e-5)
+    np.testing.assert_allclose(fn(x, y, bw), fn(x, y, bw[0]) + fn(x, y, bw[1]), rtol=1e-5)
 
 
 @pytest.mark.parametrize("use_jit", JIT)
@@ -168,8 +174,11 @@ def test_frechet_distance(use_jit):
         np.testing.assert_allclose(fn(np.zeros(6), c1, np.zeros(6), c2), want, rtol=1e-8)
         # Same Gaussian: 0; symmetric in its arguments.
         np.testing.assert_allclose(fn(mu1[:2], c1[:2, :2], mu1[:2], c1[:2, :2]), 0.0, atol=1e-10)
-        np.testing.assert_allclose(fn(mu2[:3], c2[:3, :3], mu1[:3], c1[:3, :3]),
-                                   fn(mu1[:3], c1[:3, :3], mu2[:3], c2[:3, :3]), rtol=1e-8)
+        np.testing.assert_allclose(
+            fn(mu2[:3], c2[:3, :3], mu1[:3], c1[:3, :3]),
+            fn(mu1[:3], c1[:3, :3], mu2[:3], c2[:3, :3]),
+            rtol=1e-8,
+        )
         # From features: the Gaussian fit uses the unbiased covariance.
         f1, f2 = rng.normal(size=(50, 3)), rng.normal(size=(40, 3)) * 2 + 1
         got = metrics.frechet_distance_from_features(f1, f2)

@@ -52,16 +52,26 @@ def _free_port() -> int:
 def _launch(num_processes: int, cache: str, *workdirs: str, timeout: float = 240) -> list[str]:
     """Starts `num_processes` children with 8 / num_processes host devices each; waits."""
     port = str(_free_port())
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // num_processes}",
-           # Later launches of a layout reuse the earlier ones' compiled programs.
-           "JAX_COMPILATION_CACHE_DIR": os.path.join(cache, "xla"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    procs = [subprocess.Popen([sys.executable, "-c", CHILD, str(i), str(num_processes), port, cache,
-                               *workdirs], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-             for i in range(num_processes)]
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // num_processes}",
+        # Later launches of a layout reuse the earlier ones' compiled programs.
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(cache, "xla"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(i), str(num_processes), port, cache, *workdirs],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(num_processes)
+    ]
     outs = []
     try:
         for p in procs:
@@ -94,8 +104,9 @@ def _assert_close_runs(a: str, b: str, step: int = 6):
         x, y = train.strip_timing([x])[0], train.strip_timing([y])[0]
         assert x.keys() == y.keys()
         for k in x:
-            np.testing.assert_allclose(x[k], y[k], rtol=2e-4, atol=1e-5,
-                                       err_msg=f"step {x['step']} {k}")
+            np.testing.assert_allclose(
+                x[k], y[k], rtol=2e-4, atol=1e-5, err_msg=f"step {x['step']} {k}"
+            )
     pa, pb = _final_arrays(a, step), _final_arrays(b, step)
     assert pa.keys() == pb.keys()
     for k in pa:
@@ -133,8 +144,10 @@ def test_two_processes_match_one_process_and_resume_across_layouts(tmp_path):
     _assert_close_runs(one_resumed_by_two, one)
     for wd in (two, one, two_resumed_by_one, one_resumed_by_two):
         records = train.read_metrics(wd)
-        keys = [(r["step"], "eval" if any(k.startswith("eval/") for k in r) else "train")
-                for r in records]
+        keys = [
+            (r["step"], "eval" if any(k.startswith("eval/") for k in r) else "train")
+            for r in records
+        ]
         assert len(keys) == len(set(keys)), f"{wd}: records written twice: {keys}"
         # Each checkpoint once, no half-written (temporary) step directories left.
         assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["3", "6"], wd

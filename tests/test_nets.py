@@ -40,8 +40,9 @@ def _jitted(module, **kw):
     return jax.jit(lambda st, *a: nnx.merge(graphdef, st)(*a, **kw)), state
 
 
-@pytest.mark.parametrize("kind,shape", [("mlp", (5, 2)), ("unet", (3, 8, 8, 1)),
-                                        ("unet3", (2, 28, 28, 1))])
+@pytest.mark.parametrize(
+    "kind,shape", [("mlp", (5, 2)), ("unet", (3, 8, 8, 1)), ("unet3", (2, 28, 28, 1))]
+)
 def test_denoiser_shapes_and_initial_value(kind, shape):
     if kind == "mlp":
         net = nets.MLP(2, hidden=32, depth=2, rngs=nnx.Rngs(0))
@@ -88,8 +89,7 @@ def test_depends_on_sigma_and_differentiable(kind):
 
 
 def test_one_step_generator_copies_teacher():
-    teacher = _randomize(nets.EDMDenoiser(nets.MLP(2, hidden=16, depth=1, rngs=nnx.Rngs(0)),
-                                          1.4))
+    teacher = _randomize(nets.EDMDenoiser(nets.MLP(2, hidden=16, depth=1, rngs=nnx.Rngs(0)), 1.4))
     smax = 20.0
     gen = nets.OneStepGenerator.from_teacher(teacher, smax)
     z = jax.random.normal(jax.random.PRNGKey(3), (6, 2))
@@ -101,8 +101,9 @@ def test_one_step_generator_copies_teacher():
     assert not np.allclose(gen(z), want)
     # A lower input noise level with the latent scaled to the noised data's std.
     low = nets.OneStepGenerator.from_teacher(teacher, 0.5, latent_std=np.hypot(0.5, 1.4))
-    np.testing.assert_allclose(low(z), teacher(np.hypot(0.5, 1.4) * z, jnp.full((6,), 0.5)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        low(z), teacher(np.hypot(0.5, 1.4) * z, jnp.full((6,), 0.5)), rtol=1e-6
+    )
     with pytest.raises(ValueError, match="latent_std must be positive"):
         nets.OneStepGenerator.from_teacher(teacher, 0.5, latent_std=0.0)
     with pytest.raises(ValueError, match="sigma_max must be a positive"):

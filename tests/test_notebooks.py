@@ -22,14 +22,19 @@ def test_notebook_executes_and_shows_its_figures(path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     with open(path) as f:
         nb = nbformat.read(f, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
         "commit notebooks without outputs"
+    )
     # The kernel inherits this environment: quick mode, CPU, and the repository importable.
     monkeypatch.setenv("FDIV_QUICK", "1")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("PYTHONPATH", REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                                     resources={"metadata": {"path": os.path.dirname(path)}})
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=CELL_TIMEOUT,
+        kernel_name="python3",
+        resources={"metadata": {"path": os.path.dirname(path)}},
+    )
     client.execute()
     code = [c for c in nb.cells if c.cell_type == "code"]
     errors = [o for c in code for o in c.get("outputs", []) if o.get("output_type") == "error"]
@@ -79,17 +84,21 @@ def test_side_by_side_and_curves_with_references(tmp_path):
         for step in (10, 20):
             f.write(json.dumps({"step": step, "loss": 1.0 / step, "empty": None}) + "\n")
         f.write(json.dumps({"step": 20, "eval/energy_distance": 0.1}) + "\n")
-    path = plotting.plot_curves(str(tmp_path), title="run x",
-                                references={"eval/energy_distance": {"teacher": 0.01}})
+    path = plotting.plot_curves(
+        str(tmp_path), title="run x", references={"eval/energy_distance": {"teacher": 0.01}}
+    )
     assert path and Image.open(path).size[0] > 0
     # Two panels (the all-None metric gets none): one row of two.
     w, h = Image.open(path).size
     assert w > h
     rng = np.random.default_rng(0)
-    out = plotting.save_side_by_side([("target", rng.normal(size=(50, 2))),
-                                      ("student", rng.normal(size=(50, 2)))],
-                                     str(tmp_path / "sbs.png"), title="t")
+    out = plotting.save_side_by_side(
+        [("target", rng.normal(size=(50, 2))), ("student", rng.normal(size=(50, 2)))],
+        str(tmp_path / "sbs.png"),
+        title="t",
+    )
     assert Image.open(out).size[0] > Image.open(out).size[1]
-    imgs = plotting.save_side_by_side([("a", rng.uniform(-1, 1, size=(4, 8, 8, 1)))],
-                                      str(tmp_path / "img.png"))
+    imgs = plotting.save_side_by_side(
+        [("a", rng.uniform(-1, 1, size=(4, 8, 8, 1)))], str(tmp_path / "img.png")
+    )
     assert os.path.getsize(imgs) > 0

@@ -42,17 +42,27 @@ def _exact_gradient(target_logits, theta, divergence):
 
 def _batch_loss(theta, x, log_target, divergence, log_proposal, baseline, log_normalizer):
     log_model = jax.nn.log_softmax(theta)[x]
-    return fdpg_loss(log_model, log_target, divergence, log_proposal=log_proposal,
-                     baseline=baseline, log_normalizer=log_normalizer)
+    return fdpg_loss(
+        log_model,
+        log_target,
+        divergence,
+        log_proposal=log_proposal,
+        baseline=baseline,
+        log_normalizer=log_normalizer,
+    )
 
 
-def _per_sample_gradients(theta, x, log_target, divergence, log_proposal, baseline,
-                          log_normalizer):
+def _per_sample_gradients(theta, x, log_target, divergence, log_proposal, baseline, log_normalizer):
     """[n, K] gradients of the one-sample surrogate (the terms the batch gradient averages)."""
+
     def one(xi, lt, lq):
         lq = None if log_proposal is None else lq[None]
-        return jax.grad(lambda t: _batch_loss(t, xi[None], lt[None], divergence, lq, baseline,
-                                              log_normalizer)[0])(theta)
+        return jax.grad(
+            lambda t: _batch_loss(t, xi[None], lt[None], divergence, lq, baseline, log_normalizer)[
+                0
+            ]
+        )(theta)
+
     lq = jnp.zeros_like(log_target) if log_proposal is None else log_proposal
     return jax.jit(jax.vmap(one))(x, log_target, lq)
 
@@ -74,25 +84,34 @@ def test_gradient_matches_exact_divergence_gradient(divergence, use_proposal):
 
     # A baseline from an independent earlier batch, as MovingBaseline provides it in training.
     x_old = _samples(jax.random.key(2), sampler, 4096)
-    _, aux_old = _batch_loss(theta, x_old, target_logits[x_old] + LOG_OFFSET, divergence,
-                             None if log_proposal is None else
-                             jax.nn.log_softmax(proposal_logits)[x_old], 0.0, log_z)
+    _, aux_old = _batch_loss(
+        theta,
+        x_old,
+        target_logits[x_old] + LOG_OFFSET,
+        divergence,
+        None if log_proposal is None else jax.nn.log_softmax(proposal_logits)[x_old],
+        0.0,
+        log_z,
+    )
     old_baseline = MovingBaseline.ema(0.9).update(aux_old["mean_reward"]).value
     assert abs(float(old_baseline)) > 0.02  # a baseline that actually shifts the rewards
 
     variances = {}
     for name, baseline in (("none", 0.0), ("moving", old_baseline)):
-        per_sample = _per_sample_gradients(theta, x, log_target, divergence, log_proposal,
-                                           baseline, log_z)
+        per_sample = _per_sample_gradients(
+            theta, x, log_target, divergence, log_proposal, baseline, log_z
+        )
         se = jnp.std(per_sample, axis=0, ddof=1) / np.sqrt(NUM_SAMPLES)
-        grad = jax.grad(lambda t: _batch_loss(t, x, log_target, divergence, log_proposal,
-                                              baseline, log_z)[0])(theta)
+        grad = jax.grad(
+            lambda t: _batch_loss(t, x, log_target, divergence, log_proposal, baseline, log_z)[0]
+        )(theta)
         np.testing.assert_allclose(grad, jnp.mean(per_sample, axis=0), rtol=1e-3, atol=5e-5)
         z = np.asarray((grad - exact) / se)
         assert np.all(np.abs(z) < SE_BOUND), (name, z)
         # The normaliser estimated from the batch (bias O(1/n), far below the SE here).
-        grad_est = jax.grad(lambda t: _batch_loss(t, x, log_target, divergence, log_proposal,
-                                                  baseline, None)[0])(theta)
+        grad_est = jax.grad(
+            lambda t: _batch_loss(t, x, log_target, divergence, log_proposal, baseline, None)[0]
+        )(theta)
         z_est = np.asarray((grad_est - exact) / se)
         assert np.all(np.abs(z_est) < SE_BOUND), (name, z_est)
         variances[name] = float(jnp.sum(jnp.var(per_sample, axis=0)))
@@ -122,12 +141,14 @@ def test_divergence_estimate_ess_and_rewards_in_aux():
     _, aux = fdpg_loss(log_pi, target_logits[x] + LOG_OFFSET, "js", log_proposal=log_q)
     exact = fdiv.categorical_divergence(target_logits, theta, "js")
     np.testing.assert_allclose(aux["divergence"], exact, rtol=0.05)
-    np.testing.assert_allclose(aux["log_normalizer"], jax.nn.logsumexp(target_logits) + LOG_OFFSET,
-                               atol=0.02)
+    np.testing.assert_allclose(
+        aux["log_normalizer"], jax.nn.logsumexp(target_logits) + LOG_OFFSET, atol=0.02
+    )
     w = np.exp(np.asarray(log_pi - log_q, np.float64))
-    np.testing.assert_allclose(aux["ess"], w.sum() ** 2 / (w ** 2).sum(), rtol=1e-4)
-    u = np.exp(np.asarray(target_logits[x] + LOG_OFFSET - aux["log_normalizer"] - log_pi,
-                          np.float64))
+    np.testing.assert_allclose(aux["ess"], w.sum() ** 2 / (w**2).sum(), rtol=1e-4)
+    u = np.exp(
+        np.asarray(target_logits[x] + LOG_OFFSET - aux["log_normalizer"] - log_pi, np.float64)
+    )
     reward = 0.5 * np.log((u + 1) / 2)  # docs/reference.md section 10
     np.testing.assert_allclose(aux["mean_reward"], reward.mean(), rtol=1e-4)
     np.testing.assert_allclose(aux["mean_weighted_reward"], (w * reward).mean(), rtol=1e-4)
@@ -152,8 +173,12 @@ def _mp_reward(divergence, log_u):
     }[divergence]()
 
 
-_LOG_U_GRID = np.concatenate([np.linspace(-80.0, 80.0, 161),
-                              [1e-7, -1e-7, 1e-4, -3e-3, 0.02, -0.6, 0.999, 1.001, 44.0, 45.0]])
+_LOG_U_GRID = np.concatenate(
+    [
+        np.linspace(-80.0, 80.0, 161),
+        [1e-7, -1e-7, 1e-4, -3e-3, 0.02, -0.6, 0.999, 1.001, 44.0, 45.0],
+    ]
+)
 
 
 @pytest.mark.parametrize("divergence", DIVERGENCES + ("squared_hellinger",))
@@ -179,14 +204,16 @@ def test_pseudo_reward_edges_and_half_precision():
     minus_inf = jnp.array([-jnp.inf])
     assert float(pseudo_reward(minus_inf, jnp.zeros(1), "forward_kl")[0]) == 0.0
     assert float(pseudo_reward(minus_inf, jnp.zeros(1), "reverse_kl")[0]) == -np.inf
-    np.testing.assert_allclose(pseudo_reward(minus_inf, jnp.zeros(1), "js"), [-0.5 * np.log(2)],
-                               rtol=1e-7)
+    np.testing.assert_allclose(
+        pseudo_reward(minus_inf, jnp.zeros(1), "js"), [-0.5 * np.log(2)], rtol=1e-7
+    )
     assert np.isnan(float(pseudo_reward(jnp.array([jnp.nan]), jnp.zeros(1), "js")[0]))
     log_p = jnp.array([-3.0, -0.5, 2.0], jnp.bfloat16)
     out = pseudo_reward(log_p, jnp.zeros(3, jnp.bfloat16), "js")
     assert out.dtype == jnp.float32
-    np.testing.assert_allclose(out, 0.5 * np.log((np.exp(np.asarray(log_p, np.float32)) + 1) / 2),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        out, 0.5 * np.log((np.exp(np.asarray(log_p, np.float32)) + 1) / 2), rtol=1e-6
+    )
     # Broadcasting: one model log-probability against many targets.
     assert pseudo_reward(jnp.zeros((2, 3)), jnp.zeros(()), "pearson").shape == (2, 3)
 
@@ -198,9 +225,10 @@ def test_bounded_divergences_have_finite_gradients_at_extreme_logits():
     q = jnp.log(jnp.full(4, 0.25))
     for divergence in ("js", "total_variation"):  # bounded pseudo-rewards
         for log_proposal in (None, q[x]):
-            grad, aux = jax.grad(lambda t: _batch_loss(t, x, target_logits[x], divergence,
-                                                       log_proposal, 0.1, None), has_aux=True)(
-                                                           theta)
+            grad, aux = jax.grad(
+                lambda t: _batch_loss(t, x, target_logits[x], divergence, log_proposal, 0.1, None),
+                has_aux=True,
+            )(theta)
             assert np.all(np.isfinite(grad)), (divergence, grad)
             assert all(np.isfinite(float(v)) for v in aux.values()), (divergence, aux)
 
@@ -210,7 +238,6 @@ def test_bounded_divergences_have_finite_gradients_at_extreme_logits():
 
 
 class JitTest(chex.TestCase):
-
     @chex.variants(with_jit=True, without_jit=True)
     def test_loss_and_gradient_same_with_and_without_jit(self):
         target_logits, theta, proposal_logits = _problem()
@@ -219,13 +246,15 @@ class JitTest(chex.TestCase):
 
         @self.variant
         def value_and_grad(t, baseline):
-            return jax.value_and_grad(lambda t: _batch_loss(t, x, target_logits[x], "js", log_q,
-                                                            baseline, None), has_aux=True)(t)
+            return jax.value_and_grad(
+                lambda t: _batch_loss(t, x, target_logits[x], "js", log_q, baseline, None),
+                has_aux=True,
+            )(t)
 
         (loss, aux), grad = value_and_grad(theta, jnp.float32(0.2))
         (loss_ref, aux_ref), grad_ref = jax.value_and_grad(
-            lambda t: _batch_loss(t, x, target_logits[x], "js", log_q, 0.2, None),
-            has_aux=True)(theta)
+            lambda t: _batch_loss(t, x, target_logits[x], "js", log_q, 0.2, None), has_aux=True
+        )(theta)
         np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
         np.testing.assert_allclose(grad, grad_ref, rtol=1e-5, atol=1e-7)
         for k in aux_ref:
@@ -257,11 +286,13 @@ def test_running_normalizer_converges_to_log_z_and_jits():
     for key in jax.random.split(jax.random.key(5), 10):
         state = update(state, key)
     assert float(state.count) == 100_000
-    np.testing.assert_allclose(state.log_normalizer, jax.nn.logsumexp(target_logits) + 100.0,
-                               atol=5e-3)
+    np.testing.assert_allclose(
+        state.log_normalizer, jax.nn.logsumexp(target_logits) + 100.0, atol=5e-3
+    )
     # Masked samples do not count.
-    one = RunningNormalizer.create().update(jnp.array([0.0, 50.0]), jnp.zeros(2),
-                                            where=jnp.array([True, False]))
+    one = RunningNormalizer.create().update(
+        jnp.array([0.0, 50.0]), jnp.zeros(2), where=jnp.array([True, False])
+    )
     assert float(one.count) == 1.0 and float(one.log_normalizer) == 0.0
 
 
@@ -280,12 +311,15 @@ def test_moving_baselines_match_references_and_jit():
     np.testing.assert_allclose(ema.value, acc / (1 - 0.8 ** len(batches)), rtol=1e-6)
     np.testing.assert_allclose(window.value, np.concatenate(batches)[-10:].mean(), rtol=1e-6)
     # One EMA update is the batch mean; a batch longer than the window keeps its last rewards.
-    np.testing.assert_allclose(MovingBaseline.ema(0.99).update(batches[0]).value,
-                               batches[0].mean(), rtol=1e-6)
-    np.testing.assert_allclose(MovingBaseline.windowed(3).update(batches[1]).value,
-                               batches[1][-3:].mean(), rtol=1e-6)
+    np.testing.assert_allclose(
+        MovingBaseline.ema(0.99).update(batches[0]).value, batches[0].mean(), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        MovingBaseline.windowed(3).update(batches[1]).value, batches[1][-3:].mean(), rtol=1e-6
+    )
     assert jax.tree_util.tree_structure(ema) == jax.tree_util.tree_structure(
-        MovingBaseline.ema(0.8))
+        MovingBaseline.ema(0.8)
+    )
 
 
 def test_full_update_jits():
@@ -296,10 +330,15 @@ def test_full_update_jits():
         x = jax.random.categorical(key, theta, shape=(256,))
         log_target = target_logits[x]
         normalizer = normalizer.update(log_target, jax.nn.log_softmax(theta)[x])
-        grad, aux = jax.grad(lambda t: _batch_loss(t, x, log_target, "js", None, baseline.value,
-                                                   normalizer.log_normalizer), has_aux=True)(theta)
-        rewards = policy.pseudo_reward(log_target - normalizer.log_normalizer,
-                                       jax.nn.log_softmax(theta)[x], "js")
+        grad, aux = jax.grad(
+            lambda t: _batch_loss(
+                t, x, log_target, "js", None, baseline.value, normalizer.log_normalizer
+            ),
+            has_aux=True,
+        )(theta)
+        rewards = policy.pseudo_reward(
+            log_target - normalizer.log_normalizer, jax.nn.log_softmax(theta)[x], "js"
+        )
         return theta - 2.0 * grad, normalizer, baseline.update(rewards), aux
 
     normalizer, baseline = RunningNormalizer.create(), MovingBaseline.windowed(1024)
@@ -315,29 +354,50 @@ def test_full_update_jits():
 # Bad input.
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(3), "not_a_divergence"), "divergence"),
-    (lambda: fdpg_loss(jnp.zeros(3, jnp.int32), jnp.zeros(3), "js"), "log_model must be floating"),
-    (lambda: fdpg_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), "js"),
-     r"log_model must have shape \[n\]"),
-    (lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(4), "js"), "log_target must have the shape"),
-    (lambda: fdpg_loss(jnp.zeros(0), jnp.zeros(0), "js"), "empty"),
-    (lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(3), "js", log_proposal=jnp.zeros(2)),
-     "log_proposal must have the shape"),
-    (lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(3), "js", baseline=jnp.zeros(3)),
-     "baseline must be a scalar"),
-    (lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(3), "js", baseline=float("nan")), "baseline is NaN"),
-    (lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(3), "js", log_normalizer="1"),
-     "log_normalizer must be a scalar"),
-    (lambda: pseudo_reward(jnp.zeros(3), jnp.zeros(2), "js"), "must broadcast"),
-    (lambda: pseudo_reward("a", jnp.zeros(2), "js"), "log_target must be an array"),
-    (lambda: MovingBaseline.ema(1.0), "decay must be"),
-    (lambda: MovingBaseline.windowed(0), "window must be"),
-    (lambda: MovingBaseline.ema().update(jnp.zeros(0)), "rewards is empty"),
-    (lambda: RunningNormalizer.create().update(jnp.zeros(3), jnp.zeros(2)), "log_sampler"),
-    (lambda: RunningNormalizer.create().update(jnp.zeros(2), jnp.zeros(2), where=jnp.ones(2)),
-     "where must be a boolean mask"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(3), "not_a_divergence"), "divergence"),
+        (
+            lambda: fdpg_loss(jnp.zeros(3, jnp.int32), jnp.zeros(3), "js"),
+            "log_model must be floating",
+        ),
+        (
+            lambda: fdpg_loss(jnp.zeros((2, 3)), jnp.zeros((2, 3)), "js"),
+            r"log_model must have shape \[n\]",
+        ),
+        (lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(4), "js"), "log_target must have the shape"),
+        (lambda: fdpg_loss(jnp.zeros(0), jnp.zeros(0), "js"), "empty"),
+        (
+            lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(3), "js", log_proposal=jnp.zeros(2)),
+            "log_proposal must have the shape",
+        ),
+        (
+            lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(3), "js", baseline=jnp.zeros(3)),
+            "baseline must be a scalar",
+        ),
+        (
+            lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(3), "js", baseline=float("nan")),
+            "baseline is NaN",
+        ),
+        (
+            lambda: fdpg_loss(jnp.zeros(3), jnp.zeros(3), "js", log_normalizer="1"),
+            "log_normalizer must be a scalar",
+        ),
+        (lambda: pseudo_reward(jnp.zeros(3), jnp.zeros(2), "js"), "must broadcast"),
+        (lambda: pseudo_reward("a", jnp.zeros(2), "js"), "log_target must be an array"),
+        (lambda: MovingBaseline.ema(1.0), "decay must be"),
+        (lambda: MovingBaseline.windowed(0), "window must be"),
+        (lambda: MovingBaseline.ema().update(jnp.zeros(0)), "rewards is empty"),
+        (lambda: RunningNormalizer.create().update(jnp.zeros(3), jnp.zeros(2)), "log_sampler"),
+        (
+            lambda: RunningNormalizer.create().update(
+                jnp.zeros(2), jnp.zeros(2), where=jnp.ones(2)
+            ),
+            "where must be a boolean mask",
+        ),
+    ],
+)
 def test_bad_input_raises_clear_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()

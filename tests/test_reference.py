@@ -24,8 +24,9 @@ from scipy import integrate, optimize, special, stats
 import fdiv
 from fdiv import data, diffusion, distill, metrics
 
-REFERENCE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
-                         "reference.md")
+REFERENCE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "reference.md"
+)
 
 
 def _text() -> str:
@@ -86,10 +87,21 @@ def test_sections_are_numbered_one_to_ten_and_every_table_is_present():
     text = _text()
     numbers = [int(n) for n in re.findall(r"^## (\d+)\. ", text, flags=re.MULTILINE)]
     assert numbers == list(range(1, 11))
-    expected = {"divergence_values", "generator_values", "generator_limits", "conjugate_values",
-                "non_f_values", "fdistill_gradient", "edm_preconditioning", "karras_levels",
-                "kd_values", "toy_targets", "energy_distance_1d", "gaussian_closed_forms",
-                "pseudo_rewards"}
+    expected = {
+        "divergence_values",
+        "generator_values",
+        "generator_limits",
+        "conjugate_values",
+        "non_f_values",
+        "fdistill_gradient",
+        "edm_preconditioning",
+        "karras_levels",
+        "kd_values",
+        "toy_targets",
+        "energy_distance_1d",
+        "gaussian_closed_forms",
+        "pseudo_rewards",
+    }
     assert expected <= set(TABLES)
     assert all(TABLES[name] for name in expected)
 
@@ -225,8 +237,9 @@ def test_generator_values(group):
         _assert_all_close(jax.jit(d.weight)(log_u), want_h, 1e-10, 1e-12, "h")
 
 
-@pytest.mark.parametrize("row", TABLES["generator_limits"],
-                         ids=lambda r: f"{r['name']}({r['params']})")
+@pytest.mark.parametrize(
+    "row", TABLES["generator_limits"], ids=lambda r: f"{r['name']}({r['params']})"
+)
 def test_generator_limits(row):
     params = _params(row["params"])
     f0, slope = _limits(row["name"], params)
@@ -245,9 +258,15 @@ def _numerical_conjugate(name, params, t):
     if t > slope + 1e-12:
         return math.inf
     g = lambda lu: -float(mp.exp(lu) * t - f(mp.exp(mp.mpf(lu))))
-    best = max(-float(f0), max(-optimize.minimize_scalar(
-        g, bounds=(lo, lo + 20), method="bounded", options={"xatol": 1e-12}).fun
-        for lo in (-30.0, -10.0, 10.0)))
+    best = max(
+        -float(f0),
+        max(
+            -optimize.minimize_scalar(
+                g, bounds=(lo, lo + 20), method="bounded", options={"xatol": 1e-12}
+            ).fun
+            for lo in (-30.0, -10.0, 10.0)
+        ),
+    )
     return best
 
 
@@ -259,12 +278,17 @@ _CLOSED_CONJUGATES = {
     "total_variation": lambda t: max(t, -0.5) if t <= 0.5 else math.inf,
     "pearson": lambda t: t + t * t / 4 if t >= -2 else -1.0,
     "neyman": lambda t: 2 - 2 * math.sqrt(1 - t) if t < 1 else math.inf,
-    "jeffreys": lambda t: float(special.lambertw(math.exp(1 - t)).real
-                                + 1 / special.lambertw(math.exp(1 - t)).real + t - 2),
-    "softened_reverse_kl": lambda t: (-t + float(special.lambertw(-2 * math.exp(t - 1), -1).real)
-                                      if t < -math.log(2) else math.inf),
-    "triangular": lambda t: (math.inf if t > 1 else (-1.0 if t < -3 else
-                                                     4 - t - 4 * math.sqrt(1 - t))),
+    "jeffreys": lambda t: float(
+        special.lambertw(math.exp(1 - t)).real + 1 / special.lambertw(math.exp(1 - t)).real + t - 2
+    ),
+    "softened_reverse_kl": lambda t: (
+        -t + float(special.lambertw(-2 * math.exp(t - 1), -1).real)
+        if t < -math.log(2)
+        else math.inf
+    ),
+    "triangular": lambda t: (
+        math.inf if t > 1 else (-1.0 if t < -3 else 4 - t - 4 * math.sqrt(1 - t))
+    ),
     "log1p_abs": lambda t: math.inf if t > 1 else (t if t >= -1 else 1 - 2 * math.sqrt(-t)),
 }
 
@@ -295,8 +319,9 @@ def test_conjugate_values(group):
             _assert_all_close(fn(jnp.asarray(ts)), want, 1e-7, 1e-8, "f*")
 
 
-@pytest.mark.parametrize("name,params", sorted({(r["name"], r["params"])
-                                                 for r in TABLES["generator_values"]}))
+@pytest.mark.parametrize(
+    "name,params", sorted({(r["name"], r["params"]) for r in TABLES["generator_values"]})
+)
 def test_fenchel_young_and_conjugate_at_derivative(name, params):
     d = _get(name, _params(params))
 
@@ -310,7 +335,8 @@ def test_fenchel_young_and_conjugate_at_derivative(name, params):
     with jax.enable_x64(True):
         u, f, df, at_derivative, gap, conj_df = quantities(
             jnp.linspace(-3.0, 3.0, 13, dtype=jnp.float64),
-            jnp.linspace(-2.0, 0.45, 11, dtype=jnp.float64))
+            jnp.linspace(-2.0, 0.45, 11, dtype=jnp.float64),
+        )
     np.testing.assert_allclose(at_derivative, u * df - f, rtol=1e-9, atol=1e-12)
     # f(u) + f*(t) >= u t for every pair, with equality on the diagonal t = f'(u).
     assert bool(np.all(np.asarray(gap) >= -1e-9))
@@ -332,8 +358,13 @@ def test_identities_of_section_2():
         assert cd("t_power", t=0.5) == pytest.approx(cd("squared_hellinger"), rel=1e-12)
         assert cd("jeffreys") == pytest.approx(cd("forward_kl") + cd("reverse_kl"), rel=1e-12)
         assert cd("reverse_kl") == pytest.approx(rev("forward_kl"), rel=1e-12)
-        for name in ("js", "squared_hellinger", "total_variation", "triangular",
-                     "arithmetic_geometric"):
+        for name in (
+            "js",
+            "squared_hellinger",
+            "total_variation",
+            "triangular",
+            "arithmetic_geometric",
+        ):
             assert cd(name) == pytest.approx(rev(name), rel=1e-12)
         for name in fdiv.names():
             kw = {"alpha": 0.3} if name == "alpha" else ({"t": 3.0} if name == "t_power" else {})
@@ -342,11 +373,13 @@ def test_identities_of_section_2():
             assert cd(name, **kw) > 0
             # Reversal (section 1): D_{f^dagger}(P || Q) = D_f(Q || P).
             assert float(fdiv.categorical_divergence(p, q, fdiv.dual(d))) == pytest.approx(
-                rev(name, **kw), rel=1e-10)
+                rev(name, **kw), rel=1e-10
+            )
         # The affine term c (u - 1) changes nothing for normalised P, Q.
         shifted = fdiv.from_generator(lambda u: u * jnp.log(u) + 3.0 * (u - 1.0), name="kl+3")
         assert float(fdiv.categorical_divergence(p, q, shifted)) == pytest.approx(
-            cd("forward_kl"), rel=1e-9)
+            cd("forward_kl"), rel=1e-9
+        )
 
 
 @pytest.mark.parametrize("row", TABLES["non_f_values"], ids=lambda r: r["name"] + r["params"])
@@ -408,8 +441,9 @@ def test_variational_bound_is_tight_at_the_log_ratio_critic():
 
             def bound(log_critic):
                 lc = jnp.asarray(log_critic)
-                return _integrate(p * np.asarray(d.f_prime(lc))
-                                  - q * np.asarray(d.conjugate_at_derivative(lc)))
+                return _integrate(
+                    p * np.asarray(d.f_prime(lc)) - q * np.asarray(d.conjugate_at_derivative(lc))
+                )
 
             exact = bound(lp - lq)
             assert exact == pytest.approx(value, rel=1e-8)
@@ -430,16 +464,20 @@ def test_classifier_optimum_is_the_prior_corrected_log_ratio():
     softplus = lambda x: np.logaddexp(0.0, x)
     for x in (-1.0, 0.2, 1.7):
         p, q = stats.norm.pdf(x), stats.norm.pdf(x, 0.7, 1.3)
-        res = optimize.minimize_scalar(lambda l: n_p * p * softplus(-l) + n_q * q * softplus(l),
-                                       bounds=(-20, 20), method="bounded",
-                                       options={"xatol": 1e-10})
+        res = optimize.minimize_scalar(
+            lambda l: n_p * p * softplus(-l) + n_q * q * softplus(l),
+            bounds=(-20, 20),
+            method="bounded",
+            options={"xatol": 1e-10},
+        )
         assert res.x == pytest.approx(math.log(p / q) + math.log(n_p / n_q), abs=1e-6)
     rng = np.random.default_rng(0)
     real, fake = rng.normal(size=7), rng.normal(size=5)
     got = distill.discriminator_loss(jnp.asarray(real), jnp.asarray(fake))
     assert float(got) == pytest.approx(softplus(fake).mean() + softplus(-real).mean(), rel=1e-6)
     assert float(distill.generator_gan_loss(jnp.asarray(fake))) == pytest.approx(
-        softplus(-fake).mean(), rel=1e-6)
+        softplus(-fake).mean(), rel=1e-6
+    )
 
 
 # ------------------------------------------------------------- section 4: the f-distill gradient
@@ -447,8 +485,10 @@ def test_classifier_optimum_is_the_prior_corrected_log_ratio():
 _FDISTILL_NUMPY = {  # NumPy generators and their h, independent of the library
     "forward_kl": (lambda u: u * np.log(u), lambda u: u),
     "reverse_kl": (lambda u: -np.log(u), lambda u: np.ones_like(u)),
-    "js": (lambda u: 0.5 * (u * np.log(u) - (u + 1) * np.log((u + 1) / 2)),
-           lambda u: u / (2 * (u + 1))),
+    "js": (
+        lambda u: 0.5 * (u * np.log(u) - (u + 1) * np.log((u + 1) / 2)),
+        lambda u: u / (2 * (u + 1)),
+    ),
     "squared_hellinger": (lambda u: 0.5 * (np.sqrt(u) - 1) ** 2, lambda u: np.sqrt(u) / 4),
     "pearson": (lambda u: (u - 1) ** 2, lambda u: 2 * u**2),
     "jeffreys": (lambda u: (u - 1) * np.log(u), lambda u: u + 1),
@@ -463,8 +503,9 @@ def _fdistill_numpy(name, params):
     return _FDISTILL_NUMPY[name]
 
 
-@pytest.mark.parametrize("row", TABLES["fdistill_gradient"],
-                         ids=lambda r: f"{r['name']}({r['params']})")
+@pytest.mark.parametrize(
+    "row", TABLES["fdistill_gradient"], ids=lambda r: f"{r['name']}({r['params']})"
+)
 def test_fdistill_gradient(row):
     params = _params(row["params"])
     f, h = _fdistill_numpy(row["name"], params)
@@ -475,8 +516,10 @@ def test_fdistill_gradient(row):
         return _integrate(np.exp(lq) * f(np.exp(lp - lq)))
 
     eps = 2e-5
-    fd = ((value(mu + eps, sigma) - value(mu - eps, sigma)) / (2 * eps),
-          (value(mu, sigma + eps) - value(mu, sigma - eps)) / (2 * eps))
+    fd = (
+        (value(mu + eps, sigma) - value(mu - eps, sigma)) / (2 * eps),
+        (value(mu, sigma + eps) - value(mu, sigma - eps)) / (2 * eps),
+    )
     assert value(mu, sigma) == pytest.approx(float(row["value"]), rel=1e-8)
     assert fd[0] == pytest.approx(float(row["d/dmu"]), rel=1e-6, abs=1e-8)
     assert fd[1] == pytest.approx(float(row["d/dsigma"]), rel=1e-6, abs=1e-8)
@@ -492,24 +535,29 @@ def test_fdistill_gradient(row):
             x = (theta[0] + theta[1] * zk)[None, None]
             xs = jax.lax.stop_gradient(x)
             s_p, s_q = -xs, -(xs - theta[0]) / theta[1] ** 2
-            log_r = (jax.scipy.stats.norm.logpdf(xs) - jax.scipy.stats.norm.logpdf(
-                xs, theta[0], theta[1]))[:, 0]
-            return distill.score_weighted_loss(x, s_p, jax.lax.stop_gradient(s_q),
-                                               jax.lax.stop_gradient(log_r), d)
+            log_r = (
+                jax.scipy.stats.norm.logpdf(xs)
+                - jax.scipy.stats.norm.logpdf(xs, theta[0], theta[1])
+            )[:, 0]
+            return distill.score_weighted_loss(
+                x, s_p, jax.lax.stop_gradient(s_q), jax.lax.stop_gradient(log_r), d
+            )
 
         theta = jnp.asarray([mu, sigma])
         per_node = jax.vmap(jax.grad(node_loss), in_axes=(None, 0))(theta, z)
         grad = np.asarray(jnp.sum(w[:, None] * per_node, axis=0))
-    np.testing.assert_allclose(grad, [float(row["d/dmu"]), float(row["d/dsigma"])], rtol=1e-6,
-                               atol=1e-8)
+    np.testing.assert_allclose(
+        grad, [float(row["d/dmu"]), float(row["d/dsigma"])], rtol=1e-6, atol=1e-8
+    )
     # The independent score-weighted integral with the NumPy h.
     zz, ww = special.roots_hermitenorm(160)
     ww = ww / ww.sum()
     x = mu + sigma * zz
     r = np.exp(stats.norm.logpdf(x) - stats.norm.logpdf(x, mu, sigma))
     diff = -(x - mu) / sigma**2 + x
-    np.testing.assert_allclose([np.sum(ww * h(r) * diff), np.sum(ww * h(r) * diff * zz)], fd,
-                               rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        [np.sum(ww * h(r) * diff), np.sum(ww * h(r) * diff * zz)], fd, rtol=1e-6, atol=1e-8
+    )
 
 
 def test_denoiser_form_of_the_fdistill_loss_matches_the_score_form():
@@ -520,9 +568,19 @@ def test_denoiser_form_of_the_fdistill_loss_matches_the_score_form():
         log_r = jnp.asarray(rng.normal(size=6))
         s_q = diffusion.score_from_denoiser(x0_fake, x_t, sigma)
         s_p = diffusion.score_from_denoiser(x0_teacher, x_t, sigma)
-        a = jax.grad(lambda x: distill.fdistill_loss(
-            x, sigma, x0_fake, x0_teacher, log_r, "js", normalize=False, logit_clip=None,
-            ratio_clip=None))(x_t)
+        a = jax.grad(
+            lambda x: distill.fdistill_loss(
+                x,
+                sigma,
+                x0_fake,
+                x0_teacher,
+                log_r,
+                "js",
+                normalize=False,
+                logit_clip=None,
+                ratio_clip=None,
+            )
+        )(x_t)
         b = jax.grad(lambda x: distill.score_weighted_loss(x, s_p, s_q, log_r, "js"))(x_t)
         np.testing.assert_allclose(a, b, rtol=1e-10)
         # The surrogate's gradient in x is g / batch, g = h (s_q - s_p).
@@ -537,8 +595,9 @@ def test_denoiser_form_of_the_fdistill_loss_matches_the_score_form():
 # ------------------------------------------------------------------ section 5: f-DPG gradient
 
 
-@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "js", "squared_hellinger",
-                                  "pearson", "total_variation"])
+@pytest.mark.parametrize(
+    "name", ["forward_kl", "reverse_kl", "js", "squared_hellinger", "pearson", "total_variation"]
+)
 def test_score_function_gradient_identity(name):
     rng = np.random.default_rng(2)
     p = rng.dirichlet(np.ones(5))
@@ -551,14 +610,14 @@ def test_score_function_gradient_identity(name):
     score_fn = (pi * phi) @ grad_log_pi
     with jax.enable_x64(True):
         lib = jax.grad(lambda t: fdiv.categorical_divergence(jnp.log(jnp.asarray(p)), t, name))(
-            jnp.asarray(theta))
+            jnp.asarray(theta)
+        )
     np.testing.assert_allclose(lib, score_fn, rtol=1e-8, atol=1e-12)
     # A baseline (any constant added to the reward) changes nothing: E_pi grad log pi = 0.
     np.testing.assert_allclose((pi * (phi + 7.0)) @ grad_log_pi, score_fn, atol=1e-12)
     # The model-first convention: the pseudo-reward -(f^dagger)'(pi/p) equals -(f(u) - u f'(u)).
     dagger = lambda v: v * f(1 / v)
-    np.testing.assert_allclose([float(mp.diff(dagger, mp.mpf(1 / v))) for v in u], phi,
-                               rtol=1e-10)
+    np.testing.assert_allclose([float(mp.diff(dagger, mp.mpf(1 / v))) for v in u], phi, rtol=1e-10)
 
 
 # ---------------------------------------------------------------------------- section 6: EDM
@@ -567,8 +626,12 @@ def test_score_function_gradient_identity(name):
 @pytest.mark.parametrize("row", TABLES["edm_preconditioning"], ids=lambda r: r["sigma"])
 def test_edm_preconditioning(row):
     s, sd = mp.mpf(row["sigma"]), mp.mpf(row["sigma_data"])
-    independent = {"c_skip": sd**2 / (s**2 + sd**2), "c_out": s * sd / mp.sqrt(s**2 + sd**2),
-                   "c_in": 1 / mp.sqrt(s**2 + sd**2), "c_noise": mp.log(s) / 4}
+    independent = {
+        "c_skip": sd**2 / (s**2 + sd**2),
+        "c_out": s * sd / mp.sqrt(s**2 + sd**2),
+        "c_in": 1 / mp.sqrt(s**2 + sd**2),
+        "c_noise": mp.log(s) / 4,
+    }
     independent["lambda"] = 1 / independent["c_out"] ** 2
     for key, v in independent.items():
         assert float(v) == pytest.approx(float(row[key]), rel=1e-10)
@@ -581,8 +644,7 @@ def test_edm_preconditioning(row):
 
 def test_karras_levels_and_evaluation_count():
     rows = TABLES["karras_levels"]
-    n, smin, smax, rho = (float(rows[0][k]) for k in ("num_steps", "sigma_min", "sigma_max",
-                                                       "rho"))
+    n, smin, smax, rho = (float(rows[0][k]) for k in ("num_steps", "sigma_min", "sigma_max", "rho"))
     n = int(n)
     want = np.asarray([float(r["sigma_i"]) for r in rows])
     i = np.arange(n)
@@ -626,8 +688,11 @@ def test_tweedie_score_and_heun_flow_on_gaussian_data():
         ring = data.ring8()
         y = jnp.asarray(rng.normal(size=(7, 2)))
         np.testing.assert_allclose(
-            diffusion.score_from_denoiser(ring.denoiser(y, 0.5), y, 0.5), ring.score(y, 0.5),
-            rtol=1e-9, atol=1e-12)
+            diffusion.score_from_denoiser(ring.denoiser(y, 0.5), y, 0.5),
+            ring.score(y, 0.5),
+            rtol=1e-9,
+            atol=1e-12,
+        )
 
 
 def test_edm_denoiser_training_loss_and_noise_levels():
@@ -640,8 +705,9 @@ def test_edm_denoiser_training_loss_and_noise_levels():
         got = diffusion.denoiser(raw, x, sigma, sd)
         s = np.asarray(sigma)[:, None]
         c_in = 1 / np.sqrt(s**2 + sd**2)
-        want = (sd**2 / (s**2 + sd**2) * np.asarray(x)
-                + s * sd / np.sqrt(s**2 + sd**2) * (np.sin(c_in * np.asarray(x)) + np.log(s) / 4))
+        want = sd**2 / (s**2 + sd**2) * np.asarray(x) + s * sd / np.sqrt(s**2 + sd**2) * (
+            np.sin(c_in * np.asarray(x)) + np.log(s) / 4
+        )
         np.testing.assert_allclose(got, want, rtol=1e-12)
         # lambda(sigma) = 1 / c_out^2 times the mean squared denoising error.
         noise = jnp.asarray(rng.normal(size=(4, 3)))
@@ -655,10 +721,15 @@ def test_edm_denoiser_training_loss_and_noise_levels():
         zero_mean = lambda y, sg: 0.36 / (0.36 + sg[:, None] ** 2) * y
         ref = np.asarray(x)
         for i in range(6):
-            ref = ref + (levels[i + 1] - levels[i]) * (ref - 0.36 / (0.36 + levels[i] ** 2) * ref
-                                                        ) / levels[i]
-        np.testing.assert_allclose(diffusion.euler_sampler(zero_mean, x, jnp.asarray(levels)), ref,
-                                   rtol=1e-10)
+            ref = (
+                ref
+                + (levels[i + 1] - levels[i])
+                * (ref - 0.36 / (0.36 + levels[i] ** 2) * ref)
+                / levels[i]
+            )
+        np.testing.assert_allclose(
+            diffusion.euler_sampler(zero_mean, x, jnp.asarray(levels)), ref, rtol=1e-10
+        )
     # Training noise levels: log sigma ~ N(-1.2, 1.2^2).
     log_sigma = np.log(np.asarray(diffusion.sample_sigma(jax.random.key(0), (20000,))))
     assert abs(log_sigma.mean() + 1.2) < 4 * 1.2 / math.sqrt(20000)
@@ -686,13 +757,14 @@ def test_kd_values():
         for params, want in _kd_row("kd").items():
             tau = _params(params)["tau"]
             assert tau**2 * kl(sm(_ZT, tau), sm(_ZS, tau)) == pytest.approx(want, rel=1e-10)
-            lib = tau**2 * fdiv.categorical_divergence(jnp.asarray(_ZT), jnp.asarray(_ZS),
-                                                       "forward_kl", temperature=tau)
+            lib = tau**2 * fdiv.categorical_divergence(
+                jnp.asarray(_ZT), jnp.asarray(_ZS), "forward_kl", temperature=tau
+            )
             assert float(lib) == pytest.approx(want, rel=1e-10)
         w = _params(next(iter(_kd_row("bdkd"))))["w"]
-        bd = (w * fdiv.categorical_divergence(jnp.asarray(_ZT), jnp.asarray(_ZS), "forward_kl")
-              + (1 - w) * fdiv.categorical_divergence(jnp.asarray(_ZT), jnp.asarray(_ZS),
-                                                      "reverse_kl"))
+        bd = w * fdiv.categorical_divergence(jnp.asarray(_ZT), jnp.asarray(_ZS), "forward_kl") + (
+            1 - w
+        ) * fdiv.categorical_divergence(jnp.asarray(_ZT), jnp.asarray(_ZS), "reverse_kl")
         assert float(bd) == pytest.approx(next(iter(_kd_row("bdkd").values())), rel=1e-10)
     y = 0
     for params, want in _kd_row("nkd").items():
@@ -724,7 +796,7 @@ def _numpy_sinkhorn_cost(C, eps, iters=3000):
 
 
 def test_sinkd_value_against_numpy_sinkhorn_and_ott():
-    (params, want), = _kd_row("sinkd").items()
+    ((params, want),) = _kd_row("sinkd").items()
     tau, eps = _params(params)["tau"], _params(params)["epsilon"]
     pt, ps = special.softmax(_SINKD_T / tau, -1), special.softmax(_SINKD_S / tau, -1)
     cost = np.abs(pt[:, None, :] - ps[None, :, :]).sum(-1)
@@ -736,7 +808,8 @@ def test_sinkd_value_against_numpy_sinkhorn_and_ott():
     with jax.enable_x64(True):
         geom = geometry.Geometry(cost_matrix=jnp.asarray(cost), epsilon=eps)
         out = sinkhorn.Sinkhorn(threshold=1e-12, max_iterations=5000)(
-            linear_problem.LinearProblem(geom))
+            linear_problem.LinearProblem(geom)
+        )
         assert float(jnp.sum(out.matrix * cost)) == pytest.approx(want, rel=1e-8)
 
 
@@ -778,20 +851,27 @@ def test_toy_targets(row):
 def test_energy_distance_closed_form_and_library():
     def mean_abs(mu, var):
         sd = math.sqrt(var)
-        return sd * math.sqrt(2 / math.pi) * math.exp(-mu**2 / (2 * var)) + mu * (
-            1 - 2 * stats.norm.cdf(-mu / sd))
+        return sd * math.sqrt(2 / math.pi) * math.exp(-(mu**2) / (2 * var)) + mu * (
+            1 - 2 * stats.norm.cdf(-mu / sd)
+        )
 
     rng = np.random.default_rng(4)
     for row in TABLES["energy_distance_1d"]:
         m, want = float(row["m"]), float(row["value"])
         assert 2 * mean_abs(m, 2.0) - 2 * mean_abs(0.0, 2.0) == pytest.approx(want, rel=1e-10)
         # Independent check of E|N(mu, v)| by quadrature.
-        quad = integrate.quad(lambda v: abs(v) * stats.norm.pdf(v, m, math.sqrt(2.0)), -30, 30,
-                              points=[0.0], epsabs=1e-13)[0]
+        quad = integrate.quad(
+            lambda v: abs(v) * stats.norm.pdf(v, m, math.sqrt(2.0)),
+            -30,
+            30,
+            points=[0.0],
+            epsabs=1e-13,
+        )[0]
         assert quad == pytest.approx(mean_abs(m, 2.0), rel=1e-10)
         x, y = rng.normal(size=(2000, 1)), rng.normal(m, 1.0, size=(2000, 1))
         assert float(metrics.energy_distance(jnp.asarray(x), jnp.asarray(y))) == pytest.approx(
-            want, abs=0.05)
+            want, abs=0.05
+        )
 
 
 # --------------------------------------------------------------- section 9: Gaussian closed forms
@@ -819,19 +899,21 @@ def _closed_forms():
 
     def kmean(ma, sa, mb, sb):
         return (2 * math.pi * _BANDWIDTH**2) ** (d / 2) * stats.multivariate_normal(
-            np.zeros(d), sa + sb + eye).pdf(ma - mb)
+            np.zeros(d), sa + sb + eye
+        ).pdf(ma - mb)
 
     log_n = lambda x, c: stats.multivariate_normal(np.zeros(d), c).logpdf(x)
     out = {
         "forward_kl": kl(_M1, _S1, _M2, _S2),
         "reverse_kl": kl(_M2, _S2, _M1, _S1),
-        "squared_hellinger": 1 - det(_S1) ** 0.25 * det(_S2) ** 0.25 / det(sm) ** 0.5
-        * math.exp(-dm @ inv(sm) @ dm / 8),
+        "squared_hellinger": 1
+        - det(_S1) ** 0.25 * det(_S2) ** 0.25 / det(sm) ** 0.5 * math.exp(-dm @ inv(sm) @ dm / 8),
         "pearson": det(_S2) / (det(_S1) ** 0.5 * det(a) ** 0.5) * math.exp(dm @ inv(a) @ dm) - 1,
         "kernel_mean_pq": kmean(_M1, _S1, _M2, _S2),
         "kernel_mean_pp": kmean(_M1, _S1, _M1, _S1),
         "kernel_mean_qq": kmean(_M2, _S2, _M2, _S2),
-        "cauchy_schwarz": -2 * log_n(dm, _S1 + _S2 + eye) + log_n(np.zeros(d), 2 * _S1 + eye)
+        "cauchy_schwarz": -2 * log_n(dm, _S1 + _S2 + eye)
+        + log_n(np.zeros(d), 2 * _S1 + eye)
         + log_n(np.zeros(d), 2 * _S2 + eye),
     }
     out["mmd2"] = out["kernel_mean_pp"] + out["kernel_mean_qq"] - 2 * out["kernel_mean_pq"]
@@ -840,8 +922,10 @@ def _closed_forms():
 
 def test_gaussian_closed_forms_match_the_table_and_quadrature():
     text = _text()
-    assert ("`m1 = (0.5, -0.3)`, `S1 = [[1.0, 0.3], [0.3, 0.8]]`,\n`m2 = (0.0, 0.2)`, "
-            "`S2 = [[1.5, -0.2], [-0.2, 1.3]]`, bandwidth `s = 0.7`") in text
+    assert (
+        "`m1 = (0.5, -0.3)`, `S1 = [[1.0, 0.3], [0.3, 0.8]]`,\n`m2 = (0.0, 0.2)`, "
+        "`S2 = [[1.5, -0.2], [-0.2, 1.3]]`, bandwidth `s = 0.7`"
+    ) in text
     table, closed = _gaussian_values(), _closed_forms()
     assert set(table) == set(closed)
     for k, v in closed.items():
@@ -856,7 +940,8 @@ def test_gaussian_closed_forms_match_the_table_and_quadrature():
     assert quad(p * (lp - lq)) == pytest.approx(table["forward_kl"], rel=1e-7)
     assert quad(q * (lq - lp)) == pytest.approx(table["reverse_kl"], rel=1e-7)
     assert quad(0.5 * (np.sqrt(p) - np.sqrt(q)) ** 2) == pytest.approx(
-        table["squared_hellinger"], rel=1e-7)
+        table["squared_hellinger"], rel=1e-7
+    )
     assert quad(p * p / q) - 1 == pytest.approx(table["pearson"], rel=1e-7)
 
 
@@ -871,7 +956,8 @@ def test_monte_carlo_estimators_against_gaussian_closed_forms():
         lpp, lqp = jnp.asarray(P.logpdf(xp)), jnp.asarray(Q.logpdf(xp))
         for name in ("forward_kl", "reverse_kl", "pearson", "squared_hellinger"):
             est, se = jax.jit(fdiv.mc_divergence_from_model_samples, static_argnums=2)(
-                lpq, lqq, name)
+                lpq, lqq, name
+            )
             assert abs(float(est) - table[name]) < 5 * float(se), (name, est, se)
             assert float(se) < 0.05 * table[name]
         for name in ("forward_kl", "squared_hellinger"):

@@ -20,8 +20,8 @@ from flax import nnx
 from fdiv import data as data_lib
 from fdiv import train
 from fdiv.train import checkpoint as ckpt_lib
-from fdiv.train import writers as metrics_lib
 from fdiv.train import sharding
+from fdiv.train import writers as metrics_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +41,9 @@ class TinyMLP(nnx.Module):
 
 
 def make_state(seed=0, mesh=None):
-    state = train.TrainState.create(seed, model=train.Net.create(TinyMLP(nnx.Rngs(seed)), TX, ema_decay=0.5))
+    state = train.TrainState.create(
+        seed, model=train.Net.create(TinyMLP(nnx.Rngs(seed)), TX, ema_decay=0.5)
+    )
     return sharding.replicate(state, mesh or sharding.make_mesh())
 
 
@@ -66,16 +68,43 @@ def make_batcher(seed=0, mesh=None):
     return data_lib.ArrayBatcher({"x": x, "y": y}, 16, seed, mesh=mesh)
 
 
-def run(workdir, num_steps, *, seed=0, ckpt_every=4, eval_fn=None, lines=None, meta=None,
-        resume="auto", banner=None, step_fn=None, plot=False):
+def run(
+    workdir,
+    num_steps,
+    *,
+    seed=0,
+    ckpt_every=4,
+    eval_fn=None,
+    lines=None,
+    meta=None,
+    resume="auto",
+    banner=None,
+    step_fn=None,
+    plot=False,
+):
     batcher = make_batcher(seed)
-    opts = train.LoopOptions(num_steps=num_steps, log_every=2, checkpoint_every_steps=ckpt_every,
-                             checkpoint_every_secs=0, keep_checkpoints=3, eval_every=4,
-                             resume=resume)
-    sink = (lines.append if lines is not None else (lambda s: None))
+    opts = train.LoopOptions(
+        num_steps=num_steps,
+        log_every=2,
+        checkpoint_every_steps=ckpt_every,
+        checkpoint_every_secs=0,
+        keep_checkpoints=3,
+        eval_every=4,
+        resume=resume,
+    )
+    sink = lines.append if lines is not None else (lambda s: None)
     step_fn = step_fn or (lambda s, step: update(s, batcher(step)))
-    return train.fit(make_state(seed), step_fn, workdir=workdir, options=opts, eval_fn=eval_fn,
-                     print_fn=sink, plot=plot, meta=meta, banner=banner)
+    return train.fit(
+        make_state(seed),
+        step_fn,
+        workdir=workdir,
+        options=opts,
+        eval_fn=eval_fn,
+        print_fn=sink,
+        plot=plot,
+        meta=meta,
+        banner=banner,
+    )
 
 
 def leaves(state):
@@ -105,7 +134,11 @@ def test_net_apply_gradients_matches_optax_and_ema():
     grads = jax.tree.map(jnp.ones_like, net.params)
     for fn in (lambda n, g: n.apply_gradients(g), jax.jit(lambda n, g: n.apply_gradients(g))):
         new = fn(net, grads)
-        for p0, p1, e1 in zip(jax.tree.leaves(net.params), jax.tree.leaves(new.params), jax.tree.leaves(new.ema_params)):
+        for p0, p1, e1 in zip(
+            jax.tree.leaves(net.params),
+            jax.tree.leaves(new.params),
+            jax.tree.leaves(new.ema_params),
+        ):
             np.testing.assert_allclose(p1, p0 - 0.1, rtol=1e-6, atol=1e-7)
             np.testing.assert_allclose(e1, 0.9 * p0 + 0.1 * p1, rtol=1e-6, atol=1e-7)
     assert net.num_params() == 4 * 8 + 8 + 8 + 1
@@ -131,7 +164,9 @@ def test_step_key_is_pure_in_seed_step_and_tag():
     s = train.TrainState.create(3, model=train.Net.create(TinyMLP(nnx.Rngs(0))))
     k = lambda st, *t: np.asarray(jax.random.key_data(st.step_key(*t)))
     np.testing.assert_array_equal(k(s, "a"), k(train.TrainState.create(3, model=s["model"]), "a"))
-    np.testing.assert_array_equal(k(s, "a"), np.asarray(jax.random.key_data(jax.jit(lambda st: st.step_key("a"))(s))))
+    np.testing.assert_array_equal(
+        k(s, "a"), np.asarray(jax.random.key_data(jax.jit(lambda st: st.step_key("a"))(s)))
+    )
     assert not np.array_equal(k(s, "a"), k(s, "b"))
     assert not np.array_equal(k(s), k(s.replace(step=jnp.int32(1))))
     assert not np.array_equal(k(s), k(train.TrainState.create(4, model=s["model"])))
@@ -140,19 +175,25 @@ def test_step_key_is_pure_in_seed_step_and_tag():
 def test_multi_network_update_at_different_rates(tmp_path):
     """Two trainable networks and a frozen one; the second is updated every 3rd step only."""
     tx_a, tx_b = optax.sgd(0.1), optax.sgd(0.1)
-    state = train.TrainState.create(0, a=train.Net.create(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), tx_a),
-                                    b=train.Net.create(nnx.Linear(2, 1, rngs=nnx.Rngs(1)), tx_b),
-                                    teacher=train.Net.create(nnx.Linear(2, 1, rngs=nnx.Rngs(2))))
+    state = train.TrainState.create(
+        0,
+        a=train.Net.create(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), tx_a),
+        b=train.Net.create(nnx.Linear(2, 1, rngs=nnx.Rngs(1)), tx_b),
+        teacher=train.Net.create(nnx.Linear(2, 1, rngs=nnx.Rngs(2))),
+    )
     x = jnp.ones((4, 2))
 
     def grads_of(name):
         @jax.jit
         def step(state):
             target = state["teacher"].merge()(x)
+
             def loss(p):
                 return jnp.mean((state[name].merge(p)(x) - target) ** 2)
+
             l, g = jax.value_and_grad(loss)(state[name].params)
             return state.apply_gradients(**{name: g}), {f"loss_{name}": l}
+
         return step
 
     step_a, step_b = grads_of("a"), grads_of("b")
@@ -164,9 +205,16 @@ def test_multi_network_update_at_different_rates(tmp_path):
             m = {**m, **mb}
         return state, m
 
-    final, summary = train.fit(state, step_fn, workdir=str(tmp_path), print_fn=lambda s: None, plot=False,
-                               options=train.LoopOptions(num_steps=7, log_every=7, checkpoint_every_steps=0,
-                                                         checkpoint_every_secs=0))
+    final, summary = train.fit(
+        state,
+        step_fn,
+        workdir=str(tmp_path),
+        print_fn=lambda s: None,
+        plot=False,
+        options=train.LoopOptions(
+            num_steps=7, log_every=7, checkpoint_every_steps=0, checkpoint_every_secs=0
+        ),
+    )
     a = state
     for step in range(7):
         a, _ = step_a(a)
@@ -177,9 +225,13 @@ def test_multi_network_update_at_different_rates(tmp_path):
             np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
     assert int(final.step) == 7
     assert set(summary["train"]) == {"loss_a", "loss_b"}
-    assert not all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(final["a"].params),
-                                                        jax.tree.leaves(state["a"].params)))
-    for u, v in zip(jax.tree.leaves(final["teacher"].params), jax.tree.leaves(state["teacher"].params)):
+    assert not all(
+        np.array_equal(u, v)
+        for u, v in zip(jax.tree.leaves(final["a"].params), jax.tree.leaves(state["a"].params))
+    )
+    for u, v in zip(
+        jax.tree.leaves(final["teacher"].params), jax.tree.leaves(state["teacher"].params)
+    ):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
 
@@ -195,7 +247,9 @@ def test_resume_gives_identical_parameters_and_clean_metrics(straight, tmp_path)
     run(wd, 6)
     shutil.rmtree(os.path.join(wd, "checkpoints", "6"))
     lines = []
-    s_resumed, summary_r = run(wd, 8, lines=lines)  # fresh objects: new state, checkpointer, batcher
+    s_resumed, summary_r = run(
+        wd, 8, lines=lines
+    )  # fresh objects: new state, checkpointer, batcher
     assert summary_r["resumed_from"] == 4
     assert any("resumed from checkpoint at step 4" in line for line in lines)
     assert_identical(s_straight, s_resumed)
@@ -252,7 +306,9 @@ def test_restore_with_changed_model_is_a_clear_error(tmp_path):
     ck = train.Checkpointer(str(tmp_path), every_steps=1, keep=1)
     ck.save(1, make_state())
     ck.wait()
-    other = train.TrainState.create(0, model=train.Net.create(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), TX))
+    other = train.TrainState.create(
+        0, model=train.Net.create(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), TX)
+    )
     with pytest.raises(Exception):
         ck.restore(1, other)
     ck.close()
@@ -307,17 +363,29 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def _start_with_devices(n, resume_dir=""):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
-    script = SHARDED_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)), resume_dir=resume_dir)
-    return subprocess.Popen([sys.executable, "-c", script], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
+        "JAX_PLATFORMS": "cpu",
+    }
+    script = SHARDED_SCRIPT.format(
+        tests=os.path.dirname(os.path.abspath(__file__)), resume_dir=resume_dir
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _result(proc):
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     line = [l for l in stdout.splitlines() if l.startswith("RESULT")][-1]
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 def test_eight_devices_match_one_device_and_resume_in_new_process(straight, tmp_path):
@@ -351,9 +419,16 @@ def test_multi_process_env_detection():
 
 
 def test_distributed_arguments_from_environment(monkeypatch):
-    env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:8476", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"}
+    env = {
+        "JAX_COORDINATOR_ADDRESS": "10.0.0.1:8476",
+        "JAX_NUM_PROCESSES": "4",
+        "JAX_PROCESS_ID": "2",
+    }
     assert sharding.distributed_arguments(env) == {
-        "coordinator_address": "10.0.0.1:8476", "num_processes": 4, "process_id": 2}
+        "coordinator_address": "10.0.0.1:8476",
+        "num_processes": 4,
+        "process_id": 2,
+    }
     assert sharding.distributed_arguments({"SLURM_NTASKS": "2"}) == {}
     with pytest.raises(ValueError, match="JAX_PROCESS_ID='one' must be a non-negative integer"):
         sharding.distributed_arguments({**env, "JAX_PROCESS_ID": "one"})
@@ -400,21 +475,39 @@ def test_metric_writer_line_jsonl_and_tensorboard_path(tmp_path, monkeypatch):
         def close(self):
             calls.append(("close",))
 
-    monkeypatch.setitem(sys.modules, "tensorboardX", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    monkeypatch.setitem(
+        sys.modules, "tensorboardX", types.SimpleNamespace(SummaryWriter=FakeWriter)
+    )
     monkeypatch.setitem(sys.modules, "torch", None)  # force the tensorboardX path
     lines = []
     w = metrics_lib.MetricWriter(str(tmp_path), 100, print_fn=lines.append)
-    w.write(50, {"loss": jnp.float32(0.25), "acc": np.float64(0.5)}, steps_per_sec=10.0, wall_time=5.0)
+    w.write(
+        50, {"loss": jnp.float32(0.25), "acc": np.float64(0.5)}, steps_per_sec=10.0, wall_time=5.0
+    )
     w.write(50, {"accuracy": 0.75}, prefix="eval/")
     w.close()
     assert lines[0].startswith("step  50/100  50% | ")
     assert lines[1].startswith("eval step  50/100 | accuracy 0.75")
-    assert "loss 0.25" in lines[0] and "acc 0.5" in lines[0] and "10.0 steps/s" in lines[0] and "ETA 0:00:05" in lines[0]
+    assert (
+        "loss 0.25" in lines[0]
+        and "acc 0.5" in lines[0]
+        and "10.0 steps/s" in lines[0]
+        and "ETA 0:00:05" in lines[0]
+    )
     recs = metrics_lib.read_metrics(str(tmp_path))
-    assert recs[0] == {"step": 50, "loss": 0.25, "acc": 0.5, "steps_per_sec": 10.0, "eta_sec": 5.0, "wall_time": 5.0}
+    assert recs[0] == {
+        "step": 50,
+        "loss": 0.25,
+        "acc": 0.5,
+        "steps_per_sec": 10.0,
+        "eta_sec": 5.0,
+        "wall_time": 5.0,
+    }
     assert recs[1] == {"step": 50, "eval/accuracy": 0.75}
     assert ("init", os.path.join(str(tmp_path), "tensorboard")) in calls
-    assert ("loss", 0.25, 50) in calls and ("eval/accuracy", 0.75, 50) in calls and ("close",) in calls
+    assert (
+        ("loss", 0.25, 50) in calls and ("eval/accuracy", 0.75, 50) in calls and ("close",) in calls
+    )
 
 
 def test_tensorboard_never_goes_through_torch(tmp_path, monkeypatch):
@@ -467,13 +560,25 @@ def test_mean_accumulator_and_eta():
 
 def test_fit_writes_summary_and_curves(tmp_path):
     batcher = make_batcher()
-    opts = train.LoopOptions(num_steps=4, log_every=2, checkpoint_every_steps=0, checkpoint_every_secs=0)
-    _, summary = train.fit(make_state(), lambda s, step: update(s, batcher(step)), workdir=str(tmp_path),
-                           options=opts, eval_fn=lambda s: {"loss": 1.0}, meta={"config": {"a": 1}},
-                           print_fn=lambda s: None)
+    opts = train.LoopOptions(
+        num_steps=4, log_every=2, checkpoint_every_steps=0, checkpoint_every_secs=0
+    )
+    _, summary = train.fit(
+        make_state(),
+        lambda s, step: update(s, batcher(step)),
+        workdir=str(tmp_path),
+        options=opts,
+        eval_fn=lambda s: {"loss": 1.0},
+        meta={"config": {"a": 1}},
+        print_fn=lambda s: None,
+    )
     with open(tmp_path / "summary.json") as f:
         on_disk = json.load(f)
-    assert on_disk["config"] == {"a": 1} and on_disk["num_steps"] == 4 and on_disk["eval"] == {"eval/loss": 1.0}
+    assert (
+        on_disk["config"] == {"a": 1}
+        and on_disk["num_steps"] == 4
+        and on_disk["eval"] == {"eval/loss": 1.0}
+    )
     assert np.isfinite(on_disk["train"]["loss"]) and on_disk["first_step_sec"] > 0
     assert summary["num_steps"] == 4
     with open(tmp_path / "curves.png", "rb") as f:
@@ -491,7 +596,9 @@ def test_plots_and_image_grid(tmp_path):
     assert grid[0, 0, 0] == 1.0  # padding
     p1 = train.save_image_grid(imgs, str(tmp_path / "g.png"), title="t")
     pts = np.random.default_rng(0).normal(size=(50, 2))
-    p2 = train.save_scatter(pts, str(tmp_path / "s.png"), reference=pts + 1, centres=np.zeros((1, 2)), title="s")
+    p2 = train.save_scatter(
+        pts, str(tmp_path / "s.png"), reference=pts + 1, centres=np.zeros((1, 2)), title="s"
+    )
     for p in (p1, p2):
         with open(p, "rb") as f:
             assert f.read(4) == b"\x89PNG"
@@ -510,7 +617,9 @@ def test_check_config_and_to_dataclass():
 
     import ml_collections
 
-    cfg = ml_collections.ConfigDict({"a": 1.0, "sub": {"b": float("nan"), "c": [1.0, float("nan")]}})
+    cfg = ml_collections.ConfigDict(
+        {"a": 1.0, "sub": {"b": float("nan"), "c": [1.0, float("nan")]}}
+    )
     with pytest.raises(ValueError, match=r"config\.sub\.b.*config\.sub\.c\[1\]"):
         train.check_config(cfg)
     train.check_config(ml_collections.ConfigDict({"a": 1.0, "b": float("inf")}))
@@ -525,18 +634,29 @@ def test_check_config_and_to_dataclass():
         lr: float
         inner: Inner = Inner()
 
-    got = train.to_dataclass(Outer, ml_collections.ConfigDict({"lr": 0.1, "inner": {"width": 5, "sizes": [2, 3]}}))
+    got = train.to_dataclass(
+        Outer, ml_collections.ConfigDict({"lr": 0.1, "inner": {"width": 5, "sizes": [2, 3]}})
+    )
     assert got == Outer(0.1, Inner(5, (2, 3)))
-    with pytest.raises(ValueError, match=r"unknown field\(s\) \['wdith'\].*valid fields: \['sizes', 'width'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown field\(s\) \['wdith'\].*valid fields: \['sizes', 'width'\]"
+    ):
         train.to_dataclass(Outer, {"lr": 0.1, "inner": {"wdith": 5}})
     with pytest.raises(ValueError, match="missing required"):
         train.to_dataclass(Outer, {})
 
 
 def test_loop_options_validation():
-    assert train.LoopOptions.from_config({"num_steps": 5, "log_every": 1, "other": 3}) == train.LoopOptions(5, 1)
-    for bad in ({"num_steps": -1}, {"num_steps": 3, "log_every": 0}, {"num_steps": 2.5},
-                {"num_steps": 3, "keep_checkpoints": 0}, {"num_steps": 3, "checkpoint_every_secs": -1.0}):
+    assert train.LoopOptions.from_config(
+        {"num_steps": 5, "log_every": 1, "other": 3}
+    ) == train.LoopOptions(5, 1)
+    for bad in (
+        {"num_steps": -1},
+        {"num_steps": 3, "log_every": 0},
+        {"num_steps": 2.5},
+        {"num_steps": 3, "keep_checkpoints": 0},
+        {"num_steps": 3, "checkpoint_every_secs": -1.0},
+    ):
         with pytest.raises(ValueError, match="LoopOptions"):
             train.LoopOptions(**bad)
 
@@ -586,12 +706,18 @@ def test_overwritten_bytes_are_caught_by_checksums(tmp_path, caplog):
     ck.close()
     assert int(restored.step) == 1 and meta["step"] == 1
     assert_identical(restored, state.replace(step=np.int32(1)))
-    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING
-                and r.name == "fdiv.train.checkpoint"]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name == "fdiv.train.checkpoint"
+    ]
     assert len(warnings) == 1, warnings
-    assert re.fullmatch(r"checkpoint step 2 in \S+ is damaged \(checksum mismatch in leaf "
-                        r"nets/model/\S+\); moved it to \S+/checkpoints_corrupt/2-\d+ and "
-                        r"trying the previous step\.", warnings[0]), warnings[0]
+    assert re.fullmatch(
+        r"checkpoint step 2 in \S+ is damaged \(checksum mismatch in leaf "
+        r"nets/model/\S+\); moved it to \S+/checkpoints_corrupt/2-\d+ and "
+        r"trying the previous step\.",
+        warnings[0],
+    ), warnings[0]
     moved = os.listdir(os.path.join(wd, "checkpoints_corrupt"))
     assert len(moved) == 1 and moved[0].startswith("2-")
     assert os.listdir(os.path.join(wd, "checkpoints")) == ["1"]
@@ -624,17 +750,24 @@ def test_changed_config_is_not_corrupt_restore_latest_raises_before_touching(tmp
     before = _tree_bytes(wd)
     changed = {**config, "lr": 0.2, "model": {"width": 8, "depth": 2}, "log_every": 5}
     ck = train.Checkpointer(wd, every_steps=1, keep=3)
-    with pytest.raises(train.ConfigMismatchError,
-                       match=r"different run.*differ: lr 0\.1 -> 0\.2, model\.depth <absent> -> 2\)"
-                             r".*new --workdir.*--config\.resume=restart") as info:
+    with pytest.raises(
+        train.ConfigMismatchError,
+        match=r"different run.*differ: lr 0\.1 -> 0\.2, model\.depth <absent> -> 2\)"
+        r".*new --workdir.*--config\.resume=restart",
+    ) as info:
         ck.restore_latest(make_state(), config=changed)
     assert isinstance(info.value, ValueError)
     assert info.value.differences == [("lr", 0.1, 0.2), ("model.depth", "<absent>", 2)]
     assert "\n" not in str(info.value) and "log_every" not in str(info.value)
     # A different state structure under the same config is a different run too.
-    other = train.TrainState.create(0, model=train.Net.create(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), TX))
-    with pytest.raises(train.ConfigMismatchError, match=r"state structure differs: model/ema_params/l1/bias \[8\] float32 -> <absent>, "
-                             r"model/ema_params/l1/kernel \[4, 8\] float32 -> <absent> and \d+ more\)"):
+    other = train.TrainState.create(
+        0, model=train.Net.create(nnx.Linear(4, 3, rngs=nnx.Rngs(0)), TX)
+    )
+    with pytest.raises(
+        train.ConfigMismatchError,
+        match=r"state structure differs: model/ema_params/l1/bias \[8\] float32 -> <absent>, "
+        r"model/ema_params/l1/kernel \[4, 8\] float32 -> <absent> and \d+ more\)",
+    ):
         ck.restore_latest(other, config=config)
     assert _tree_bytes(wd) == before  # nothing moved, deleted or rewritten
     # Only bookkeeping fields changed: an ordinary resume of the newest step.
@@ -655,7 +788,10 @@ def test_damaged_steps_still_fall_back_through_restore_latest(tmp_path):
     ck = train.Checkpointer(wd, every_steps=1, keep=3)
     restored, meta = ck.restore_latest(make_state(), config={"lr": 0.1})
     assert int(restored.step) == 1 and meta["step"] == 1
-    assert sorted(n.split("-")[0] for n in os.listdir(os.path.join(wd, "checkpoints_corrupt"))) == ["2", "3"]
+    assert sorted(n.split("-")[0] for n in os.listdir(os.path.join(wd, "checkpoints_corrupt"))) == [
+        "2",
+        "3",
+    ]
     ck.close()
 
 
@@ -676,11 +812,14 @@ def test_fit_stops_on_changed_config_and_restart_archives_the_old_run(straight, 
     assert_identical(s_straight, state)
     (stamp,) = os.listdir(os.path.join(wd, "archive"))
     archived = os.path.join(wd, "archive", stamp)
-    assert {"checkpoints", "curves.png", "metrics.jsonl", "summary.json"} <= set(os.listdir(archived))
+    assert {"checkpoints", "curves.png", "metrics.jsonl", "summary.json"} <= set(
+        os.listdir(archived)
+    )
     assert _tree_bytes(archived) == before
     assert any(f"moved the previous run to {archived}" in line for line in lines)
-    assert [r["step"] for r in metrics_lib.read_metrics(wd)] == \
-        [r["step"] for r in metrics_lib.read_metrics(wd_straight)]
+    assert [r["step"] for r in metrics_lib.read_metrics(wd)] == [
+        r["step"] for r in metrics_lib.read_metrics(wd_straight)
+    ]
     # The new run resumes normally with its own config.
     _, again = run(wd, 8, meta={"config": {"lr": 0.2}})
     assert again["reevaluation"]["resumed_from"] == 8
@@ -692,8 +831,13 @@ def test_records_say_how_many_steps_they_average(tmp_path):
     _, summary = run(wd, 8, ckpt_every=3)
     assert summary["resumed_from"] == 3
     recs = metrics_lib.read_metrics(wd)
-    assert [(r["step"], r["num_steps_averaged"]) for r in recs] == \
-        [(2, 2), (3, 1), (4, 1), (6, 2), (8, 2)]
+    assert [(r["step"], r["num_steps_averaged"]) for r in recs] == [
+        (2, 2),
+        (3, 1),
+        (4, 1),
+        (6, 2),
+        (8, 2),
+    ]
 
 
 def test_rerun_of_a_finished_run_keeps_the_training_record(tmp_path):
@@ -732,8 +876,10 @@ def test_ctrl_c_saves_and_raises_training_interrupted(straight, tmp_path):
         run(wd, 8, step_fn=step_fn, lines=lines)
     assert isinstance(info.value, KeyboardInterrupt)
     assert info.value.step == 5 and info.value.workdir == wd
-    assert str(info.value) == (f"interrupted at step 5; checkpoint saved in {wd}/checkpoints; "
-                               "run the same command again to resume.")
+    assert str(info.value) == (
+        f"interrupted at step 5; checkpoint saved in {wd}/checkpoints; "
+        "run the same command again to resume."
+    )
     assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["4", "5"]
     s_resumed, summary = run(wd, 8)
     assert summary["resumed_from"] == 5
@@ -742,14 +888,24 @@ def test_ctrl_c_saves_and_raises_training_interrupted(straight, tmp_path):
 
 def test_progress_lines_fit_80_columns_and_banner_prints_once(tmp_path):
     line = metrics_lib.progress_line(
-        123456, 1000000, {"critic/fake_dsm_loss": 0.123456, "generator_surrogate_loss": 1.5e-7,
-                          "discriminator_accuracy": 0.5, "weight_cv": 12.0},
-        steps_per_sec=1234.5, eta=86400 * 3 + 5, phase="distill")
+        123456,
+        1000000,
+        {
+            "critic/fake_dsm_loss": 0.123456,
+            "generator_surrogate_loss": 1.5e-7,
+            "discriminator_accuracy": 0.5,
+            "weight_cv": 12.0,
+        },
+        steps_per_sec=1234.5,
+        eta=86400 * 3 + 5,
+        phase="distill",
+    )
     assert len(line) <= 80, line
     assert line.startswith("[distill] step  123456/1000000  12% | crit") and "~ 0.1235 | " in line
     assert line.endswith(" | 1234 steps/s | ETA 72:00:05")
-    long_name = metrics_lib.progress_line(5, 10, {"a" * 120: 1.0, "b_loss": 2.0},
-                                          steps_per_sec=2.0, eta=2.5)
+    long_name = metrics_lib.progress_line(
+        5, 10, {"a" * 120: 1.0, "b_loss": 2.0}, steps_per_sec=2.0, eta=2.5
+    )
     assert long_name.startswith("step  5/10  50% | b_loss 2 | 2.0 steps/s | ETA 0:00:02")
     assert len(metrics_lib.progress_line(5, 10, {"a" * 120: 1.0})) <= 80
     lines = []
@@ -761,8 +917,14 @@ def test_progress_lines_fit_80_columns_and_banner_prints_once(tmp_path):
         state, m = update(state, batcher(step))
         return state, {**many, **m}
 
-    run(str(tmp_path), 4, step_fn=step_fn, lines=lines, banner=banner,
-        eval_fn=lambda s: {f"eval_metric_{i}": float(i) for i in range(15)})
+    run(
+        str(tmp_path),
+        4,
+        step_fn=step_fn,
+        lines=lines,
+        banner=banner,
+        eval_fn=lambda s: {f"eval_metric_{i}": float(i) for i in range(15)},
+    )
     assert lines[0] == banner and lines.count(banner) == 1
     assert all(len(l) <= 80 for l in lines[1:]), [l for l in lines if len(l) > 80]
     train_lines = [l for l in lines if l.startswith("step ")]

@@ -12,6 +12,7 @@ from fdiv import transport
 
 def _authors_sinkd(teacher, student, temperature=2.0, epsilon=0.1, n_iters=20):
     """NumPy float64 transcription of SinKD's released ``sinkhorn_loss`` (github 2018cx/SinKD)."""
+
     def softmax(z):
         z = z / temperature
         z = z - z.max(-1, keepdims=True)
@@ -29,8 +30,10 @@ def _authors_sinkd(teacher, student, temperature=2.0, epsilon=0.1, n_iters=20):
 
 def _logits(seed, batch=8, classes=5, scale=2.0):
     rng = np.random.default_rng(seed)
-    return ((rng.normal(size=(batch, classes)) * scale).astype(np.float32),
-            (rng.normal(size=(batch, classes)) * scale).astype(np.float32))
+    return (
+        (rng.normal(size=(batch, classes)) * scale).astype(np.float32),
+        (rng.normal(size=(batch, classes)) * scale).astype(np.float32),
+    )
 
 
 @pytest.mark.parametrize("num_iters", [1, 3, 20])
@@ -39,8 +42,11 @@ def test_sinkd_equals_authors_algorithm(num_iters, temperature, epsilon):
     t, s = _logits(num_iters)
     ref = _authors_sinkd(t, s, temperature, epsilon, num_iters)
     got = transport.sinkd(t, s, temperature=temperature, epsilon=epsilon, num_iters=num_iters)
-    jitted = jax.jit(lambda a, b: transport.sinkd(a, b, temperature=temperature,
-                                                  epsilon=epsilon, num_iters=num_iters))(t, s)
+    jitted = jax.jit(
+        lambda a, b: transport.sinkd(
+            a, b, temperature=temperature, epsilon=epsilon, num_iters=num_iters
+        )
+    )(t, s)
     np.testing.assert_allclose(float(got), ref, rtol=2e-6)
     np.testing.assert_allclose(float(jitted), ref, rtol=2e-6)
 
@@ -65,8 +71,11 @@ def test_sinkd_bfloat16_and_vmap():
     got = transport.sinkd(tb, sb)
     assert got.dtype == jnp.float32
     # bf16 rounding of the logits (rel. 4e-3) is the only difference.
-    np.testing.assert_allclose(float(got), _authors_sinkd(np.asarray(tb, np.float32),
-                                                          np.asarray(sb, np.float32)), rtol=2e-6)
+    np.testing.assert_allclose(
+        float(got),
+        _authors_sinkd(np.asarray(tb, np.float32), np.asarray(sb, np.float32)),
+        rtol=2e-6,
+    )
     assert abs(float(got) - ref) < 0.05 * ref
     batched = jax.vmap(transport.sinkd)(jnp.stack([t, s]), jnp.stack([s, t]))
     np.testing.assert_allclose(np.asarray(batched), [ref, _authors_sinkd(s, t)], rtol=2e-6)
@@ -89,8 +98,10 @@ def test_sinkd_bad_input():
 def _clouds(seed, n=40, d=2, shift=1.0):
     # One shape for every Sinkhorn-divergence test: each new shape compiles ott-jax's loops.
     rng = np.random.default_rng(seed)
-    return (rng.normal(size=(n, d)).astype(np.float32),
-            (rng.normal(size=(n, d)) + shift).astype(np.float32))
+    return (
+        rng.normal(size=(n, d)).astype(np.float32),
+        (rng.normal(size=(n, d)) + shift).astype(np.float32),
+    )
 
 
 @jax.jit
@@ -107,14 +118,17 @@ def test_sinkhorn_divergence_identities_and_ott_agreement():
     assert float(diff) > 0.5  # the clouds differ by a mean shift of sqrt(2)
     w = np.random.default_rng(0).random(len(x)).astype(np.float32)
     uniform = np.full(len(y), 1.0 / len(y), np.float32)
-    np.testing.assert_allclose(float(diff), float(_ott_reference(x, y, uniform, uniform)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        float(diff), float(_ott_reference(x, y, uniform, uniform)), rtol=1e-6
+    )
     weighted = transport.sinkhorn_divergence(x, y, epsilon=0.1, weights_p=3.0 * w)
-    np.testing.assert_allclose(float(weighted), float(_ott_reference(x, y, w / w.sum(), uniform)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(weighted), float(_ott_reference(x, y, w / w.sum(), uniform)), rtol=1e-5
+    )
     # Translating both clouds leaves every transport cost unchanged.
-    np.testing.assert_allclose(float(transport.sinkhorn_divergence(x + 3.0, y + 3.0, epsilon=0.1)),
-                               float(diff), rtol=1e-3)
+    np.testing.assert_allclose(
+        float(transport.sinkhorn_divergence(x + 3.0, y + 3.0, epsilon=0.1)), float(diff), rtol=1e-3
+    )
 
 
 def test_sinkhorn_divergence_gradients_jit_bfloat16():
@@ -140,13 +154,19 @@ def test_histogram_sinkhorn_divergence():
     value = transport.histogram_sinkhorn_divergence(a, b, cost, epsilon=0.05)
     # A point cloud on the support with the histogram as weights is the same problem
     # (euclidean cost on the line is |i - j|).
-    ref = transport.sinkhorn_divergence(support[:, None].astype(np.float32),
-                                        support[:, None].astype(np.float32), epsilon=0.05,
-                                        weights_p=a, weights_q=b, cost="euclidean")
+    ref = transport.sinkhorn_divergence(
+        support[:, None].astype(np.float32),
+        support[:, None].astype(np.float32),
+        epsilon=0.05,
+        weights_p=a,
+        weights_q=b,
+        cost="euclidean",
+    )
     np.testing.assert_allclose(float(value), float(ref), rtol=1e-4)
     assert float(value) > 0
     g = jax.grad(lambda h: transport.histogram_sinkhorn_divergence(h, b, cost, epsilon=0.05))(
-        jnp.asarray(a / a.sum(), jnp.float32))
+        jnp.asarray(a / a.sum(), jnp.float32)
+    )
     assert np.all(np.isfinite(np.asarray(g)))
 
 

@@ -43,7 +43,8 @@ def _quadrature_truth(d):
 def _samples(seed, n=N):
     rng = np.random.default_rng(seed)
     return (MEAN_P + STD_P * rng.normal(size=n)).astype(np.float32), rng.normal(size=n).astype(
-        np.float32)
+        np.float32
+    )
 
 
 def _bound_se(t_p, conj_q):
@@ -62,8 +63,9 @@ def test_optimal_critic_gives_the_divergence(divergence):
     assert abs(log_ratio_value - truth) < 4 * se, (log_ratio_value, truth, se)
     act = variational.fgan_activation(d)
     v_p, v_q = act.inverse(d.f_prime(l_p)), act.inverse(d.f_prime(l_q))
-    np.testing.assert_allclose(np.asarray(act.activation(v_q)), np.asarray(d.f_prime(l_q)),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(act.activation(v_q)), np.asarray(d.f_prime(l_q)), rtol=1e-4, atol=1e-5
+    )
     fgan_value = float(variational.lower_bound(v_p, v_q, d, parametrization="fgan"))
     np.testing.assert_allclose(fgan_value, log_ratio_value, rtol=2e-3, atol=2e-4)
     # A perturbed critic gives a smaller value on the same samples (paired difference > 3 SE).
@@ -71,8 +73,9 @@ def test_optimal_critic_gives_the_divergence(divergence):
     for shift in (0.4, -0.4):
         wrong_p, wrong = l_p + shift, l_q + shift
         gap_terms_p = np.asarray(d.f_prime(l_p)) - np.asarray(d.f_prime(wrong_p))
-        gap_terms_q = (np.asarray(d.conjugate_at_derivative(l_q))
-                       - np.asarray(d.conjugate_at_derivative(wrong)))
+        gap_terms_q = np.asarray(d.conjugate_at_derivative(l_q)) - np.asarray(
+            d.conjugate_at_derivative(wrong)
+        )
         gap = log_ratio_value - float(variational.lower_bound(wrong_p, wrong, d))
         assert gap > 3 * _bound_se(gap_terms_p, gap_terms_q), (gap, d.name)
 
@@ -86,8 +89,9 @@ def test_nwj_and_dv_at_their_optima_equal_kl():
     dv = float(variational.donsker_varadhan(l_p, l_q))
     assert abs(dv - kl) < 4 * se
     # DV is invariant to a constant shift of the critic; NWJ is not (and drops).
-    np.testing.assert_allclose(float(variational.donsker_varadhan(l_p + 5.0, l_q + 5.0)), dv,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(variational.donsker_varadhan(l_p + 5.0, l_q + 5.0)), dv, rtol=1e-5
+    )
     assert float(variational.nwj(l_p + 2.0, l_q + 2.0)) < kl - 0.3
     # DV >= NWJ for every critic.
     t_p, t_q = 0.5 * l_p, 0.5 * l_q
@@ -113,15 +117,21 @@ def test_classifier_loss_and_prior_correction():
     assert float(variational.classifier_loss(l_p + 0.5, l_q + 0.5)) > loss
     assert float(variational.classifier_loss(1.5 * l_p, 1.5 * l_q)) > loss
     logits = jnp.asarray([0.0, 1.0, -2.0])
-    np.testing.assert_allclose(np.asarray(variational.log_ratio_from_logits(logits, 300, 100)),
-                               np.asarray(logits) - math.log(3.0), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(variational.log_ratio_from_logits(logits, 300, 100)),
+        np.asarray(logits) - math.log(3.0),
+        rtol=1e-6,
+    )
     # Pooled, unbalanced training set: the optimal logit of the summed loss is
     # log(n_p p / (n_q q)); the correction recovers log(p/q).
     n_p, n_q = 3.0, 1.0
     pooled_optimum = _log_ratio(x_q[:5]) + math.log(n_p / n_q)
-    np.testing.assert_allclose(np.asarray(variational.log_ratio_from_logits(pooled_optimum, n_p,
-                                                                            n_q)),
-                               _log_ratio(x_q[:5]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(variational.log_ratio_from_logits(pooled_optimum, n_p, n_q)),
+        _log_ratio(x_q[:5]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     with pytest.raises(ValueError, match="n_p"):
         variational.log_ratio_from_logits(logits, 0, 1)
 
@@ -135,14 +145,14 @@ def test_info_nce_for_correlated_gaussians():
         x = rng.normal(size=n)
         y = rho * x + math.sqrt(1 - rho**2) * rng.normal(size=n)
         # Optimal critic log p(y | x) / p(y), up to terms in x alone.
-        scores = (-(y[None, :] - rho * x[:, None]) ** 2 / (2 * (1 - rho**2)) + y[None, :] ** 2 / 2)
+        scores = -((y[None, :] - rho * x[:, None]) ** 2) / (2 * (1 - rho**2)) + y[None, :] ** 2 / 2
         values.append(float(variational.info_nce(scores.astype(np.float32))))
     assert abs(np.mean(values) - mi) < 0.03, (np.mean(values), mi)
     # The log n ceiling: a perfect critic on a tiny batch cannot exceed log n.
     assert float(variational.info_nce(100.0 * np.eye(4, dtype=np.float32))) == pytest.approx(
-        math.log(4.0), abs=1e-5)
-    assert float(variational.info_nce(np.zeros((5, 5), np.float32))) == pytest.approx(0.0,
-                                                                                   abs=1e-6)
+        math.log(4.0), abs=1e-5
+    )
+    assert float(variational.info_nce(np.zeros((5, 5), np.float32))) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_jit_grad_vmap_bfloat16():
@@ -152,16 +162,19 @@ def test_jit_grad_vmap_bfloat16():
     np.testing.assert_allclose(float(jax.jit(f)(l_p, l_q)), float(f(l_p, l_q)), rtol=1e-6)
     g_p, g_q = jax.grad(f, argnums=(0, 1))(l_p, l_q)
     # d/dl_p of mean f'(e^l) is u f''(u) / n, and f'' of JS is 1 / (2u(1+u)).
-    np.testing.assert_allclose(np.asarray(g_p), np.asarray(0.5 * jax.nn.sigmoid(-l_p)) / 64,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(g_p), np.asarray(0.5 * jax.nn.sigmoid(-l_p)) / 64, rtol=1e-5
+    )
     assert np.all(np.isfinite(np.asarray(g_q)))
     stacked = jax.vmap(f)(jnp.stack([l_p, l_q]), jnp.stack([l_q, l_p]))
     np.testing.assert_allclose(float(stacked[0]), float(f(l_p, l_q)), rtol=1e-6)
     for fn in (variational.nwj, variational.donsker_varadhan, variational.classifier_loss):
         vb = fn(l_p.astype(jnp.bfloat16), l_q.astype(jnp.bfloat16))
         assert vb.dtype == jnp.float32
-        ref = fn(l_p.astype(jnp.bfloat16).astype(jnp.float32),
-                 l_q.astype(jnp.bfloat16).astype(jnp.float32))
+        ref = fn(
+            l_p.astype(jnp.bfloat16).astype(jnp.float32),
+            l_q.astype(jnp.bfloat16).astype(jnp.float32),
+        )
         np.testing.assert_allclose(float(vb), float(ref), rtol=1e-6)
 
 
@@ -187,11 +200,16 @@ def test_trained_critic_recovers_log_ratio_and_divergence():
     grid = np.linspace(-2.0, 2.0, 41, dtype=np.float32)
     for name in ("forward_kl", "js"):
         d = fdiv.get(name)
-        result = variational.train_critic(sample_p, sample_q, d, steps=1500, batch_size=512,
-                                          seed=0, eval_batches=16)
+        result = variational.train_critic(
+            sample_p, sample_q, d, steps=1500, batch_size=512, seed=0, eval_batches=16
+        )
         truth = _quadrature_truth(d)
         assert abs(result.estimate - truth) < 3 * result.standard_error, (
-            name, result.estimate, truth, result.standard_error)
+            name,
+            result.estimate,
+            truth,
+            result.standard_error,
+        )
         error = np.abs(np.asarray(result.log_ratio(grid[:, None])) - _log_ratio(grid))
         # Stated tolerance on [-2, 2]: mean |error| < 0.1, max < 0.3 (the edges see few samples).
         assert error.mean() < 0.1 and error.max() < 0.3, (name, error.mean(), error.max())

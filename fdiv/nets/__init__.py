@@ -16,9 +16,25 @@ from fdiv.nets.embedding import fourier_embedding
 from fdiv.nets.mlp import MLP
 from fdiv.nets.unet import UNet
 
-__all__ = ["MLP", "UNet", "EDMDenoiser", "OneStepGenerator", "DiscriminatorHead",
-           "Classifier", "fourier_embedding"]
-from fdiv.nets.sampling import Generation, generate, sampling_log_probs
+__all__ = [
+    "MLP",
+    "UNet",
+    "EDMDenoiser",
+    "OneStepGenerator",
+    "DiscriminatorHead",
+    "Classifier",
+    "fourier_embedding",
+]
 from fdiv.nets.llama import GGUFTokenizer, KVCache, Llama, LlamaConfig, from_gguf
-__all__ += ["Llama", "LlamaConfig", "KVCache", "GGUFTokenizer", "from_gguf", "generate",
-            "Generation", "sampling_log_probs"]
+from fdiv.nets.sampling import Generation, generate, sampling_log_probs
+
+__all__ += [
+    "Llama",
+    "LlamaConfig",
+    "KVCache",
+    "GGUFTokenizer",
+    "from_gguf",
+    "generate",
+    "Generation",
+    "sampling_log_probs",
+]

@@ -45,8 +45,16 @@ class Classifier(nnx.Module):
       Nash equilibrium" (Frechet distance in a classifier's feature space).
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int = 10, *, kind: str = "cnn",
-                 channels: tuple[int, ...] = (16, 32), hidden: int = 128, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_classes: int = 10,
+        *,
+        kind: str = "cnn",
+        channels: tuple[int, ...] = (16, 32),
+        hidden: int = 128,
+        rngs: nnx.Rngs,
+    ):
         h, w, c = (int(v) for v in image_shape)
         self.image_shape = (h, w, c)
         self.kind = kind
@@ -55,8 +63,10 @@ class Classifier(nnx.Module):
             convs, cin = [], c
             for cout in channels:
                 if h % 2 or w % 2:
-                    raise ValueError(f"Classifier: spatial size {(h, w)} is odd before a 2x2 pool; "
-                                     f"use fewer channels entries than {tuple(channels)} for image_shape {image_shape}.")
+                    raise ValueError(
+                        f"Classifier: spatial size {(h, w)} is odd before a 2x2 pool; "
+                        f"use fewer channels entries than {tuple(channels)} for image_shape {image_shape}."
+                    )
                 convs.append(nnx.Conv(cin, cout, (3, 3), padding="SAME", rngs=rngs))
                 cin, h, w = cout, h // 2, w // 2
             self.convs = nnx.List(convs)
@@ -72,8 +82,10 @@ class Classifier(nnx.Module):
     def features(self, x: Array) -> Array:
         """Penultimate activations ``[N, hidden]`` of images ``[N, H, W, C]``."""
         if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"Classifier: images must have shape [N, {', '.join(map(str, self.image_shape))}], "
-                             f"got {tuple(x.shape)}.")
+            raise ValueError(
+                f"Classifier: images must have shape [N, {', '.join(map(str, self.image_shape))}], "
+                f"got {tuple(x.shape)}."
+            )
         if self.kind == "cnn":
             for conv in self.convs:
                 x = _avg_pool2(jax.nn.relu(conv(x)))

@@ -34,8 +34,15 @@ class DiscriminatorHead(nnx.Module):
       Yin et al. 2024 (DMD2), Section 4.3; Xu et al. 2025 (f-distill); docs/reference.md section 4.
     """
 
-    def __init__(self, feature_dim: int, *, hidden: int = 128, depth: int = 2,
-                 emb_dim: int = 32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        feature_dim: int,
+        *,
+        hidden: int = 128,
+        depth: int = 2,
+        emb_dim: int = 32,
+        rngs: nnx.Rngs,
+    ):
         self.feature_dim = feature_dim
         self.emb_dim = emb_dim
         dims = [feature_dim + emb_dim] + [hidden] * depth
@@ -44,11 +51,14 @@ class DiscriminatorHead(nnx.Module):
 
     def __call__(self, features: Array, c_noise: Array) -> Array:
         if features.ndim != 2 or features.shape[-1] != self.feature_dim:
-            raise ValueError(f"features must have shape [batch, {self.feature_dim}], got "
-                             f"{features.shape}.")
+            raise ValueError(
+                f"features must have shape [batch, {self.feature_dim}], got {features.shape}."
+            )
         if c_noise.shape != (features.shape[0],):
-            raise ValueError(f"c_noise must have shape [batch] = {(features.shape[0],)} to "
-                             f"match features of shape {features.shape}; got {c_noise.shape}.")
+            raise ValueError(
+                f"c_noise must have shape [batch] = {(features.shape[0],)} to "
+                f"match features of shape {features.shape}; got {c_noise.shape}."
+            )
         h = jnp.concatenate([features, fourier_embedding(c_noise, self.emb_dim)], axis=-1)
         for layer in self.layers:
             h = nnx.silu(layer(h))

@@ -36,10 +36,12 @@ class EDMDenoiser(nnx.Module):
 
     def __call__(self, x: Array, sigma: Array, *, return_features: bool = False):
         s = diffusion.expand_sigma(x, sigma)
-        out, features = self.net(diffusion.c_in(s, self.sigma_data) * x,
-                                 diffusion.c_noise(s.reshape(-1)), return_features=True)
-        d = (diffusion.c_skip(s, self.sigma_data) * x
-             + diffusion.c_out(s, self.sigma_data) * out)
+        out, features = self.net(
+            diffusion.c_in(s, self.sigma_data) * x,
+            diffusion.c_noise(s.reshape(-1)),
+            return_features=True,
+        )
+        d = diffusion.c_skip(s, self.sigma_data) * x + diffusion.c_out(s, self.sigma_data) * out
         return (d, features) if return_features else d
 
 
@@ -67,15 +69,17 @@ class OneStepGenerator(nnx.Module):
         if not 0.0 < float(sigma_max) < float("inf"):
             raise ValueError(f"sigma_max must be a positive noise level, got {sigma_max}.")
         if latent_std is not None and not 0.0 < float(latent_std) < float("inf"):
-            raise ValueError(f"latent_std must be positive (or None for sigma_max), got "
-                             f"{latent_std}.")
+            raise ValueError(
+                f"latent_std must be positive (or None for sigma_max), got {latent_std}."
+            )
         self.denoiser = denoiser
         self.sigma_max = float(sigma_max)
         self.latent_std = float(sigma_max if latent_std is None else latent_std)
 
     @classmethod
-    def from_teacher(cls, teacher: EDMDenoiser, sigma_max: float,
-                     latent_std: float | None = None) -> "OneStepGenerator":
+    def from_teacher(
+        cls, teacher: EDMDenoiser, sigma_max: float, latent_std: float | None = None
+    ) -> "OneStepGenerator":
         """A generator initialised with a copy of the teacher's weights."""
         return cls(nnx.clone(teacher), sigma_max, latent_std)
 

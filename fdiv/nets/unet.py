@@ -26,8 +26,7 @@ class _ResBlock(nnx.Module):
         self.conv1 = nnx.Conv(c_in, c_out, (3, 3), rngs=rngs)
         self.emb = nnx.Linear(emb_dim, c_out, rngs=rngs)
         self.norm2 = nnx.GroupNorm(c_out, num_groups=_groups(c_out), rngs=rngs)
-        self.conv2 = nnx.Conv(c_out, c_out, (3, 3), kernel_init=nnx.initializers.zeros,
-                              rngs=rngs)
+        self.conv2 = nnx.Conv(c_out, c_out, (3, 3), kernel_init=nnx.initializers.zeros, rngs=rngs)
         self.skip = nnx.Conv(c_in, c_out, (1, 1), rngs=rngs) if c_in != c_out else None
 
     def __call__(self, x: Array, e: Array) -> Array:
@@ -69,9 +68,16 @@ class UNet(nnx.Module):
       Karras et al. 2022.
     """
 
-    def __init__(self, in_channels: int = 1, *, base: int = 32,
-                 channel_mult: Sequence[int] = (1, 2, 2), num_res: int = 1, emb_dim: int = 64,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        *,
+        base: int = 32,
+        channel_mult: Sequence[int] = (1, 2, 2),
+        num_res: int = 1,
+        emb_dim: int = 64,
+        rngs: nnx.Rngs,
+    ):
         self.in_channels = in_channels
         self.emb_dim = emb_dim
         self.num_levels = len(channel_mult)
@@ -98,8 +104,9 @@ class UNet(nnx.Module):
                 up.append(_ResBlock(ch, c, emb_dim, rngs=rngs))
         self.up = nnx.List(up)
         self.norm_out = nnx.GroupNorm(ch, num_groups=_groups(ch), rngs=rngs)
-        self.conv_out = nnx.Conv(ch, in_channels, (3, 3), kernel_init=nnx.initializers.zeros,
-                                 rngs=rngs)
+        self.conv_out = nnx.Conv(
+            ch, in_channels, (3, 3), kernel_init=nnx.initializers.zeros, rngs=rngs
+        )
 
     @property
     def feature_dim(self) -> int:
@@ -107,17 +114,21 @@ class UNet(nnx.Module):
 
     def __call__(self, x_in: Array, c_noise: Array, *, return_features: bool = False):
         if x_in.ndim != 4 or x_in.shape[-1] != self.in_channels:
-            raise ValueError(f"x_in must have shape [batch, H, W, {self.in_channels}], got "
-                             f"{x_in.shape}.")
+            raise ValueError(
+                f"x_in must have shape [batch, H, W, {self.in_channels}], got {x_in.shape}."
+            )
         factor = 2 ** (self.num_levels - 1)
         if x_in.shape[1] % factor or x_in.shape[2] % factor:
-            raise ValueError(f"image sides {x_in.shape[1:3]} must be divisible by {factor} for "
-                             f"{self.num_levels} levels; use fewer levels in channel_mult.")
+            raise ValueError(
+                f"image sides {x_in.shape[1:3]} must be divisible by {factor} for "
+                f"{self.num_levels} levels; use fewer levels in channel_mult."
+            )
         if c_noise.shape != (x_in.shape[0],):
-            raise ValueError(f"c_noise must have shape [batch] = {(x_in.shape[0],)} to match "
-                             f"x_in of shape {x_in.shape}; got {c_noise.shape}.")
-        e = nnx.silu(self.emb_out(nnx.silu(self.emb_in(
-            fourier_embedding(c_noise, self.emb_dim)))))
+            raise ValueError(
+                f"c_noise must have shape [batch] = {(x_in.shape[0],)} to match "
+                f"x_in of shape {x_in.shape}; got {c_noise.shape}."
+            )
+        e = nnx.silu(self.emb_out(nnx.silu(self.emb_in(fourier_embedding(c_noise, self.emb_dim)))))
         h = self.conv_in(x_in)
         skips = []
         i = 0

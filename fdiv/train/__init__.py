@@ -100,9 +100,9 @@ from fdiv.train import checkpoint, config, loop, metrics, plotting, sharding, st
 from fdiv.train.checkpoint import Checkpointer, ConfigMismatchError
 from fdiv.train.config import LoopOptions, check_config, to_dataclass
 from fdiv.train.loop import TrainingInterrupted, fit
-from fdiv.train.writers import MetricWriter, read_metrics, read_summary, strip_timing, write_summary
 from fdiv.train.plotting import plot_curves, save_image_grid, save_scatter
 from fdiv.train.state import Net, TrainState
+from fdiv.train.writers import MetricWriter, read_metrics, read_summary, strip_timing, write_summary
 
 __all__ = [
     "Checkpointer",

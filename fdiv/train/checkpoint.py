@@ -70,9 +70,17 @@ _SAFE = re.compile(r"[^A-Za-z0-9_]")
 
 # Config fields that only schedule logging, evaluation and saving (or say how to resume):
 # changing them between runs of one workdir does not change the trained numbers.
-RESUME_NEUTRAL_FIELDS = frozenset({
-    "log_every", "eval_every", "checkpoint_every_steps", "checkpoint_every_secs",
-    "keep_checkpoints", "async_checkpoints", "resume"})
+RESUME_NEUTRAL_FIELDS = frozenset(
+    {
+        "log_every",
+        "eval_every",
+        "checkpoint_every_steps",
+        "checkpoint_every_secs",
+        "keep_checkpoints",
+        "async_checkpoints",
+        "resume",
+    }
+)
 
 
 class ConfigMismatchError(ValueError):
@@ -116,8 +124,10 @@ def _leaf_paths(tree: Any) -> tuple[list[tuple[str, ...]], list[Any], Any]:
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
     paths = [tuple(_key_name(e) for e in p) for p, _ in leaves_with_path]
     if len(set(paths)) != len(paths):
-        raise ValueError("Checkpointer: two leaves of the state map to the same checkpoint key "
-                         "after sanitising their pytree paths; rename the offending dict keys.")
+        raise ValueError(
+            "Checkpointer: two leaves of the state map to the same checkpoint key "
+            "after sanitising their pytree paths; rename the offending dict keys."
+        )
     return paths, [x for _, x in leaves_with_path], treedef
 
 
@@ -162,17 +172,19 @@ def from_savable(template: Any, restored: dict) -> Any:
         try:
             x = _get(restored, path)
         except KeyError:
-            raise ValueError(f"checkpoint has no leaf {'/'.join(path)}; the state structure changed "
-                             "since it was written (different networks or optimisers).") from None
+            raise ValueError(
+                f"checkpoint has no leaf {'/'.join(path)}; the state structure changed "
+                "since it was written (different networks or optimisers)."
+            ) from None
         if _is_key(t):
             x = jax.random.wrap_key_data(x, impl=jax.random.key_impl(t))
         elif tuple(x.shape) != tuple(np.shape(t)):
-            raise ValueError(f"checkpoint leaf {'/'.join(path)} has shape {tuple(x.shape)}, the state "
-                             f"expects {tuple(np.shape(t))}; the model changed since it was written.")
+            raise ValueError(
+                f"checkpoint leaf {'/'.join(path)} has shape {tuple(x.shape)}, the state "
+                f"expects {tuple(np.shape(t))}; the model changed since it was written."
+            )
         out.append(x)
     return jax.tree_util.tree_unflatten(treedef, out)
-
-
 
 
 # --------------------------------------------------------------------------- integrity records
@@ -258,8 +270,11 @@ def _structure_differences(old: Mapping, new: Mapping) -> list[tuple[str, Any, A
     def fmt(v):
         return _ABSENT if v is None else f"{list(v[0])} {v[1]}"
 
-    return [(f"state:{k}", fmt(old.get(k)), fmt(new.get(k)))
-            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return [
+        (f"state:{k}", fmt(old.get(k)), fmt(new.get(k)))
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
 
 
 def _short(v: Any, width: int = 40) -> str:
@@ -289,8 +304,15 @@ class Checkpointer:
       async_save: write in a background thread (`wait` blocks until done).
     """
 
-    def __init__(self, workdir: str, *, every_steps: int | None = 1000,
-                 every_secs: float | None = None, keep: int = 3, async_save: bool = True):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        every_steps: int | None = 1000,
+        every_secs: float | None = None,
+        keep: int = 3,
+        async_save: bool = True,
+    ):
         if keep < 1:
             raise ValueError(f"Checkpointer: keep must be >= 1, got {keep}.")
         self.workdir = os.path.abspath(workdir)
@@ -305,8 +327,11 @@ class Checkpointer:
 
     def _new_manager(self) -> ocp.CheckpointManager:
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=self.keep, create=True, enable_async_checkpointing=self._async,
-            cleanup_tmp_directories=True)
+            max_to_keep=self.keep,
+            create=True,
+            enable_async_checkpointing=self._async,
+            cleanup_tmp_directories=True,
+        )
         return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def all_steps(self) -> list[int]:
@@ -321,7 +346,10 @@ class Checkpointer:
         """True at multiples of `every_steps`, or when `every_secs` elapsed since the last save."""
         if self.every_steps and step % self.every_steps == 0:
             return True
-        return self.every_secs is not None and time.monotonic() - self._last_save_time >= self.every_secs
+        return (
+            self.every_secs is not None
+            and time.monotonic() - self._last_save_time >= self.every_secs
+        )
 
     def save(self, step: int, state: Any, meta: dict | None = None) -> None:
         """Starts saving `state` as checkpoint `step` (asynchronous; replaces nothing).
@@ -338,15 +366,21 @@ class Checkpointer:
         if step in self._manager.all_steps():
             return
         savable = to_savable(state)
-        meta = {"step": step, "data_position": {"step": step}, "time": time.time(),
-                **_normalise(dict(meta or {})),
-                "state_structure": state_structure(state),
-                "state_crc32": state_checksums(savable)}
+        meta = {
+            "step": step,
+            "data_position": {"step": step},
+            "time": time.time(),
+            **_normalise(dict(meta or {})),
+            "state_structure": state_structure(state),
+            "state_crc32": state_checksums(savable),
+        }
         self._manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(savable),
-                                    meta=ocp.args.JsonSave(meta)),
-            force=True)
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(savable), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
         self._last_save_time = time.monotonic()
 
     def read_meta(self, step: int) -> dict:
@@ -363,8 +397,9 @@ class Checkpointer:
             config_diffs = config_differences(meta["config"], config)
         structure_diffs = []
         if "state_structure" in meta:
-            structure_diffs = _structure_differences(meta["state_structure"],
-                                                     state_structure(template))
+            structure_diffs = _structure_differences(
+                meta["state_structure"], state_structure(template)
+            )
         if not config_diffs and not structure_diffs:
             return None
 
@@ -378,14 +413,16 @@ class Checkpointer:
         if structure_diffs and config_diffs:
             parts.append("the state structure differs with them")
         elif structure_diffs:
-            leaf = lambda k: k[len("state:"):].removeprefix("nets/").removesuffix("/value")
+            leaf = lambda k: k[len("state:") :].removeprefix("nets/").removesuffix("/value")
             parts.append("state structure differs: " + listing(structure_diffs, 2, leaf))
         return ConfigMismatchError(
             f"{self.directory} holds checkpoints of a different run (step {step}; "
             f"{'; '.join(parts)}); they are valid and were left untouched. Either use a new "
             f"--workdir, or pass --config.resume=restart to move the old run to "
             f"{os.path.join(self.workdir, 'archive', '<UTC time>')}/ and start afresh.",
-            directory=self.directory, differences=config_diffs + structure_diffs)
+            directory=self.directory,
+            differences=config_diffs + structure_diffs,
+        )
 
     def restore(self, step: int, template: Any, *, meta: dict | None = None) -> tuple[Any, dict]:
         """Reads checkpoint `step` into the structure and shardings of `template`.
@@ -404,7 +441,8 @@ class Checkpointer:
         paths, leaves, _ = _leaf_paths(template)
         abstract = _nest(paths, [_abstract(x) for x in leaves])
         restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )["state"]
         expected = meta.get("state_crc32")
         if expected is not None:
             got = state_checksums(restored)
@@ -422,15 +460,22 @@ class Checkpointer:
         meta = self.read_meta(step)
         structure = meta.get("state_structure")
         if structure is None:
-            raise ValueError(f"checkpoint step {step} in {self.directory} records no state "
-                             "structure; restore it with restore(step, template).")
+            raise ValueError(
+                f"checkpoint step {step} in {self.directory} records no state "
+                "structure; restore it with restore(step, template)."
+            )
         one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         paths = [tuple(k.split("/")) for k in structure]
-        abstract = _nest(paths, [jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype),
-                                                      sharding=one_device)
-                                 for shape, dtype in structure.values()])
+        abstract = _nest(
+            paths,
+            [
+                jax.ShapeDtypeStruct(tuple(shape), np.dtype(dtype), sharding=one_device)
+                for shape, dtype in structure.values()
+            ],
+        )
         restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )["state"]
         got = state_checksums(restored)
         bad = sorted(k for k in got if meta["state_crc32"].get(k) != got[k])
         if bad:
@@ -488,10 +533,19 @@ class Checkpointer:
 
     def _move_aside(self, step: int, error: BaseException) -> None:
         dest = os.path.join(self.corrupt_directory, f"{step}-{int(time.time())}")
-        reason = (str(error) if isinstance(error, DamagedCheckpointError)
-                  else f"unreadable, {_one_line(error)}")
-        log.warning("checkpoint step %d in %s is damaged (%s); moved it to %s and trying the "
-                    "previous step.", step, self.directory, reason, dest)
+        reason = (
+            str(error)
+            if isinstance(error, DamagedCheckpointError)
+            else f"unreadable, {_one_line(error)}"
+        )
+        log.warning(
+            "checkpoint step %d in %s is damaged (%s); moved it to %s and trying the "
+            "previous step.",
+            step,
+            self.directory,
+            reason,
+            dest,
+        )
         if jax.process_index() == 0:
             os.makedirs(self.corrupt_directory, exist_ok=True)
             shutil.move(os.path.join(self.directory, str(step)), dest)

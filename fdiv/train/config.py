@@ -62,7 +62,9 @@ def check_config(config: Any) -> None:
     """Raises ValueError naming every field whose value is NaN (floats, in lists/tuples too)."""
     bad = [p for p, v in _walk(config, "") if isinstance(v, float) and math.isnan(v)]
     if bad:
-        raise ValueError(f"config field(s) {', '.join('config.' + b for b in bad)} are NaN; set a number.")
+        raise ValueError(
+            f"config field(s) {', '.join('config.' + b for b in bad)} are NaN; set a number."
+        )
 
 
 def to_dataclass(cls: type, config: Any, *, name: str | None = None) -> Any:
@@ -84,14 +86,22 @@ def to_dataclass(cls: type, config: Any, *, name: str | None = None) -> Any:
     kwargs = {}
     for k, v in data.items():
         t = hints.get(k)
-        if isinstance(t, type) and dataclasses.is_dataclass(t) and (
-                isinstance(v, Mapping) or hasattr(v, "to_dict")):
+        if (
+            isinstance(t, type)
+            and dataclasses.is_dataclass(t)
+            and (isinstance(v, Mapping) or hasattr(v, "to_dict"))
+        ):
             v = to_dataclass(t, v, name=f"{name}.{k}")
         elif isinstance(v, list) and typing.get_origin(t) is tuple:
             v = tuple(v)
         kwargs[k] = v
-    missing = [f.name for f in fields.values() if f.name not in kwargs
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in fields.values()
+        if f.name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ValueError(f"{name}: missing required field(s) {missing}.")
     return cls(**kwargs)
@@ -121,10 +131,16 @@ def loop_problems(values: Mapping[str, Any], prefix: str = "") -> list[str]:
     bad("eval_every", lambda v: v >= 0, ">= 0 (0: only at the end)")
     bad("checkpoint_every_steps", lambda v: v >= 0, ">= 0 (0: only at the end)")
     bad("keep_checkpoints", lambda v: v >= 1, ">= 1")
-    bad("checkpoint_every_secs", lambda v: v is None or (isinstance(v, (int, float)) and v >= 0),
-        ">= 0 (0: never) or None")
-    bad("resume", lambda v: v in RESUME_MODES,
-        f"one of {RESUME_MODES} ('restart' archives the old run and starts again)")
+    bad(
+        "checkpoint_every_secs",
+        lambda v: v is None or (isinstance(v, (int, float)) and v >= 0),
+        ">= 0 (0: never) or None",
+    )
+    bad(
+        "resume",
+        lambda v: v in RESUME_MODES,
+        f"one of {RESUME_MODES} ('restart' archives the old run and starts again)",
+    )
     return out
 
 

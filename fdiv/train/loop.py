@@ -54,8 +54,15 @@ from fdiv.train import plotting
 from fdiv.train.checkpoint import Checkpointer
 from fdiv.train.config import LoopOptions
 from fdiv.train.writers import (
-    METRICS_FILE, REEVAL_SUMMARY_FILE, SUMMARY_FILE, TIMING_KEYS, MeanAccumulator, MetricWriter,
-    read_summary, write_summary)
+    METRICS_FILE,
+    REEVAL_SUMMARY_FILE,
+    SUMMARY_FILE,
+    TIMING_KEYS,
+    MeanAccumulator,
+    MetricWriter,
+    read_summary,
+    write_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +71,15 @@ EvalFn = Callable[[Any], Mapping[str, Any]]
 
 RESUME_MODES = ("auto", "restart")
 # What `resume="restart"` moves into ``<workdir>/archive/<UTC time>/``.
-ARCHIVED_NAMES = ("checkpoints", "checkpoints_corrupt", METRICS_FILE, SUMMARY_FILE,
-                  REEVAL_SUMMARY_FILE, "curves.png", "tensorboard")
+ARCHIVED_NAMES = (
+    "checkpoints",
+    "checkpoints_corrupt",
+    METRICS_FILE,
+    SUMMARY_FILE,
+    REEVAL_SUMMARY_FILE,
+    "curves.png",
+    "tensorboard",
+)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -77,9 +91,11 @@ class TrainingInterrupted(KeyboardInterrupt):
     """
 
     def __init__(self, step: int, workdir: str):
-        super().__init__(f"interrupted at step {step}; checkpoint saved in "
-                         f"{os.path.join(workdir, 'checkpoints')}; run the same command again "
-                         "to resume.")
+        super().__init__(
+            f"interrupted at step {step}; checkpoint saved in "
+            f"{os.path.join(workdir, 'checkpoints')}; run the same command again "
+            "to resume."
+        )
         self.step = step
         self.workdir = workdir
 
@@ -113,9 +129,12 @@ def archive_run(workdir: str) -> str | None:
     """
     dest = None
     if jax.process_index() == 0 and os.path.isdir(workdir):
-        names = [n for n in os.listdir(workdir)
-                 if n in ARCHIVED_NAMES or (n.endswith(".png") and
-                                            os.path.isfile(os.path.join(workdir, n)))]
+        names = [
+            n
+            for n in os.listdir(workdir)
+            if n in ARCHIVED_NAMES
+            or (n.endswith(".png") and os.path.isfile(os.path.join(workdir, n)))
+        ]
         if names:
             base = os.path.join(workdir, "archive", _utc_stamp())
             dest, i = base, 1
@@ -205,9 +224,13 @@ class _Loop:
             if dest is not None:
                 self.say(f"resume=restart: moved the previous run to {dest}")
         o = self.options
-        self.ckpt = Checkpointer(self.workdir, every_steps=o.checkpoint_every_steps,
-                                 every_secs=o.checkpoint_every_secs or None,
-                                 keep=o.keep_checkpoints, async_save=o.async_checkpoints)
+        self.ckpt = Checkpointer(
+            self.workdir,
+            every_steps=o.checkpoint_every_steps,
+            every_secs=o.checkpoint_every_secs or None,
+            keep=o.keep_checkpoints,
+            async_save=o.async_checkpoints,
+        )
 
     def restore(self, state: Any) -> tuple[Any, int, int | None]:
         """(state, first step to run, resumed-from step or None); opens the metric writer
@@ -218,8 +241,9 @@ class _Loop:
         # sees the same input type and sharding (a device array here would recompile once).
         state = state.replace(step=np.asarray(start, np.int32))
         resumed_from = start if restored_meta is not None else None
-        self.writer = MetricWriter(self.workdir, self.options.num_steps, print_fn=self.print_fn,
-                                   phase=self.phase)
+        self.writer = MetricWriter(
+            self.workdir, self.options.num_steps, print_fn=self.print_fn, phase=self.phase
+        )
         if resumed_from is not None:
             self.say(f"resumed from checkpoint at step {start} in {self.ckpt.directory}")
         self.writer.truncate_after(start)
@@ -232,14 +256,19 @@ class _Loop:
 
     def log(self, done: int) -> None:
         self.last_train = self.writer.write(
-            done, self.acc.result(), steps_per_sec=self.clock.interval_speed(),
-            wall_time=self.clock.wall(), num_steps_averaged=self.steps_since_log)
+            done,
+            self.acc.result(),
+            steps_per_sec=self.clock.interval_speed(),
+            wall_time=self.clock.wall(),
+            num_steps_averaged=self.steps_since_log,
+        )
         self.steps_since_log = 0
 
     def evaluate(self, state: Any, done: int) -> None:
         t = time.perf_counter()
-        self.last_eval = self.writer.write(done, self.eval_fn(state), prefix="eval/",
-                                           wall_time=self.clock.wall())
+        self.last_eval = self.writer.write(
+            done, self.eval_fn(state), prefix="eval/", wall_time=self.clock.wall()
+        )
         self.clock.add_eval_time(time.perf_counter() - t)
 
     def maybe_save(self, state: Any, done: int, last: bool) -> None:
@@ -274,10 +303,16 @@ class _Loop:
         if self.eval_fn is not None:
             values = jax.device_get(dict(self.eval_fn(state)))
             new_eval = {"eval/" + k: float(np.asarray(v)) for k, v in values.items()}
-        return {**record, **self.meta,
-                "eval": new_eval if new_eval is not None else record.get("eval"),
-                "reevaluation": {"time_utc": _utc_stamp(), "resumed_from": resumed_from,
-                                 "wall_time_sec": self.clock.wall()}}
+        return {
+            **record,
+            **self.meta,
+            "eval": new_eval if new_eval is not None else record.get("eval"),
+            "reevaluation": {
+                "time_utc": _utc_stamp(),
+                "resumed_from": resumed_from,
+                "wall_time_sec": self.clock.wall(),
+            },
+        }
 
     def close(self) -> None:
         if self.ckpt is not None:
@@ -286,10 +321,19 @@ class _Loop:
             self.writer.close()
 
 
-def fit(state: Any, step_fn: StepFn, *, workdir: str, options: LoopOptions,
-        eval_fn: EvalFn | None = None, meta: Mapping[str, Any] | None = None,
-        print_fn: Callable[[str], None] | None = None, plot: bool = True,
-        banner: str | None = None, phase: str | None = None) -> tuple[Any, dict]:
+def fit(
+    state: Any,
+    step_fn: StepFn,
+    *,
+    workdir: str,
+    options: LoopOptions,
+    eval_fn: EvalFn | None = None,
+    meta: Mapping[str, Any] | None = None,
+    print_fn: Callable[[str], None] | None = None,
+    plot: bool = True,
+    banner: str | None = None,
+    phase: str | None = None,
+) -> tuple[Any, dict]:
     """Runs (or resumes) a training loop to ``options.num_steps``.
 
     Args:
@@ -330,8 +374,10 @@ def fit(state: Any, step_fn: StepFn, *, workdir: str, options: LoopOptions,
         loop.prepare()
         state, start, resumed_from = loop.restore(state)
         if resumed_from is not None and start >= options.num_steps:
-            loop.say(f"the run finished at step {start}: evaluating again; {SUMMARY_FILE} (the "
-                     f"training record) is kept, the result goes to {REEVAL_SUMMARY_FILE}")
+            loop.say(
+                f"the run finished at step {start}: evaluating again; {SUMMARY_FILE} (the "
+                f"training record) is kept, the result goes to {REEVAL_SUMMARY_FILE}"
+            )
         try:
             for step in range(start, options.num_steps):
                 t0 = time.perf_counter()
@@ -342,8 +388,9 @@ def fit(state: Any, step_fn: StepFn, *, workdir: str, options: LoopOptions,
                 last = done == options.num_steps
                 if done % options.log_every == 0 or last:
                     loop.log(done)
-                if eval_fn is not None and (last or options.eval_every and
-                                            done % options.eval_every == 0):
+                if eval_fn is not None and (
+                    last or options.eval_every and done % options.eval_every == 0
+                ):
                     loop.evaluate(state, done)
                 loop.maybe_save(state, done, last)
         except KeyboardInterrupt:
@@ -354,8 +401,10 @@ def fit(state: Any, step_fn: StepFn, *, workdir: str, options: LoopOptions,
             summary = loop.reevaluation(state, resumed_from, record)
         else:
             if start >= options.num_steps and eval_fn is not None:
-                loop.last_eval = {"eval/" + k: float(np.asarray(v))
-                                  for k, v in jax.device_get(dict(eval_fn(state))).items()}
+                loop.last_eval = {
+                    "eval/" + k: float(np.asarray(v))
+                    for k, v in jax.device_get(dict(eval_fn(state))).items()
+                }
             summary = loop.summary(resumed_from)
     finally:
         loop.close()

@@ -5,6 +5,18 @@ next to `fdiv.metrics` (sample-quality metrics) in one file.
 """
 
 from fdiv.train.writers import (  # noqa: F401
-    LINE_WIDTH, METRICS_FILE, REEVAL_SUMMARY_FILE, SUMMARY_FILE, TIMING_KEYS, MeanAccumulator,
-    MetricWriter, eval_lines, format_eta, progress_line, read_metrics, read_summary,
-    strip_timing, write_summary)
+    LINE_WIDTH,
+    METRICS_FILE,
+    REEVAL_SUMMARY_FILE,
+    SUMMARY_FILE,
+    TIMING_KEYS,
+    MeanAccumulator,
+    MetricWriter,
+    eval_lines,
+    format_eta,
+    progress_line,
+    read_metrics,
+    read_summary,
+    strip_timing,
+    write_summary,
+)

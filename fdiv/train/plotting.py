@@ -38,8 +38,7 @@ def _new_figure(what: str, **kwargs):
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        log.warning("matplotlib is not installed: %s not written (pip install matplotlib)",
-                    what)
+        log.warning("matplotlib is not installed: %s not written (pip install matplotlib)", what)
         return None
     return Figure(**kwargs)
 
@@ -55,9 +54,15 @@ def readable(name: str) -> str:
     return name.split("/", 1)[-1].replace("_", " ")
 
 
-def plot_curves(workdir: str, path: str | None = None, *, title: str | None = None,
-                references: Mapping[str, Mapping[str, float]] | None = None,
-                keys: Sequence[str] | None = None, log_y: Sequence[str] = ()) -> str | None:
+def plot_curves(
+    workdir: str,
+    path: str | None = None,
+    *,
+    title: str | None = None,
+    references: Mapping[str, Mapping[str, float]] | None = None,
+    keys: Sequence[str] | None = None,
+    log_y: Sequence[str] = (),
+) -> str | None:
     """Plots every metric in ``<workdir>/metrics.jsonl`` against the step.
 
     Args:
@@ -87,8 +92,11 @@ def plot_curves(workdir: str, path: str | None = None, *, title: str | None = No
         names = [k for k in names if k in keys or k.split("/", 1)[-1] in keys]
     panels: dict[str, list[tuple[str, list]]] = {}
     for k in names:
-        pts = [(r["step"], r[k]) for r in records
-               if r.get(k) is not None and math.isfinite(float(r[k]))]
+        pts = [
+            (r["step"], r[k])
+            for r in records
+            if r.get(k) is not None and math.isfinite(float(r[k]))
+        ]
         if pts:  # no empty panels
             base = k.split("/", 1)[1] if k.startswith("eval/") else k
             panels.setdefault(base, []).append((k, pts))
@@ -109,8 +117,13 @@ def plot_curves(workdir: str, path: str | None = None, *, title: str | None = No
             ax.plot(s, v, marker="o" if len(pts) < 30 else None, ms=3, label=kind)
         for i, (label, value) in enumerate((refs.get(base) or {}).items()):
             if value is not None and math.isfinite(float(value)):
-                ax.axhline(float(value), color=f"C{i + 2}", ls="--", lw=1,
-                           label=f"{label} ({float(value):.3g})")
+                ax.axhline(
+                    float(value),
+                    color=f"C{i + 2}",
+                    ls="--",
+                    lw=1,
+                    label=f"{label} ({float(value):.3g})",
+                )
         ax.set_title(readable(base), fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel(readable(base))
@@ -126,8 +139,13 @@ def plot_curves(workdir: str, path: str | None = None, *, title: str | None = No
     return _save(fig, path, dpi=100)
 
 
-def image_grid(images: Any, *, ncols: int | None = None, value_range: tuple[float, float] = (-1.0, 1.0),
-               pad: int = 1) -> np.ndarray:
+def image_grid(
+    images: Any,
+    *,
+    ncols: int | None = None,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    pad: int = 1,
+) -> np.ndarray:
     """Tiles ``[N, H, W, C]`` images into one ``[rows*(H+pad)+pad, cols*(W+pad)+pad, C]`` array in [0, 1].
 
     Raises:
@@ -135,7 +153,9 @@ def image_grid(images: Any, *, ncols: int | None = None, value_range: tuple[floa
     """
     x = np.asarray(images, dtype=np.float32)
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise ValueError(f"image_grid: images must have shape [N, H, W, C] with C in (1, 3), got {x.shape}.")
+        raise ValueError(
+            f"image_grid: images must have shape [N, H, W, C] with C in (1, 3), got {x.shape}."
+        )
     lo, hi = value_range
     x = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
     n, h, w, c = x.shape
@@ -144,25 +164,38 @@ def image_grid(images: Any, *, ncols: int | None = None, value_range: tuple[floa
     grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), np.float32)
     for i in range(n):
         r, q = divmod(i, ncols)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = x[i]
+        grid[
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + q * (w + pad) : pad + q * (w + pad) + w,
+        ] = x[i]
     return grid
 
 
 def _show_grid(ax, grid: np.ndarray) -> None:
-    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid,
-              cmap="gray" if grid.shape[-1] == 1 else None, vmin=0.0, vmax=1.0,
-              interpolation="nearest")
+    ax.imshow(
+        grid[..., 0] if grid.shape[-1] == 1 else grid,
+        cmap="gray" if grid.shape[-1] == 1 else None,
+        vmin=0.0,
+        vmax=1.0,
+        interpolation="nearest",
+    )
     ax.axis("off")
 
 
-def save_image_grid(images: Any, path: str, *, ncols: int | None = None,
-                    value_range: tuple[float, float] = (-1.0, 1.0),
-                    title: str | None = None) -> str | None:
+def save_image_grid(
+    images: Any,
+    path: str,
+    *,
+    ncols: int | None = None,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+    title: str | None = None,
+) -> str | None:
     """Saves ``[N, H, W, C]`` images as one tiled PNG at `path`; returns `path`."""
     grid = image_grid(images, ncols=ncols, value_range=value_range)
     scale = max(2.0, min(10.0, grid.shape[1] / 40))
-    fig = _new_figure(path, figsize=(scale, scale * grid.shape[0] / grid.shape[1]
-                                     + (0.3 if title else 0)))
+    fig = _new_figure(
+        path, figsize=(scale, scale * grid.shape[0] / grid.shape[1] + (0.3 if title else 0))
+    )
     if fig is None:
         return None
     ax = fig.subplots()
@@ -179,9 +212,17 @@ def _check_points(name: str, a: Any) -> np.ndarray:
     return a
 
 
-def save_scatter(points: Any, path: str, *, reference: Any = None, centres: Any = None,
-                 title: str | None = None, lim: float | None = None, label: str = "samples",
-                 reference_label: str = "target") -> str | None:
+def save_scatter(
+    points: Any,
+    path: str,
+    *,
+    reference: Any = None,
+    centres: Any = None,
+    title: str | None = None,
+    lim: float | None = None,
+    label: str = "samples",
+    reference_label: str = "target",
+) -> str | None:
     """Scatter plot of 2-D `points` ``[N, 2]`` over optional `reference` ``[M, 2]`` and mode `centres`.
 
     Args:
@@ -203,8 +244,9 @@ def save_scatter(points: Any, path: str, *, reference: Any = None, centres: Any 
         return None
     ax = fig.subplots()
     if ref is not None:
-        ax.scatter(ref[:, 0], ref[:, 1], s=2, c="0.7", alpha=0.5, label=reference_label,
-                   rasterized=True)
+        ax.scatter(
+            ref[:, 0], ref[:, 1], s=2, c="0.7", alpha=0.5, label=reference_label, rasterized=True
+        )
     ax.scatter(pts[:, 0], pts[:, 1], s=2, c="C0", alpha=0.6, label=label, rasterized=True)
     if c is not None:
         ax.scatter(c[:, 0], c[:, 1], marker="x", c="C3", s=30, label="modes")
@@ -221,9 +263,16 @@ def save_scatter(points: Any, path: str, *, reference: Any = None, centres: Any 
     return _save(fig, path, dpi=100, bbox_inches="tight")
 
 
-def save_side_by_side(panels: Sequence[tuple[str, Any]], path: str, *, title: str | None = None,
-                      centres: Any = None, lim: float | None = None,
-                      max_points: int = 2000, max_images: int = 36) -> str | None:
+def save_side_by_side(
+    panels: Sequence[tuple[str, Any]],
+    path: str,
+    *,
+    title: str | None = None,
+    centres: Any = None,
+    lim: float | None = None,
+    max_points: int = 2000,
+    max_images: int = 36,
+) -> str | None:
     """Several sample sets side by side in one PNG (e.g. target, teacher, student).
 
     Args:

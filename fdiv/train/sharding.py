@@ -93,7 +93,8 @@ def maybe_initialize_distributed(environ: dict[str, str] | None = None) -> bool:
             "the environment describes a multi-process job, but jax.distributed.initialize "
             f"failed ({str(e).splitlines()[0] if str(e) else type(e).__name__}); call "
             "fdiv.train.sharding.maybe_initialize_distributed() before anything uses the "
-            "devices.") from e
+            "devices."
+        ) from e
     return True
 
 
@@ -109,8 +110,9 @@ def distributed_arguments(environ: dict[str, str] | None = None) -> dict[str, An
         value = environ.get(key, "")
         if value:
             if not value.isdigit():
-                raise ValueError(f"environment variable {key}={value!r} must be a non-negative "
-                                 "integer.")
+                raise ValueError(
+                    f"environment variable {key}={value!r} must be a non-negative integer."
+                )
             out[name] = int(value)
     return out
 

@@ -100,7 +100,9 @@ class Net:
             if not 0.0 <= float(ema_decay) < 1.0:
                 raise ValueError(f"Net.create: ema_decay must lie in [0, 1), got {ema_decay}.")
             if tx is None:
-                raise ValueError("Net.create: ema_decay needs an optimiser (tx); a frozen network has no average.")
+                raise ValueError(
+                    "Net.create: ema_decay needs an optimiser (tx); a frozen network has no average."
+                )
             ema_decay = float(ema_decay)
         graphdef, params, rest = nnx.split(module, nnx.Param, ...)
         opt_state = None if tx is None else tx.init(params)
@@ -122,8 +124,10 @@ class Net:
         if params is None:
             if ema:
                 if self.ema_params is None:
-                    raise ValueError("Net.merge: ema=True but this network keeps no average; "
-                                     "create it with Net.create(..., ema_decay=0.999).")
+                    raise ValueError(
+                        "Net.merge: ema=True but this network keeps no average; "
+                        "create it with Net.create(..., ema_decay=0.999)."
+                    )
                 params = self.ema_params
             else:
                 params = self.params
@@ -139,8 +143,15 @@ class Net:
           params: parameters to keep instead of `self.params` (same structure), e.g.
             ``net.ema_params``.
         """
-        return Net(self.graphdef, self.params if params is None else params, self.rest,
-                   None, None, None, None)
+        return Net(
+            self.graphdef,
+            self.params if params is None else params,
+            self.rest,
+            None,
+            None,
+            None,
+            None,
+        )
 
     def with_module(self, module: nnx.Module) -> "Net":
         """Re-reads params and rest from `module` (after a call that changed its state,
@@ -155,8 +166,10 @@ class Net:
           ValueError: if the network is frozen.
         """
         if self.tx is None:
-            raise ValueError("Net.apply_gradients: this network is frozen (created without tx); "
-                             "pass an optax optimiser to Net.create to train it.")
+            raise ValueError(
+                "Net.apply_gradients: this network is frozen (created without tx); "
+                "pass an optax optimiser to Net.create to train it."
+            )
         updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
         ema = self.ema_params
@@ -189,10 +202,14 @@ class TrainState:
     def create(cls, seed: int | jax.Array, **nets: Net) -> "TrainState":
         """A state at step 0 with base key `jax.random.key(seed)` (or the given key)."""
         if not nets:
-            raise ValueError("TrainState.create: pass at least one network, e.g. model=Net.create(module, tx).")
+            raise ValueError(
+                "TrainState.create: pass at least one network, e.g. model=Net.create(module, tx)."
+            )
         for name, net in nets.items():
             if not isinstance(net, Net):
-                raise ValueError(f"TrainState.create: {name!r} is a {type(net).__name__}, expected fdiv.train.Net.")
+                raise ValueError(
+                    f"TrainState.create: {name!r} is a {type(net).__name__}, expected fdiv.train.Net."
+                )
         if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
             rng = seed
         else:

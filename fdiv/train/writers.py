@@ -78,7 +78,7 @@ def format_eta(seconds: float) -> str:
 def _main_first(names: list[str]) -> list[str]:
     for i, k in enumerate(names):
         if "loss" in k:
-            return [k] + names[:i] + names[i + 1:]
+            return [k] + names[:i] + names[i + 1 :]
     return names
 
 
@@ -93,15 +93,22 @@ def _fit_items(items: list[tuple[str, str]], budget: int) -> str:
             out = candidate
         elif i == 0:
             keep = budget - len(value) - 2
-            out = f"{name[:keep]}~ {value}" if keep > 0 else value[:max(budget, 0)]
+            out = f"{name[:keep]}~ {value}" if keep > 0 else value[: max(budget, 0)]
         else:
             break
     return out
 
 
-def progress_line(step: int, num_steps: int, metrics: Mapping[str, float], *,
-                  steps_per_sec: float | None = None, eta: float | None = None,
-                  phase: str | None = None, width: int = LINE_WIDTH) -> str:
+def progress_line(
+    step: int,
+    num_steps: int,
+    metrics: Mapping[str, float],
+    *,
+    steps_per_sec: float | None = None,
+    eta: float | None = None,
+    phase: str | None = None,
+    width: int = LINE_WIDTH,
+) -> str:
     """One training progress line of at most `width` columns (see the module docstring)."""
     digits = len(str(num_steps))
     pct = f"{100.0 * step / num_steps:3.0f}%" if num_steps else "100%"
@@ -118,8 +125,14 @@ def progress_line(step: int, num_steps: int, metrics: Mapping[str, float], *,
     return " | ".join(parts)[:width]
 
 
-def eval_lines(step: int, num_steps: int, metrics: Mapping[str, float], *,
-               phase: str | None = None, width: int = LINE_WIDTH) -> list[str]:
+def eval_lines(
+    step: int,
+    num_steps: int,
+    metrics: Mapping[str, float],
+    *,
+    phase: str | None = None,
+    width: int = LINE_WIDTH,
+) -> list[str]:
     """Evaluation metrics as lines of at most `width` columns (continuations indented)."""
     digits = len(str(num_steps))
     head = (f"[{phase}] " if phase else "") + f"eval step {step:>{digits}}/{num_steps} |"
@@ -171,8 +184,16 @@ class MetricWriter:
       width: maximal length of a progress line.
     """
 
-    def __init__(self, workdir: str, num_steps: int, *, print_fn=None, tensorboard: bool = True,
-                 phase: str | None = None, width: int = LINE_WIDTH):
+    def __init__(
+        self,
+        workdir: str,
+        num_steps: int,
+        *,
+        print_fn=None,
+        tensorboard: bool = True,
+        phase: str | None = None,
+        width: int = LINE_WIDTH,
+    ):
         self.workdir = workdir
         self.num_steps = int(num_steps)
         self.phase = phase
@@ -204,9 +225,16 @@ class MetricWriter:
         if self.is_main:
             self._print(line)
 
-    def write(self, step: int, metrics: Mapping[str, Any], *, steps_per_sec: float | None = None,
-              wall_time: float | None = None, prefix: str = "",
-              num_steps_averaged: int | None = None) -> dict:
+    def write(
+        self,
+        step: int,
+        metrics: Mapping[str, Any],
+        *,
+        steps_per_sec: float | None = None,
+        wall_time: float | None = None,
+        prefix: str = "",
+        num_steps_averaged: int | None = None,
+    ) -> dict:
         """Logs scalars at `step` (prints a progress line, appends to ``metrics.jsonl``).
 
         Args:
@@ -236,13 +264,21 @@ class MetricWriter:
         if not self.is_main:
             return record
         if prefix == "eval/":
-            shown = {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)}
-            for line in eval_lines(step, self.num_steps, shown, phase=self.phase,
-                                   width=self.width):
+            shown = {k[len(prefix) :]: v for k, v in record.items() if k.startswith(prefix)}
+            for line in eval_lines(step, self.num_steps, shown, phase=self.phase, width=self.width):
                 self._print(line)
         else:
-            self._print(progress_line(step, self.num_steps, record, steps_per_sec=steps_per_sec,
-                                      eta=eta, phase=self.phase, width=self.width))
+            self._print(
+                progress_line(
+                    step,
+                    self.num_steps,
+                    record,
+                    steps_per_sec=steps_per_sec,
+                    eta=eta,
+                    phase=self.phase,
+                    width=self.width,
+                )
+            )
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
