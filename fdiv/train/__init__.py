@@ -8,7 +8,9 @@ State (`fdiv.train.state`)
       (other variables), with its own optax optimiser ``tx`` (None: frozen, e.g. a teacher)
       and optional parameter EMA. Methods: ``merge(params=None, *, ema=False) -> module``,
       ``apply_gradients(grads) -> Net``, ``with_module(module) -> Net`` (re-read state after
-      a call that mutated batch stats / RNG counters), ``num_params()``, ``trainable``.
+      a call that mutated batch stats / RNG counters), ``freeze(params=None) -> Net`` (the
+      same network without optimiser state or EMA, e.g. a trained teacher with its EMA
+      parameters), ``num_params()``, ``trainable``.
   ``TrainState.create(seed, **nets) -> TrainState``
       fields ``step`` (completed loop steps), ``rng`` (base typed key), ``nets`` (dict).
       ``state["name"]``, ``state.apply_gradients(name=grads, ...)``,
@@ -98,14 +100,15 @@ An experiment with several networks, e.g. f-distill (docs/reference.md section 4
 
 from fdiv.train import checkpoint, config, loop, metrics, plotting, sharding, state, writers
 from fdiv.train.checkpoint import Checkpointer, ConfigMismatchError
-from fdiv.train.config import LoopOptions, check_config, to_dataclass
+from fdiv.train.config import ConfigError, LoopOptions, check_config, to_dataclass
 from fdiv.train.loop import TrainingInterrupted, fit
-from fdiv.train.plotting import plot_curves, save_image_grid, save_scatter
+from fdiv.train.plotting import plot_curves, save_image_grid, save_scatter, save_side_by_side
 from fdiv.train.state import Net, TrainState
 from fdiv.train.writers import MetricWriter, read_metrics, read_summary, strip_timing, write_summary
 
 __all__ = [
     "Checkpointer",
+    "ConfigError",
     "ConfigMismatchError",
     "LoopOptions",
     "MetricWriter",
@@ -124,6 +127,7 @@ __all__ = [
     "read_summary",
     "save_image_grid",
     "save_scatter",
+    "save_side_by_side",
     "sharding",
     "state",
     "strip_timing",

@@ -36,6 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from fdiv.data.batchers import shard_batch as _data_shard_batch
+
 DATA_AXIS = "data"
 
 # Environment variables whose presence means "this process is one of several"; each maps to
@@ -167,41 +169,6 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: _global_replicated(x, sharding), tree)
 
 
-def shard_batch(batch: Any, mesh: Mesh) -> Any:
-    """Places a host batch on `mesh`, split along the leading (batch) axis.
-
-    Args:
-      batch: pytree of numpy/JAX arrays with a common leading axis. In a single-process run
-        this is the global batch; in a multi-process run it is this process's slice (all
-        processes call `shard_batch` with slices of equal size, in process order).
-      mesh: mesh from `make_mesh`.
-
-    Returns:
-      Pytree of global `jax.Array`s with sharding `data_sharding(mesh)`.
-
-    Raises:
-      ValueError: if a leaf is a scalar, or its leading axis is not divisible by the number
-        of local devices of the mesh (choose a batch size that is a multiple of
-        ``jax.local_device_count()``).
-    """
-    sharding = data_sharding(mesh)
-    n_local = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
-
-    def place(path, x):
-        x = np.asarray(x) if not isinstance(x, jax.Array) else x
-        if x.ndim == 0:
-            raise ValueError(
-                f"shard_batch: leaf {jax.tree_util.keystr(path)} is a scalar; every batch leaf needs "
-                "a leading batch axis."
-            )
-        if x.shape[0] % n_local:
-            raise ValueError(
-                f"shard_batch: leaf {jax.tree_util.keystr(path)} has leading axis {x.shape[0]} "
-                f"(shape {tuple(x.shape)}), not divisible by the {n_local} local devices; use a "
-                f"batch size that is a multiple of {n_local}."
-            )
-        if jax.process_count() == 1:
-            return jax.device_put(x, sharding)
-        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
-
-    return jax.tree_util.tree_map_with_path(place, batch)
+# Batches are placed by the data pipeline's own function (fdiv.data must not import fdiv.train);
+# it is re-exported here so training code finds every placement helper in one module.
+shard_batch = _data_shard_batch
