@@ -289,6 +289,14 @@ def divergence_loss(
       ValueError: differing vocabularies (both sizes named) or shapes, non-floating logits, a
         bad mask, temperature or soft-cap, an unknown divergence name.
 
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from fdiv.kd import divergence_loss
+      >>> teacher = jnp.array([[2.0, 0.5, -1.0]])
+      >>> student = jnp.array([[1.0, 1.0, -0.5]])
+      >>> divergence_loss(teacher, student, "js", temperature=2.0).round(4)  # tau^2 JS per position
+      Array([0.0691], dtype=float32)
+
     References:
       Ko et al., `DistiLLM <https://arxiv.org/abs/2402.03898>`_, 2024 (skew KL); Agarwal et
       al., `On-Policy Distillation of Language Models (GKD)

@@ -217,6 +217,14 @@ def mmd2(
     Raises:
       ValueError: empty or single-sample sets, mismatched dimensions, non-finite samples
         (concrete inputs), non-positive bandwidths.
+
+    Examples:
+      >>> import jax
+      >>> from fdiv.kernel import mmd2
+      >>> x_p = jax.random.normal(jax.random.key(1), (500, 2))
+      >>> x_q = jax.random.normal(jax.random.key(2), (500, 2)) + 1.0
+      >>> round(float(mmd2(x_p, x_q, bandwidth=1.0)), 2)
+      0.2
     """
     x_p, x_q = _pair(x_p, x_q, min_rows=2)
     bws = _bandwidths(bandwidth, x_p.dtype)

@@ -160,6 +160,15 @@ def mc_divergence_from_model_samples(
       ``(estimate, standard_error)``, each of shape ``log_p.shape`` without
       ``axis`` (scalars by default).
 
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from fdiv.montecarlo import mc_divergence_from_model_samples
+      >>> x = jax.random.normal(jax.random.key(0), (20000,)) + 0.5   # samples of Q = N(0.5, 1)
+      >>> log_p, log_q = -0.5 * x**2, -0.5 * (x - 0.5) ** 2           # P = N(0, 1); constants cancel
+      >>> est, se = mc_divergence_from_model_samples(log_p, log_q, "reverse_kl")
+      >>> bool(abs(est - 0.125) < 4 * se)                            # KL(Q || P) = 0.5^2 / 2
+      True
+
     References:
       Owen, `Monte Carlo theory, methods and examples
       <https://artowen.su.domains/mc/>`_, 2013, chapter 2.

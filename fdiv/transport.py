@@ -138,6 +138,16 @@ def sinkhorn_divergence(
     Raises:
       ValueError: empty sets, mismatched dimensions, non-finite points or weights (concrete
         inputs), ``epsilon <= 0``, an unknown cost.
+
+    Examples:
+      >>> import jax
+      >>> from fdiv.transport import sinkhorn_divergence
+      >>> x = jax.random.normal(jax.random.key(1), (500, 2))
+      >>> y = jax.random.normal(jax.random.key(2), (500, 2)) + 1.0
+      >>> same = float(sinkhorn_divergence(x, x, epsilon=0.1))
+      >>> apart = float(sinkhorn_divergence(x, y, epsilon=0.1))
+      >>> abs(same) < 1e-3 < apart
+      True
     """
     x_p, x_q = _floating(x_p, "x_p"), _floating(x_q, "x_q")
     for name, x in (("x_p", x_p), ("x_q", x_q)):

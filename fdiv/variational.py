@@ -266,6 +266,14 @@ def lower_bound(
     Raises:
       ValueError: for non-1-D or empty critic outputs, non-floating dtypes, NaN (concrete
         inputs), an unknown parametrization or divergence.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from fdiv.variational import lower_bound
+      >>> critic_p = jnp.array([0.3, -0.2, 1.0])   # log-ratio estimates on P-samples
+      >>> critic_q = jnp.array([-0.5, 0.1, 0.4])   # ... and on Q-samples
+      >>> round(float(lower_bound(critic_p, critic_q, "forward_kl")), 4)
+      0.2988
     """
     if parametrization not in _PARAMETRIZATIONS:
         raise ValueError(
