@@ -22,7 +22,7 @@ Targets: at least 8x less peak memory at no more than 1.3x the naive time.
 
 Usage (heavy: hold the shared lock)::
 
-    flock /tmp/fdiv-heavy.lock nice -n 5 python -m benchmarks.fused_linear
+    python -m benchmarks.fused_linear
     python -m benchmarks.fused_linear --quick   # seconds; a smoke test
 """
 

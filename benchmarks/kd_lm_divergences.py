@@ -8,7 +8,7 @@ labelled bar chart ``kd_lm_results.png``. Rows already finished are read back fr
 
 Usage::
 
-    flock /tmp/fdiv-heavy.lock nice -n 5 python -m benchmarks.kd_lm_divergences \
+    python -m benchmarks.kd_lm_divergences \
         --config=configs/kd_lm.py:cpu_small --workdir=runs/kd_lm \
         --divergences=forward_kl,reverse_kl,js,total_variation,skew_kl,skew_reverse_kl,gjsd \
         --modes=off_policy,on_policy

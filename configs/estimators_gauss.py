@@ -2,8 +2,7 @@ r"""Sample-based divergence estimators against known truth (experiment ``estimat
 
 Run:
 
-    flock /tmp/fdiv-heavy.lock nice -n 5 \
-        python -m experiments.main --config=configs/estimators_gauss.py --workdir=runs/estimators
+    python -m experiments.main --config=configs/estimators_gauss.py --workdir=runs/estimators
 
 Pairs: P = N(0, I), Q = N(shift, 1.2^2 I) with ||shift|| = 0.5 in dimensions 1, 4, 16, and a
 1-D two-component mixture P against one Gaussian Q. Sizes 256..16384 (factors of 4), 10 seeds

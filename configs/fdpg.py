@@ -5,12 +5,11 @@ pi_0 (a small Flax NNX transformer trained on Shakespeare) is a cached stage: tr
 ``p(x) proportional to pi_0(x) b(x)``, ``b(x) = 1`` when the sample contains ``config.word``.
 Each divergence in ``config.divergences`` aligns a copy of pi_0 under the same seeds and budget.
 
-Run (the whole comparison, CPU, shared lock)::
+Run (the whole comparison)::
 
-    flock /tmp/fdiv-heavy.lock nice -n 5 /work/main/.venv/bin/python -m experiments.main \\
-        --config=configs/fdpg.py --workdir=runs/fdpg
+    python -m experiments.main --config=configs/fdpg.py --workdir=runs/fdpg
 
-Measured runtime: 175 s end to end on the shared 2-core CPU once the lock was held (pi_0 800
+Measured runtime: 175 s end to end on the shared 2-core CPU (pi_0 800
 steps ~70 s, then ~23 s of training per divergence); the table is ``<workdir>/results.md``.
 Variants: ``:quick`` (seconds, used by the tests), ``:proposal`` (DPG's offline mode:
 samples from a proposal that is replaced by the policy when the policy's estimated KL(p || .) is

@@ -1,8 +1,8 @@
 r"""Knowledge distillation on Fashion-MNIST: a cached CNN teacher, one MLP student per loss.
 
-Run (full: 10 losses x 3 seeds x 2000 steps; heavy, hold the shared lock)::
+Run (full: 10 losses x 3 seeds x 2000 steps; not yet run on the 2-core CPU)::
 
-    flock /tmp/fdiv-heavy.lock nice -n 5 python -m experiments.main \
+    python -m experiments.main \
         --config=configs/kd_fashion.py --workdir=runs/kd_fashion
 
 Smoke test (``quick``: the quick teacher, 2000 training and 1000 test images, 3 losses, one
@@ -10,7 +10,8 @@ seed, 20 steps; seconds)::
 
     python -m experiments.main --config=configs/kd_fashion.py:quick --workdir=/tmp/kd_fashion_q
 
-The full run's runtime has not been measured yet.
+The full run's runtime on a 2-core CPU has not been measured yet; the quick variant takes
+seconds plus the quick teacher's training.
 """
 
 import ml_collections
