@@ -46,6 +46,14 @@ def check_floating(x, name):
     return x
 
 
+def floating_input(x, name):
+    """``x`` as an array computed in at least float32; raises unless its dtype is floating point.
+
+    bfloat16/float16 inputs are accepted and computed in float32 (float32-accurate results).
+    """
+    return as_compute_float(check_floating(x, name))
+
+
 def check_mask(where, shape, target):
     """``where`` as a boolean array after checking that it broadcasts to ``shape``.
 

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fdiv import _checks
+
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 Bandwidth = Union[float, Sequence[float], ArrayLike]
@@ -52,8 +54,7 @@ _DEFAULT_BLOCK = 1024
 # Checks.
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+_is_concrete = _checks.is_concrete
 
 
 def _samples(x: ArrayLike, name: str, *, min_rows: int) -> Array:

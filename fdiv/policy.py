@@ -54,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fdiv import _checks
 from fdiv import divergences as _divergences
 
 Array = jax.Array
@@ -96,8 +97,7 @@ def _floating(x: ArrayLike, name: str) -> Array:
     return x
 
 
-def _is_concrete(x: Array) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+_is_concrete = _checks.is_concrete
 
 
 def _common_dtype(*arrays: Array):

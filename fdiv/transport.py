@@ -34,6 +34,8 @@ from ott.geometry import costs, geometry, pointcloud
 from ott.solvers import linear
 from ott.tools import sinkhorn_divergence as _ott_sinkhorn_divergence
 
+from fdiv import _checks
+
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
@@ -45,20 +47,9 @@ _COSTS = {
 }
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+_is_concrete = _checks.is_concrete
 
-
-def _floating(x: ArrayLike, name: str) -> Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(
-            f"{name} must be floating point, got dtype {x.dtype}; cast it with "
-            ".astype(jnp.float32)."
-        )
-    if jnp.finfo(x.dtype).bits < 32:
-        x = x.astype(jnp.float32)
-    return x
+_floating = _checks.floating_input
 
 
 def _check_finite(x: Array, name: str) -> None:

@@ -49,6 +49,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from fdiv import _checks
 from fdiv import divergences as _divergences
 
 Array = jax.Array
@@ -74,21 +75,9 @@ _PARAMETRIZATIONS = ("log_ratio", "fgan")
 # Input checks.
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+_is_concrete = _checks.is_concrete
 
-
-def _as_compute(x: ArrayLike, name: str) -> Array:
-    """``x`` as a floating array in at least float32, rejecting integer and complex input."""
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise ValueError(
-            f"{name} must be floating point, got dtype {x.dtype}; cast it with "
-            ".astype(jnp.float32)."
-        )
-    if jnp.finfo(x.dtype).bits < 32:
-        x = x.astype(jnp.float32)
-    return x
+_as_compute = _checks.floating_input
 
 
 def _check_no_nan(x: Array, name: str) -> None:
