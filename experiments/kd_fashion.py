@@ -3,7 +3,7 @@
 Stages:
 
 1. Teacher: the CNN classifier of ``configs/classifier_fashion.py`` (cached: trained once by
-   `experiments.classifier.load_or_train_classifier` into ``config.cache_dir``, restored
+   `experiments.classifier.load_or_train` into ``config.cache_dir``, restored
    afterwards). Its logits on the training images are computed once.
 2. Students: for every loss in ``config.losses`` and every seed, a smaller network (an MLP by
    default) trained with the same batches, steps and optimiser on
@@ -204,7 +204,7 @@ def _sinkd_available() -> bool:
 def train_and_evaluate(config: Any, workdir: str) -> dict:
     """Trains the cached teacher (once) and every student; returns the summary dict."""
     import experiments
-    from experiments.classifier import load_or_train_classifier
+    from experiments import classifier
 
     train.check_config(config)
     cfg = train.to_dataclass(KDFashionConfig, config)
@@ -212,7 +212,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     if unknown:
         raise ValueError(f"config.losses has unknown entries {unknown}; choose from {LOSSES}.")
     teacher_config = experiments.load_config("classifier_fashion", cfg.teacher_variant or None)
-    teacher = load_or_train_classifier("fashion_mnist", cfg.cache_dir, config=teacher_config)
+    teacher = classifier.load_or_train(teacher_config, cache_dir=cfg.cache_dir or None)
     splits = data_lib.load_fashion_mnist()
     train_split = _limit(splits["train"], cfg.max_train_examples)
     test_split = _limit(splits["test"], cfg.max_test_examples)

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fdiv import _checks
 from fdiv import discrete as _discrete
 from fdiv import divergences as _divergences
 
@@ -467,7 +468,7 @@ def fused_linear_divergence(
     s_flat = student_hidden.reshape(n, student_hidden.shape[-1])
     t_flat = t_hidden.reshape(n, t_hidden.shape[-1])
     if where is not None:
-        mask = _discrete._check_mask(where, lead, f"the token shape {lead}")
+        mask = _checks.check_mask(where, lead, f"the token shape {lead}")
         mask = jnp.broadcast_to(mask, lead).reshape(n)
         # Zeroing the rows (not only the outputs) keeps NaN/inf in masked tokens out of the head
         # gradients, which sum over tokens.
@@ -563,7 +564,7 @@ def fused_linear_cross_entropy(
     flat_labels = labels.reshape(n).astype(jnp.int32)
     if where is not None:
         mask = jnp.broadcast_to(
-            _discrete._check_mask(where, lead, f"the token shape {lead}"), lead
+            _checks.check_mask(where, lead, f"the token shape {lead}"), lead
         ).reshape(n)
         flat = jnp.where(mask[:, None], flat, jnp.zeros((), flat.dtype))
         flat_labels = jnp.where(mask, flat_labels, 0)

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fdiv import _checks
 from fdiv import discrete as _discrete
 from fdiv._fused import (
     NON_F_DIVERGENCES,
@@ -140,7 +141,7 @@ def _prepare(teacher_logits, student_logits, *, where, softcap, trim_teacher_voc
     out_shape = teacher.shape[:-1]
     mask = None
     if where is not None:
-        mask = _discrete._check_mask(
+        mask = _checks.check_mask(
             where,
             out_shape,
             f"the output shape {out_shape} (the"
@@ -203,7 +204,7 @@ def reduce(loss: ArrayLike, where: ArrayLike | None = None) -> Array:
     if where is None:
         return jnp.mean(loss)
     mask = jnp.broadcast_to(
-        _discrete._check_mask(where, loss.shape, f"loss.shape={loss.shape}"), loss.shape
+        _checks.check_mask(where, loss.shape, f"loss.shape={loss.shape}"), loss.shape
     )
     total = jnp.sum(jnp.where(mask, loss, jnp.zeros((), loss.dtype)))
     count = jnp.sum(mask).astype(loss.dtype)
@@ -475,7 +476,7 @@ def nkd_loss(
         )
     mask = None if ignore_index is None else labels != ignore_index
     if where is not None:
-        given = _discrete._check_mask(where, labels.shape, f"labels.shape={labels.shape}")
+        given = _checks.check_mask(where, labels.shape, f"labels.shape={labels.shape}")
         mask = given if mask is None else (mask & given)
     teacher, student, mask = _prepare(
         teacher_logits,
@@ -638,7 +639,7 @@ def topk_divergence_loss(
     out_shape = student.shape[:-1]
     mask = None
     if where is not None:
-        mask = _discrete._check_mask(where, out_shape, f"the output shape {out_shape}")
+        mask = _checks.check_mask(where, out_shape, f"the output shape {out_shape}")
         keep = jnp.broadcast_to(mask, out_shape)[..., None]
         topk = jnp.where(keep, topk, jnp.zeros((), topk.dtype))
         student = jnp.where(keep, student, jnp.zeros((), student.dtype))
