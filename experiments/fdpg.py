@@ -578,7 +578,9 @@ def _table(rows: dict[str, dict], seconds: dict[str, float], cfg: FDPGConfig, pr
 
 
 def _plot_comparison(workdir: str, names: list[str], pi0_metrics: dict, path: str) -> str:
-    plt = plotting._pyplot()  # pylint: disable=protected-access
+    fig = plotting._new_figure("the f-DPG comparison figure", figsize=(16, 6.5))
+    if fig is None:
+        return ""
     titles = {
         "constraint_rate": "constraint satisfaction rate",
         "kl_p_pi": "KL(p || pi)",
@@ -588,7 +590,7 @@ def _plot_comparison(workdir: str, names: list[str], pi0_metrics: dict, path: st
         "distinct_1": "distinct-1 (words)",
         "distinct_2": "distinct-2 (words)",
     }
-    fig, axes = plt.subplots(2, 4, figsize=(16, 6.5))
+    axes = fig.subplots(2, 4)
     for ax, key in zip(axes.flat, EVAL_KEYS):
         for name in names:
             recs = [
@@ -604,9 +606,7 @@ def _plot_comparison(workdir: str, names: list[str], pi0_metrics: dict, path: st
     axes.flat[-1].axis("off")
     fig.suptitle("f-DPG: alignment to pi_0 restricted to samples containing the word")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return plotting._save(fig, path, dpi=100)
 
 
 def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:

@@ -49,7 +49,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(num_processes: int, cache: str, *workdirs: str, timeout: float = 240) -> list[str]:
+def _launch(num_processes: int, cache: str, *workdirs: str, timeout: float = 900) -> list[str]:
     """Starts `num_processes` children with 8 / num_processes host devices each; waits."""
     port = str(_free_port())
     env = {

@@ -803,7 +803,9 @@ def test_fit_stops_on_changed_config_and_restart_archives_the_old_run(straight, 
     with pytest.raises(train.ConfigMismatchError, match=r"lr 0\.1 -> 0\.2"):
         run(wd, 8, meta={"config": {"lr": 0.2}})
     assert _tree_bytes(wd) == before
-    with pytest.raises(ValueError, match="LoopOptions.resume must be 'auto' or 'restart'"):
+    with pytest.raises(
+        ValueError, match=r"LoopOptions.resume='fresh' must be one of \('auto', 'restart'\)"
+    ):
         run(wd, 8, meta={"config": {"lr": 0.2}}, resume="fresh")
     assert _tree_bytes(wd) == before
     lines = []
