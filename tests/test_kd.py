@@ -4,6 +4,7 @@ import functools
 import importlib.util
 import itertools
 
+import _reference
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,14 +46,17 @@ def np_kl(p, q):
 
 
 NP_F = {
-    "forward_kl": lambda u: u * np.log(u),
-    "reverse_kl": lambda u: -np.log(u),
-    "js": lambda u: 0.5 * (u * np.log(u) - (u + 1) * np.log((u + 1) / 2)),
-    "squared_hellinger": lambda u: 0.5 * (np.sqrt(u) - 1) ** 2,
-    "total_variation": lambda u: 0.5 * np.abs(u - 1),
-    "pearson": lambda u: (u - 1) ** 2,
-    "neyman": lambda u: (1 - u) ** 2 / u,
-    "jeffreys": lambda u: (u - 1) * np.log(u),
+    name: _reference.generator_numpy(name, {})
+    for name in (
+        "forward_kl",
+        "reverse_kl",
+        "js",
+        "squared_hellinger",
+        "total_variation",
+        "pearson",
+        "neyman",
+        "jeffreys",
+    )
 }
 
 
