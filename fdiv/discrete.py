@@ -26,9 +26,19 @@ Numerics:
   exp(x - max x)``, so log-probabilities carry only their own rounding (not
   that of the largest logit), adding a constant to the logits changes nothing
   (exactly, when the shifted logits are exact), and a temperature divides the
-  shifted logits. Where one class dominates a row (normaliser below ``log 2``)
-  the normaliser is computed as ``log1p`` of the other classes' mass, so that
-  ``log(1 + e^-140)`` keeps its relative precision.
+  shifted logits.
+* The rounding of the normaliser still shifts every ``log p`` of a row by the
+  same ``delta`` (about ``1e-7`` in float32), and ``sum_x q f(p/q)`` moves by
+  ``delta * sum_x p f'(p/q)`` (``~delta`` absolute: relative errors of 1e-4 for
+  near-equal distributions). Sums are therefore taken over the canonical terms
+  ``q [f(p/q) - f'(1)(p/q - 1)] >= 0`` (``FDivergence.canonical_perspective``;
+  the same divergence for normalised P and Q), which move by ``~delta * D_f``:
+  a relative error ``delta``. The same terms make a row with one dominant class
+  right: ``log(1 + e^-140)`` rounds to 0, and the ``e^-140`` it loses is second
+  order in the dominant class's term. Generators with a kink at ``u = 1``
+  (total variation, log1p-abs) and user generators have no canonical form;
+  for them, where one class dominates a row (normaliser below ``log 2``), the
+  normaliser is computed as ``log1p`` of the other classes' mass instead.
 * ``where`` masks positions with the double-``where`` trick: masked rows are
   replaced by zeros before any arithmetic, so NaN or ``inf`` in them cannot
   reach the value or the gradient; their output is exactly ``0``.
@@ -186,7 +196,8 @@ def _log_mix(log_a, log_b, weight_a):
 
 
 def _kl_terms(log_a, log_b):
-    return _divergences.get("forward_kl").perspective(log_a, log_b)
+    # a log(a/b) - a + b: terms >= 0 whose sum is insensitive to the normalisers' rounding.
+    return _divergences.get("forward_kl").canonical_perspective(log_a, log_b)
 
 
 # ---------------------------------------------------------------------------
@@ -272,21 +283,24 @@ def categorical_divergence(
     return _finish(values, mask)
 
 
-def _log_normalizer(logits, top, axis):
+def _log_normalizer(logits, top, axis, exact=False):
     """``log sum exp`` over ``axis`` (keepdims) of ``shifted = logits - top``, ``top`` the row
     maximum (or 0 for a row of ``-inf``), so the maximum of ``shifted`` is exactly 0.
 
     The sum is at least 1, so the normaliser is in ``[0, log classes]`` and ``shifted - norm``
     carries only its own rounding: adding the maximum back (as ``logsumexp`` does) would give
-    every log-probability the rounding of the largest logit. When some row has one dominant
-    class (sum below 2, normaliser below log 2), the whole batch takes `_log1p_normalizer`
-    instead, which keeps a normaliser near 0 (e.g. ``log(1 + e^-140)``) to its relative
-    precision; that path costs about 1.5x on CPUs (a compare and a select per entry), so it is
-    not taken when no row needs it. A row of ``-inf`` gives ``-inf`` and NaN propagates.
+    every log-probability the rounding of the largest logit. With ``exact`` (static), when some
+    row has one dominant class (sum below 2, normaliser below log 2), the whole batch takes
+    `_log1p_normalizer` instead, which keeps a normaliser near 0 (e.g. ``log(1 + e^-140)``) to
+    its relative precision; the check alone costs ~20% of a forward KL on CPUs, so only sums
+    that need it (generators without a canonical form, see the module docstring) ask for it.
+    A row of ``-inf`` gives ``-inf`` and NaN propagates.
     """
+    total = jnp.sum(jnp.exp(logits - top), axis=axis, keepdims=True)
+    if not exact:
+        return jnp.log(total)
     # The branches take the logits and their maxima, not the shifted logits, so that no
     # [..., classes] intermediate has to be materialised for the conditional.
-    total = jnp.sum(jnp.exp(logits - top), axis=axis, keepdims=True)
     return jax.lax.cond(
         jnp.any(total < 2.0),
         lambda x, m, _: _log1p_normalizer(x - m, axis),
@@ -330,13 +344,15 @@ def _f_divergence_of_logits(divergence, axis, target_logits, model_logits):
 
 
 def _f_divergence_of_logits_fwd(divergence, axis, target_logits, model_logits):
+    canonical = divergence.has_canonical_perspective
     top_p = _row_max(target_logits, axis)
     top_q = _row_max(model_logits, axis)
-    norm_p = _log_normalizer(target_logits, top_p, axis)
-    norm_q = _log_normalizer(model_logits, top_q, axis)
+    norm_p = _log_normalizer(target_logits, top_p, axis, exact=not canonical)
+    norm_q = _log_normalizer(model_logits, top_q, axis, exact=not canonical)
     log_p = (target_logits - top_p) - norm_p
     log_q = (model_logits - top_q) - norm_q
-    value = jnp.sum(divergence.perspective(log_p, log_q), axis=axis)
+    terms = divergence.canonical_perspective if canonical else divergence.perspective
+    value = jnp.sum(terms(log_p, log_q), axis=axis)
     return value, (target_logits, model_logits, top_p, top_q, norm_p, norm_q)
 
 

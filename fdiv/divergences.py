@@ -282,6 +282,9 @@ class FDivergence:
       of the variational bound with a log-ratio critic; ``-(...)`` is the f-DPG pseudo-reward.
     * ``perspective(log_p, log_q)``: ``q f(p/q)`` with the limits of docs/reference.md section 1 where
       ``p = 0`` or ``q = 0``; finite gradients wherever the value is finite.
+    * ``canonical_perspective(log_p, log_q)``: ``q [f(p/q) - f'(1) (p/q - 1)] >= 0``, whose sum
+      over classes is the same divergence for normalised ``P, Q`` (not defined where f has a kink
+      at 1: total variation, log1p-abs, user generators).
 
     Attributes:
       name: registry name.
@@ -317,6 +320,9 @@ class FDivergence:
     # exp(log q + log g) where g alone would overflow (power-growth members).
     log_f_nonpos: tuple[float, Callable[[Array], Array]] | None = None
     log_dual_nonpos: tuple[float, Callable[[Array], Array]] | None = None
+    # q [f(p/q) - f'(1) (p/q - 1)] (see `canonical_perspective`): a function, or True where the
+    # perspective is already of that form (f'(1) = 0, f smooth at 1).
+    canonical_perspective_fn: Callable[[Array, Array], Array] | bool | None = None
     key: Any = None
     description: str = ""
 
@@ -350,6 +356,10 @@ class FDivergence:
     @property
     def has_conjugate(self) -> bool:
         return self.conjugate_fn is not None
+
+    @property
+    def has_canonical_perspective(self) -> bool:
+        return self.canonical_perspective_fn not in (None, False)
 
     # -- functions of log u --------------------------------------------------------------------
     def f(self, log_u: ArrayLike) -> Array:
@@ -426,6 +436,31 @@ class FDivergence:
             self.log_f_nonpos,
             self.log_dual_nonpos,
         )
+
+    def canonical_perspective(self, log_p: ArrayLike, log_q: ArrayLike) -> Array:
+        """``q [f(p/q) - f'(1) (p/q - 1)]``, elementwise, with the limits of `perspective`.
+
+        The generator ``f(u) - f'(1) (u - 1)`` is convex, 0 at ``u = 1`` with slope 0 there, so
+        every term is ``>= 0`` and a sum over classes has no cancellation; for normalised ``P``
+        and ``Q`` the affine part sums to 0 and the sum is ``D_f(P || Q)``. Where ``P`` and ``Q``
+        are normalised only to rounding (``sum p = e^delta``), the sum of `perspective` moves by
+        ``delta * sum_x p f'(p/q)`` (about ``delta`` for forward KL, whatever the divergence),
+        that of these terms by about ``delta * D_f``: a relative error ``delta``. Sums over
+        classes (``fdiv.discrete``) use this form.
+
+        Raises:
+          ValueError: for generators with a kink at ``u = 1`` (no ``f'(1)``) and user generators
+            (``has_canonical_perspective`` is False).
+        """
+        if not self.has_canonical_perspective:
+            raise ValueError(
+                f"divergence {self.name!r} has no canonical perspective (its generator has a kink"
+                " at u = 1 or is a user generator); use perspective."
+            )
+        if self.canonical_perspective_fn is True:
+            return self.perspective(log_p, log_q)
+        log_p, log_q = _as_float_pair(log_p, log_q)
+        return self.canonical_perspective_fn(log_p, log_q)
 
     def perspective_grads(self, log_p: ArrayLike, log_q: ArrayLike) -> tuple[Array, Array]:
         """Both partial derivatives of ``q f(p/q)`` with respect to ``log p`` and ``log q``.
@@ -556,6 +591,29 @@ def _reverse_kl_perspective(log_p, log_q):
     return _forward_kl_perspective(log_q, log_p)
 
 
+def _forward_kl_canonical(log_p, log_q):
+    """``p log(p/q) - p + q = max(p, q) g(x)``, ``x = log(min/max) <= 0``, with one ``expm1``:
+    ``g(x) = x e^x - expm1(x)`` where ``p <= q`` and ``expm1(x) - x`` where ``p > q``. Each
+    ``g`` is ``x^2/2 + O(x^3)`` computed with absolute error ``~eps |x|`` and nothing overflows.
+
+    ``-inf`` is replaced by ``-_BIG`` (``exp`` of it is 0): ``p = 0`` gives ``q g(-_BIG) = q``
+    and ``p = q = 0`` gives 0 with no test; ``q = 0 < p`` is ``+inf`` by one select, even where
+    ``p`` underflows.
+    """
+    lp, lq = jnp.maximum(log_p, -_BIG), jnp.maximum(log_q, -_BIG)
+    larger = jnp.maximum(lp, lq)
+    x = jnp.minimum(lp, lq) - larger
+    em = jnp.expm1(x)
+    # x e^x - expm1(x) as x (1 + em) - em: 1 + em is exactly 0 far below 0, so p = 0 gives 1.
+    g = jnp.where(lp <= lq, x * (1.0 + em) - em, em - x)
+    value = jnp.exp(larger) * g
+    return jnp.where(jnp.isneginf(log_q) & (log_p > -_INF), _INF, value)
+
+
+def _reverse_kl_canonical(log_p, log_q):
+    return _forward_kl_canonical(log_q, log_p)
+
+
 def _forward_kl_grads(log_p, log_q):
     # p (log p - log q): d/dlog p = p (log p - log q + 1), d/dlog q = -p.
     p_zero = jnp.isneginf(log_p)
@@ -585,6 +643,7 @@ def forward_kl() -> FDivergence:
         symmetric=False,
         perspective_fn=_forward_kl_perspective,
         perspective_grads_fn=_forward_kl_grads,
+        canonical_perspective_fn=_forward_kl_canonical,
         f_fn=_x_exp_x,
         f_over_u_fn=lambda l: l,
         description="KL(P||Q), f(u) = u log u",
@@ -607,6 +666,7 @@ def reverse_kl() -> FDivergence:
         symmetric=False,
         perspective_fn=_reverse_kl_perspective,
         perspective_grads_fn=_reverse_kl_grads,
+        canonical_perspective_fn=_reverse_kl_canonical,
         f_fn=_neg,
         f_over_u_fn=lambda l: _x_exp_x(-l),
         description="KL(Q||P), f(u) = -log u",
@@ -709,6 +769,7 @@ def jensen_shannon() -> FDivergence:
         f_at_zero=0.5 * _LOG2,
         slope_at_infinity=0.5 * _LOG2,
         symmetric=True,
+        canonical_perspective_fn=True,
         perspective_fn=_js_perspective,
         perspective_grads_fn=_js_grads,
         description="Jensen-Shannon, JSD <= log 2",
@@ -740,6 +801,7 @@ def squared_hellinger() -> FDivergence:
         f_at_zero=0.5,
         slope_at_infinity=0.5,
         symmetric=True,
+        canonical_perspective_fn=True,
         perspective_grads_fn=_hellinger_grads,
         description="squared Hellinger, 1/2 sum (sqrt p - sqrt q)^2",
     )
@@ -796,6 +858,7 @@ def pearson() -> FDivergence:
         f_at_zero=1.0,
         slope_at_infinity=_INF,
         symmetric=False,
+        canonical_perspective_fn=True,
         log_dual_nonpos=(1.0, _log_neyman_nonpos),
         description="Pearson chi-square, sum (p-q)^2/q",
     )
@@ -818,6 +881,7 @@ def neyman() -> FDivergence:
         f_at_zero=_INF,
         slope_at_infinity=1.0,
         symmetric=False,
+        canonical_perspective_fn=True,
         log_f_nonpos=(1.0, _log_neyman_nonpos),
         description="Neyman chi-square, sum (p-q)^2/p",
     )
@@ -848,6 +912,7 @@ def jeffreys() -> FDivergence:
         f_at_zero=_INF,
         slope_at_infinity=_INF,
         symmetric=True,
+        canonical_perspective_fn=True,
         description="Jeffreys, KL(P||Q) + KL(Q||P)",
     )
 
@@ -865,6 +930,32 @@ def _softened_rkl_nonpos(l):
 def _softened_rkl_dual_nonpos(l):
     # f^dagger(v) = (1 + v) log((1 + v)/2)
     return (jnp.exp(l) + 1.0) * jnp.log1p(0.5 * jnp.expm1(l))
+
+
+def _softened_rkl_canonical_nonpos(l):
+    # f(u) + u - 1 = 2u phi(e^r), r = log((1 + u)/(2u)) >= 0, phi(t) = t log t - t + 1: its
+    # series near u = 1, else (1 + u)(r - 1) + 2u (no cancellation for r >= 0.1, +inf at u = 0).
+    u = jnp.exp(l)
+    near_one = l > -1.0
+    r = jnp.where(
+        near_one,
+        jnp.log1p(0.5 * jnp.expm1(-jnp.where(near_one, l, 0.0))),
+        jax.nn.softplus(-l) - _LOG2,
+    )
+    small = r < 0.1
+    series = 2.0 * u * _gkl_series(jnp.where(small, r, 0.0))
+    return jnp.where(small, series, (1.0 + u) * (jnp.where(small, 1.0, r) - 1.0) + 2.0 * u)
+
+
+def _softened_rkl_canonical_dual_nonpos(l):
+    # v f(1/v) + 1 - v = 2 phi(e^r), r = log((1 + v)/2) in [-log 2, 0].
+    return 2.0 * _gkl(jnp.log1p(0.5 * jnp.expm1(l)))
+
+
+def _softened_rkl_canonical(log_p, log_q):
+    return _perspective_by_branches(
+        _softened_rkl_canonical_nonpos, _softened_rkl_canonical_dual_nonpos, log_p, log_q, False
+    )
 
 
 def _softened_rkl_f_prime(l):
@@ -893,6 +984,7 @@ def softened_reverse_kl() -> FDivergence:
         f_at_zero=_INF,
         slope_at_infinity=-_LOG2,
         symmetric=False,
+        canonical_perspective_fn=_softened_rkl_canonical,
         description="softened reverse KL, f(u) = (u+1) log((u+1)/(2u))",
     )
 
@@ -1015,6 +1107,7 @@ def alpha(alpha: float = 0.5) -> FDivergence:  # pylint: disable=redefined-outer
         f_at_zero=(1.0 / a) if a > 0 else _INF,
         slope_at_infinity=(1.0 / (1.0 - a)) if a < 1 else _INF,
         symmetric=(a == 0.5),
+        canonical_perspective_fn=True,
         perspective_grads_fn=grads,
         log_f_nonpos=_log_alpha_nonpos(a),
         log_dual_nonpos=_log_alpha_nonpos(1.0 - a),
@@ -1055,6 +1148,7 @@ def triangular() -> FDivergence:
         f_at_zero=1.0,
         slope_at_infinity=1.0,
         symmetric=True,
+        canonical_perspective_fn=True,
         description="triangular discrimination, sum (p-q)^2/(p+q)",
     )
 
@@ -1114,6 +1208,7 @@ def arithmetic_geometric() -> FDivergence:
         f_at_zero=_INF,
         slope_at_infinity=_INF,
         symmetric=True,
+        canonical_perspective_fn=True,
         description="arithmetic-geometric, sum (p+q) log((p+q)/(2 sqrt(pq)))",
     )
 
@@ -1131,6 +1226,7 @@ def t_power(t: float = 2.0) -> FDivergence:
             f"t_power needs a finite t not in {{0, 1}} (those give a zero divergence), got t={t!r}."
         )
     s = -1.0 if 0.0 < tt < 1.0 else 1.0
+    same_alpha, alpha_scale = alpha(tt), abs(tt * (tt - 1.0))
     f_prime = lambda l: s * tt * jnp.exp((tt - 1.0) * l)
     f = lambda l: s * jnp.expm1(tt * l)
 
@@ -1168,6 +1264,8 @@ def t_power(t: float = 2.0) -> FDivergence:
         symmetric=False,
         f_fn=f,
         f_over_u_fn=f_over_u,
+        # s (u^t - 1) - s t (u - 1) = |t (t - 1)| times the alpha generator at alpha = t.
+        canonical_perspective_fn=lambda lp, lq: alpha_scale * same_alpha.perspective(lp, lq),
         # log(v^(1-t) - v) for t > 1 and log(u^t - 1) for t < 0: the sides that grow.
         log_dual_nonpos=(
             (30.0 / (tt - 1.0), lambda l: (1.0 - tt) * l + jnp.log(-jnp.expm1(tt * l)))
@@ -1277,6 +1375,7 @@ def modified_gan() -> FDivergence:
         f_at_zero=_INF,
         slope_at_infinity=0.5,
         symmetric=False,
+        canonical_perspective_fn=True,
         description="modified GAN, f(u) = log((1+u)/(2u)) + (u-1)/2",
     )
 
@@ -1320,6 +1419,12 @@ def dual(divergence: "FDivergence | str") -> FDivergence:
         f_over_u_fn=lambda l: d.f(-l),
         log_f_nonpos=d.log_dual_nonpos,
         log_dual_nonpos=d.log_f_nonpos,
+        # f^dagger'(1) = -f'(1): the canonical terms of the reversed divergence are d's, swapped.
+        canonical_perspective_fn=(
+            d.canonical_perspective_fn
+            if d.canonical_perspective_fn is None or isinstance(d.canonical_perspective_fn, bool)
+            else (lambda lp, lq: d.canonical_perspective_fn(lq, lp))
+        ),
         key=("dual", d._identity()),  # pylint: disable=protected-access
         description=f"reversed {d.description}",
     )
