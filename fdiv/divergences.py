@@ -602,7 +602,7 @@ def _forward_kl_canonical(log_p, log_q):
     """
     lp, lq = jnp.maximum(log_p, -_BIG), jnp.maximum(log_q, -_BIG)
     larger = jnp.maximum(lp, lq)
-    x = jnp.minimum(lp, lq) - larger
+    x = -jnp.abs(lp - lq)
     em = jnp.expm1(x)
     # x e^x - expm1(x) as x (1 + em) - em: 1 + em is exactly 0 far below 0, so p = 0 gives 1.
     g = jnp.where(lp <= lq, x * (1.0 + em) - em, em - x)
