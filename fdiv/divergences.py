@@ -732,7 +732,8 @@ def _js_perspective(log_p, log_q):
     # the series.
     lp, lq = jnp.maximum(log_p, -_BIG), jnp.maximum(log_q, -_BIG)
     larger = jnp.maximum(lp, lq)
-    x = jnp.minimum(lp, lq) - larger
+    # min - max as -|lp - lq| (the same number): XLA then fuses it instead of materialising it.
+    x = -jnp.abs(lp - lq)
     v = jnp.exp(x)
     inner = 0.5 * (x * v - (1.0 + v) * jnp.log1p(0.5 * jnp.expm1(x)))
     return jnp.exp(larger) * inner
