@@ -379,15 +379,51 @@ def _f_divergence_of_logits_bwd(divergence, axis, residuals, cotangent):
 _f_divergence_of_logits.defvjp(_f_divergence_of_logits_fwd, _f_divergence_of_logits_bwd)
 
 
-def skew_kl(
-    target_logits: ArrayLike,
-    model_logits: ArrayLike,
-    *,
-    alpha: ArrayLike = 0.1,
-    temperature: ArrayLike = 1.0,
-    where: Optional[ArrayLike] = None,
-    axis: int = -1,
-) -> Array:
+def _skew_divergence(mixes_model: bool, name: str, doc: str):
+    """``KL(A || alpha A + (1 - alpha) B)`` with ``(A, B) = (P, Q)`` (skew KL) or ``(Q, P)``
+    (skew reverse KL, ``mixes_model``); the mixture is formed in log space."""
+
+    def skew(
+        target_logits: ArrayLike,
+        model_logits: ArrayLike,
+        *,
+        alpha: ArrayLike = 0.1,
+        temperature: ArrayLike = 1.0,
+        where: Optional[ArrayLike] = None,
+        axis: int = -1,
+    ) -> Array:
+        _checks.check_unit_interval(alpha, "alpha", closed=True, fix="DistiLLM uses alpha=0.1.")
+        log_p, log_q, mask, axis = _prepare(target_logits, model_logits, temperature, where, axis)
+        log_a, log_b = (log_q, log_p) if mixes_model else (log_p, log_q)
+        log_m = _log_mix(log_a, log_b, alpha)
+        return _finish(jnp.sum(_kl_terms(log_a, log_m), axis=axis), mask)
+
+    skew.__name__ = skew.__qualname__ = name
+    weighted = "Q" if mixes_model else "P"
+    skew.__doc__ = doc.replace("{args}", _SKEW_ARGS.replace("{weighted}", weighted))
+    return skew
+
+
+_SKEW_ARGS = """target_logits: Logits of ``P``, shape ``[..., num_classes, ...]``.
+      model_logits: Logits of ``Q``, same shape.
+      alpha: Weight of ``{weighted}`` in the mixture, in ``[0, 1]`` (checked when it is a
+        Python number). DistiLLM uses ``0.1``.
+      temperature: Softmax temperature for both logit arrays (no ``tau**2``).
+      where: Optional boolean mask over positions, broadcastable to the output.
+      axis: The class axis.
+
+    Returns:
+      Shape ``target_logits.shape`` without ``axis``, ``float32`` or ``float64``
+      as in :func:`categorical_divergence`.
+
+    References:
+      Ko, Kim, Chen and Yun, `DistiLLM: Towards Streamlined Distillation for
+      Large Language Models <https://arxiv.org/abs/2402.03898>`_, ICML 2024."""
+
+
+skew_kl = _skew_divergence(
+    False,
+    "skew_kl",
     r"""Skew KL divergence ``KL(P || alpha P + (1 - alpha) Q)`` (DistiLLM).
 
     With ``P`` the target (teacher) and ``Q`` the model (student) as in
@@ -401,37 +437,13 @@ def skew_kl(
     ``P`` does. The mixture is formed in log space.
 
     Args:
-      target_logits: Logits of ``P``, shape ``[..., num_classes, ...]``.
-      model_logits: Logits of ``Q``, same shape.
-      alpha: Weight of ``P`` in the mixture, in ``[0, 1]`` (checked when it is a
-        Python number). DistiLLM uses ``0.1``.
-      temperature: Softmax temperature for both logit arrays (no ``tau**2``).
-      where: Optional boolean mask over positions, broadcastable to the output.
-      axis: The class axis.
+      {args}
+    """,
+)
 
-    Returns:
-      Shape ``target_logits.shape`` without ``axis``, ``float32`` or ``float64``
-      as in :func:`categorical_divergence`.
-
-    References:
-      Ko, Kim, Chen and Yun, `DistiLLM: Towards Streamlined Distillation for
-      Large Language Models <https://arxiv.org/abs/2402.03898>`_, ICML 2024.
-    """
-    _checks.check_unit_interval(alpha, "alpha", closed=True, fix="DistiLLM uses alpha=0.1.")
-    log_p, log_q, mask, axis = _prepare(target_logits, model_logits, temperature, where, axis)
-    log_m = _log_mix(log_p, log_q, alpha)
-    return _finish(jnp.sum(_kl_terms(log_p, log_m), axis=axis), mask)
-
-
-def skew_reverse_kl(
-    target_logits: ArrayLike,
-    model_logits: ArrayLike,
-    *,
-    alpha: ArrayLike = 0.1,
-    temperature: ArrayLike = 1.0,
-    where: Optional[ArrayLike] = None,
-    axis: int = -1,
-) -> Array:
+skew_reverse_kl = _skew_divergence(
+    True,
+    "skew_reverse_kl",
     r"""Skew reverse KL ``KL(Q || (1 - alpha) P + alpha Q)`` (DistiLLM).
 
     With ``P`` the target (teacher) and ``Q`` the model (student) as in
@@ -440,29 +452,13 @@ def skew_reverse_kl(
     .. math::
       \mathrm{SRKL}_\alpha(P, Q) = \mathrm{KL}(Q \| (1 - \alpha) P + \alpha Q).
 
-    ``alpha = 0`` is reverse KL. The mixture is formed in log space.
+    ``alpha = 0`` is reverse KL; ``skew_reverse_kl(t, m) = skew_kl(m, t)``. The mixture is
+    formed in log space.
 
     Args:
-      target_logits: Logits of ``P``, shape ``[..., num_classes, ...]``.
-      model_logits: Logits of ``Q``, same shape.
-      alpha: Weight of ``Q`` in the mixture, in ``[0, 1]`` (checked when it is a
-        Python number). DistiLLM uses ``0.1``.
-      temperature: Softmax temperature for both logit arrays (no ``tau**2``).
-      where: Optional boolean mask over positions, broadcastable to the output.
-      axis: The class axis.
-
-    Returns:
-      Shape ``target_logits.shape`` without ``axis``, ``float32`` or ``float64``
-      as in :func:`categorical_divergence`.
-
-    References:
-      Ko, Kim, Chen and Yun, `DistiLLM: Towards Streamlined Distillation for
-      Large Language Models <https://arxiv.org/abs/2402.03898>`_, ICML 2024.
-    """
-    _checks.check_unit_interval(alpha, "alpha", closed=True, fix="DistiLLM uses alpha=0.1.")
-    log_p, log_q, mask, axis = _prepare(target_logits, model_logits, temperature, where, axis)
-    log_m = _log_mix(log_q, log_p, alpha)
-    return _finish(jnp.sum(_kl_terms(log_q, log_m), axis=axis), mask)
+      {args}
+    """,
+)
 
 
 def generalized_jsd(

@@ -127,14 +127,39 @@ def _mean_and_se(values, mask, axes):
     return mean, jnp.sqrt(var / n)
 
 
-def mc_divergence_from_model_samples(
-    log_p: ArrayLike,
-    log_q: ArrayLike,
-    divergence: Union[str, "_divergences.FDivergence"],
-    *,
-    where: Optional[ArrayLike] = None,
-    axis: Axis = None,
-) -> Tuple[Array, Array]:
+def _sample_mean_estimator(integrand: str, name: str, doc: str):
+    """One of the two sample-mean estimators: the mean and standard error of
+    ``getattr(divergence, integrand)(log p - log q)`` over the sample axes."""
+
+    def estimator(
+        log_p: ArrayLike,
+        log_q: ArrayLike,
+        divergence: Union[str, "_divergences.FDivergence"],
+        *,
+        where: Optional[ArrayLike] = None,
+        axis: Axis = None,
+    ) -> Tuple[Array, Array]:
+        divergence = _divergences.resolve(divergence)
+        log_u, mask, axes = _prepare(log_p, log_q, where, axis, ("log_p", "log_q"))
+        return _mean_and_se(getattr(divergence, integrand)(log_u), mask, axes)
+
+    estimator.__name__ = estimator.__qualname__ = name
+    estimator.__doc__ = doc
+    return estimator
+
+
+_SAMPLE_MEAN_ARGS = """divergence: A registered divergence name or an ``FDivergence``.
+      where: Optional boolean mask over samples, broadcastable to ``log_p``;
+        masked samples count neither in the mean nor in ``n``.
+      axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
+
+    Returns:
+      ``(estimate, standard_error)``, each of shape ``log_p.shape`` without
+      ``axis`` (scalars by default)."""
+
+mc_divergence_from_model_samples = _sample_mean_estimator(
+    "f",
+    "mc_divergence_from_model_samples",
     r"""Monte Carlo ``D_f(P || Q)`` from samples of the model ``Q``.
 
     With ``x_i ~ Q`` and ``u_i = p(x_i) / q(x_i)`` (docs/reference.md section 3):
@@ -151,14 +176,7 @@ def mc_divergence_from_model_samples(
       log_p: ``log p(x_i)`` of the (normalised) target, shape ``[n]`` or any
         shape whose ``axis`` axes index samples.
       log_q: ``log q(x_i)`` of the model at the same samples, same shape.
-      divergence: A registered divergence name or an ``FDivergence``.
-      where: Optional boolean mask over samples, broadcastable to ``log_p``;
-        masked samples count neither in the mean nor in ``n``.
-      axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
-
-    Returns:
-      ``(estimate, standard_error)``, each of shape ``log_p.shape`` without
-      ``axis`` (scalars by default).
+      {args}
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -172,20 +190,12 @@ def mc_divergence_from_model_samples(
     References:
       Owen, `Monte Carlo theory, methods and examples
       <https://artowen.su.domains/mc/>`_, 2013, chapter 2.
-    """
-    divergence = _divergences.resolve(divergence)
-    log_u, mask, axes = _prepare(log_p, log_q, where, axis, ("log_p", "log_q"))
-    return _mean_and_se(divergence.f(log_u), mask, axes)
+    """.replace("{args}", _SAMPLE_MEAN_ARGS),
+)
 
-
-def mc_divergence_from_target_samples(
-    log_p: ArrayLike,
-    log_q: ArrayLike,
-    divergence: Union[str, "_divergences.FDivergence"],
-    *,
-    where: Optional[ArrayLike] = None,
-    axis: Axis = None,
-) -> Tuple[Array, Array]:
+mc_divergence_from_target_samples = _sample_mean_estimator(
+    "f_over_u",
+    "mc_divergence_from_target_samples",
     r"""Monte Carlo ``D_f(P || Q)`` from samples of the target ``P``.
 
     With ``x_i ~ P`` and ``u_i = p(x_i) / q(x_i)``, using
@@ -202,21 +212,13 @@ def mc_divergence_from_target_samples(
       log_p: ``log p(x_i)`` of the (normalised) target at ``x_i ~ P``, shape
         ``[n]`` or any shape whose ``axis`` axes index samples.
       log_q: ``log q(x_i)`` of the model at the same samples, same shape.
-      divergence: A registered divergence name or an ``FDivergence``.
-      where: Optional boolean mask over samples, broadcastable to ``log_p``.
-      axis: Sample axis or axes to reduce; ``None`` (default) reduces all.
-
-    Returns:
-      ``(estimate, standard_error)``, each of shape ``log_p.shape`` without
-      ``axis`` (scalars by default).
+      {args}
 
     References:
       Owen, `Monte Carlo theory, methods and examples
       <https://artowen.su.domains/mc/>`_, 2013, chapters 2 and 9.
-    """
-    divergence = _divergences.resolve(divergence)
-    log_u, mask, axes = _prepare(log_p, log_q, where, axis, ("log_p", "log_q"))
-    return _mean_and_se(divergence.f_over_u(log_u), mask, axes)
+    """.replace("{args}", _SAMPLE_MEAN_ARGS),
+)
 
 
 def _masked_logsumexp(x, mask, axes):
