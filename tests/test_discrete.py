@@ -61,6 +61,15 @@ def _non_f_fn(name):
     return getattr(discrete, name)
 
 
+@functools.partial(jax.jit, static_argnums=(2,), static_argnames=("temperature",))
+def _jit_divergence(target_logits, model_logits, divergence, temperature=1.0):
+    # One compiled function per (divergence, shapes, dtype), shared by the tests below: eager
+    # dispatch of the same float64 computations took most of their time.
+    return discrete.categorical_divergence(
+        target_logits, model_logits, divergence, temperature=temperature
+    )
+
+
 def _random_logits(seed, shape, spread, *, neg_inf_fraction=0.0):
     rng = np.random.default_rng(seed)
     t = spread * rng.standard_normal(shape)
@@ -409,9 +418,7 @@ def test_non_f_gradient_finite_differences(name, params):
 def test_identities():
     t, m = _random_logits(12, (40, 6), 1.5)
     with jax.enable_x64(True):
-        cd = lambda name, a=t, b=m, **kw: np.asarray(
-            discrete.categorical_divergence(a, b, get(name, **kw))
-        )
+        cd = lambda name, a=t, b=m, **kw: np.asarray(_jit_divergence(a, b, get(name, **kw)))
         for (name, params), tag in zip(ALL_F, ALL_F_IDS):
             np.testing.assert_allclose(cd(name, t, t, **params), 0.0, atol=1e-13, err_msg=tag)
             assert np.all(cd(name, **params) > 0), tag
@@ -730,7 +737,7 @@ def test_exact_shift_invariance_and_bounds_with_large_logits():
     assert np.all((x + np.float32(1e4)) - np.float32(1e4) == x)
     for name in names():
         d = get(name, **({"t": 2.0} if name == "t_power" else {}))
-        value = np.asarray(discrete.categorical_divergence(x + np.float32(1e4), x, d))
+        value = np.asarray(_jit_divergence(x + np.float32(1e4), x, d))
         assert np.all(value == 0.0), (name, value)
     np.testing.assert_array_equal(
         discrete.categorical_divergence(x + np.float32(1e4), x, "js"),
@@ -746,7 +753,7 @@ def test_exact_shift_invariance_and_bounds_with_large_logits():
         ("squared_hellinger", 1.0),
         ("triangular", 2.0),
     ):
-        got = np.asarray(discrete.categorical_divergence(t, m, name))
+        got = np.asarray(_jit_divergence(t, m, get(name)))
         assert np.all(got <= np.float32(bound)), (name, got)
         np.testing.assert_allclose(
             got, _reference.divergence(name, {}, t, m), rtol=1e-6, err_msg=name
@@ -754,7 +761,7 @@ def test_exact_shift_invariance_and_bounds_with_large_logits():
     # A small temperature scales the logits up by 100: still float32-accurate.
     tt, mm = (3.0 * rng.standard_normal((2, 2, 300))).astype(np.float32)
     for name in ("forward_kl", "js", "total_variation"):
-        got = np.asarray(discrete.categorical_divergence(tt, mm, name, temperature=0.01))
+        got = np.asarray(_jit_divergence(tt, mm, get(name), temperature=0.01))
         np.testing.assert_allclose(
             got, _reference.divergence(name, {}, tt, mm, 0.01), rtol=1e-5, err_msg=name
         )
