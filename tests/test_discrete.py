@@ -308,7 +308,7 @@ def _value_and_grads(d):
             jnp.sin(jnp.arange(t.shape[0]) + 1.0) * discrete.categorical_divergence(t, m, d)
         )
 
-    return jax.value_and_grad(loss, argnums=(0, 1))
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
 
 @pytest.mark.parametrize("name,params", LOG_GROWTH, ids=LOG_GROWTH_IDS)
@@ -329,10 +329,10 @@ def test_finite_at_extreme_logits(name, params, dtype):
         # Rows 0-2 without, rows 3-5 with -inf logits.
         tt = jnp.asarray(np.concatenate([t, t_inf]), dtype)
         mm = jnp.asarray(np.concatenate([m, m_inf]), dtype)
-        values = discrete.categorical_divergence(tt, mm, d)
+        values, (gt, gm) = _value_and_grads(d)(tt, mm)
+        values = np.asarray(discrete.categorical_divergence(tt, mm, d))
         assert np.all(np.isfinite(values)), values
         assert np.all(values >= -1e-6 * (1 + np.abs(values))), values
-        _, (gt, gm) = _value_and_grads(d)(tt, mm)
         assert np.all(np.isfinite(gt)) and np.all(np.isfinite(gm)), (gt, gm)
 
 
@@ -345,7 +345,8 @@ def _fd_check(value_fn, t, m, *, eps=1e-6, rtol=1e-6, atol=1e-8):
     def loss(tt, mm):
         return jnp.sum(weights * value_fn(tt, mm), axis=-1)
 
-    _, (gt, gm) = jax.value_and_grad(lambda a, b: loss(a, b), argnums=(0, 1))(t, m)
+    # Jitted: eager dispatch of the float64 custom-VJP graph dominated these tests' time.
+    _, (gt, gm) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(t, m)
     finite = np.flatnonzero(np.isfinite(np.concatenate([t.ravel(), m.ravel()])))
     base = np.concatenate([t.ravel(), m.ravel()])
     plus = np.repeat(base[None], len(finite), axis=0)
@@ -354,6 +355,7 @@ def _fd_check(value_fn, t, m, *, eps=1e-6, rtol=1e-6, atol=1e-8):
     minus[np.arange(len(finite)), finite] -= eps
     k = t.size
 
+    @jax.jit
     def batched(x):
         return loss(x[:, :k].reshape((-1,) + t.shape), x[:, k:].reshape((-1,) + m.shape))
 
@@ -518,16 +520,20 @@ def test_vmap_axis_and_grad():
     with jax.enable_x64(True):
         direct = discrete.categorical_divergence(t, m, "reverse_kl")
         assert direct.shape == (3, 5)
-        mapped = jax.vmap(lambda a, b: discrete.categorical_divergence(a, b, "reverse_kl"))(t, m)
+        mapped = jax.jit(
+            jax.vmap(lambda a, b: discrete.categorical_divergence(a, b, "reverse_kl"))
+        )(t, m)
         np.testing.assert_allclose(mapped, direct, rtol=1e-13)
-        moved = discrete.categorical_divergence(
-            np.moveaxis(t, -1, 0), np.moveaxis(m, -1, 0), "reverse_kl", axis=0
+        moved = jax.jit(lambda a, b: discrete.categorical_divergence(a, b, "reverse_kl", axis=0))(
+            np.moveaxis(t, -1, 0), np.moveaxis(m, -1, 0)
         )
         np.testing.assert_allclose(moved, direct, rtol=1e-13)
-        middle = discrete.cauchy_schwarz(np.moveaxis(t, -1, 1), np.moveaxis(m, -1, 1), axis=1)
-        np.testing.assert_allclose(middle, discrete.cauchy_schwarz(t, m), rtol=1e-13)
+        middle = jax.jit(lambda a, b: discrete.cauchy_schwarz(a, b, axis=1))(
+            np.moveaxis(t, -1, 1), np.moveaxis(m, -1, 1)
+        )
+        np.testing.assert_allclose(middle, jax.jit(discrete.cauchy_schwarz)(t, m), rtol=1e-13)
         # Gradient w.r.t. model logits of forward KL is softmax(m) - softmax(t).
-        grad = jax.grad(lambda b: jnp.sum(discrete.categorical_divergence(t, b, "kl")))(m)
+        grad = jax.jit(jax.grad(lambda b: jnp.sum(discrete.categorical_divergence(t, b, "kl"))))(m)
         np.testing.assert_allclose(
             grad, scipy.special.softmax(m, -1) - scipy.special.softmax(t, -1), atol=1e-13
         )
@@ -840,8 +846,10 @@ def test_temperature_gradient_with_neg_inf_logits(name, params):
     zeros_t, zeros_m = _neg_inf_pattern(d, t.shape, 41)
     t, m = np.where(zeros_t, -np.inf, t), np.where(zeros_m, -np.inf, m)
     with jax.enable_x64(True):
-        loss = lambda tau: jnp.sum(discrete.categorical_divergence(t, m, d, temperature=tau))
-        grad = float(jax.grad(loss)(1.5))
+        loss = jax.jit(
+            lambda tau: jnp.sum(discrete.categorical_divergence(t, m, d, temperature=tau))
+        )
+        grad = float(jax.jit(jax.grad(loss))(1.5))
         h = 1e-6
         fd = (float(loss(1.5 + h)) - float(loss(1.5 - h))) / (2 * h)
     assert np.isfinite(grad), name

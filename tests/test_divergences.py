@@ -589,12 +589,45 @@ def test_perspective_against_reference_at_extreme_log_probabilities(name, params
         assert np.all(np.isfinite(np.asarray(g))[finite]), name
 
 
+@pytest.mark.parametrize(
+    "name,params", _reference.ALL_CASES, ids=[_reference.case_id(*c) for c in _reference.ALL_CASES]
+)
+def test_canonical_perspective_is_the_perspective_less_its_affine_part(name, params):
+    # q [f(u) - f'(1)(u - 1)] >= 0, with f'(1) from autodiff of the independent generator and
+    # the perspective from the extended-precision reference; near-equal and far-apart pairs
+    # and the zero-probability limits.
+    d = D.get(name, **params)
+    if name in ("total_variation", "log1p_abs"):  # kink at u = 1: no f'(1)
+        assert not d.has_canonical_perspective
+        with pytest.raises(ValueError, match="no canonical perspective"):
+            d.canonical_perspective(0.0, 0.0)
+        return
+    rng = np.random.default_rng(9)
+    lp = -np.abs(rng.normal(size=24)) * 4.0
+    lq = np.concatenate([lp[:12] + 0.3 * rng.normal(size=12), lp[12:] - 8 * rng.normal(size=12)])
+    lp = np.concatenate([lp, [-np.inf, -2.0, -np.inf]])
+    lq = np.concatenate([np.minimum(lq, 0.0), [-2.0, -np.inf, -np.inf]])
+    with jax.enable_x64(True):
+        slope = float(jax.grad(_reference.generator_jnp(name, params))(jnp.float64(1.0)))
+        got = np.asarray(d.canonical_perspective(lp, lq))
+        reversed_terms = np.asarray(D.dual(d).canonical_perspective(lq, lp))
+    lp_ld, lq_ld = lp.astype(_reference.LD), lq.astype(_reference.LD)
+    with np.errstate(invalid="ignore"):
+        expected = _reference.perspective(name, params, lp_ld, lq_ld) - _reference.LD(slope) * (
+            np.exp(lp_ld) - np.exp(lq_ld)
+        )
+    np.testing.assert_allclose(got, expected.astype(np.float64), rtol=1e-8, err_msg=name)
+    np.testing.assert_array_equal(reversed_terms, got)
+    assert np.all(got >= 0), name
+
+
 def test_from_generator_without_a_name():
     def half_pearson(u):
         return 0.5 * (u - 1.0) ** 2
 
     d = D.from_generator(half_pearson)
     assert d.name == "half_pearson"
+    assert not d.has_canonical_perspective
     anonymous = D.from_generator(lambda u: (u - 1.0) ** 2)
     assert anonymous.name == "user_generator"
     with jax.enable_x64(True):
