@@ -217,20 +217,29 @@ def _cached_run_all_processes(
         print_fn(f"training {record['kind']} into the cache: {final}")
         os.makedirs(tmp)
     _barrier("created", final)
-    seen = _all_processes(os.path.isdir(tmp))
-    _require_shared(seen, tmp)
     try:
+        _require_shared(_all_processes(os.path.isdir(tmp)), tmp)
         train_fn(tmp)
         _barrier("trained", final)
+        publish_error = None
         if first:
-            _publish(tmp, final, record)
+            try:
+                _publish(tmp, final, record)
+            except OSError as e:  # raised after the barrier, so that no process waits forever
+                publish_error = e
     except BaseException:
         if first:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     _barrier("published", final)
+    if publish_error is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise publish_error
     if not is_complete(final):
-        raise CacheNotSharedError(f"process 0 published {final}, but this process cannot read it.")
+        raise CacheNotSharedError(
+            f"{final} was not published by process 0 or cannot be read by process "
+            f"{jax.process_index()}; see process 0's error."
+        )
     return final
 
 
