@@ -8,14 +8,10 @@ not share, every process raises `CacheNotSharedError` instead of waiting forever
 """
 
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import textwrap
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_multihost import free_port, run_children
 
 CHILD = textwrap.dedent("""
     import os, sys
@@ -62,36 +58,13 @@ CHILD = textwrap.dedent("""
 
 
 def test_two_processes_train_one_entry_together_and_refuse_an_unshared_cache(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    port = str(free_port())
     shared, private = str(tmp_path / "shared"), str(tmp_path / "private")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    logs = [tempfile.TemporaryFile("w+") for _ in range(2)]  # files: a full pipe would block
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(i), port, shared, private],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i, log in enumerate(logs)
-    ]
-    deadline = time.monotonic() + 120  # the old code failed in seconds; a hang must not last
-    try:
-        for p in procs:
-            p.wait(timeout=max(deadline - time.monotonic(), 1))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    outs = []
-    for log in logs:
-        log.seek(0)
-        outs.append(log.read())
-    for i, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0 and f"CHILD-DONE {i}" in out, f"process {i}:\n{out[-3000:]}"
+    codes, outs = run_children(
+        [[sys.executable, "-c", CHILD, str(i), port, shared, private] for i in range(2)],
+        {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+        timeout=120,  # the old code failed in seconds; a hang must not last
+    )
+    for i, (code, out) in enumerate(zip(codes, outs)):
+        assert code == 0 and f"CHILD-DONE {i}" in out, f"process {i}:\n{out[-3000:]}"
         assert f"NOT-SHARED hit {i}" in out and f"NOT-SHARED miss {i}" in out, out[-3000:]

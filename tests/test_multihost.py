@@ -45,38 +45,25 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _launch(num_processes: int, cache: str, *workdirs: str, timeout: float = 900) -> list[str]:
-    """Starts `num_processes` children with 8 / num_processes host devices each; waits."""
-    port = str(_free_port())
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // num_processes}",
-        # Later launches of a layout reuse the earlier ones' compiled programs.
-        "JAX_COMPILATION_CACHE_DIR": os.path.join(cache, "xla"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
-    # Output goes to files, not pipes: a pipe that is not being read while the test waits for
-    # another process fills up and blocks its writer, and the other process then waits for it
-    # at the distributed runtime's shutdown barrier.
-    logs = [tempfile.TemporaryFile("w+") for _ in range(num_processes)]
+def run_children(
+    commands: list[list[str]], env: dict[str, str], timeout: float
+) -> tuple[list[int], list[str]]:
+    """Runs the processes of one job at once from the repository root; (exit codes, outputs).
+
+    Output goes to files, not pipes: a pipe that is not read while the test waits for another
+    process fills up and blocks its writer, and the other process then waits for it at the
+    distributed runtime's shutdown barrier. Processes still running at `timeout` are killed.
+    """
+    logs = [tempfile.TemporaryFile("w+") for _ in commands]
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(i), str(num_processes), port, cache, *workdirs],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i, log in enumerate(logs)
+        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        for cmd, log in zip(commands, logs)
     ]
     deadline = time.monotonic() + timeout
     try:
@@ -92,8 +79,31 @@ def _launch(num_processes: int, cache: str, *workdirs: str, timeout: float = 900
             log.seek(0)
             outs.append(log.read())
             log.close()
-    for i, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"process {i} of {num_processes} failed:\n{out[-4000:]}"
+    return [p.returncode for p in procs], outs
+
+
+def _launch(num_processes: int, cache: str, *workdirs: str, timeout: float = 900) -> list[str]:
+    """Starts `num_processes` children with 8 / num_processes host devices each; waits."""
+    port = str(free_port())
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // num_processes}",
+        # Later launches of a layout reuse the earlier ones' compiled programs.
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(cache, "xla"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    codes, outs = run_children(
+        [
+            [sys.executable, "-c", CHILD, str(i), str(num_processes), port, cache, *workdirs]
+            for i in range(num_processes)
+        ],
+        env,
+        timeout,
+    )
+    for i, (code, out) in enumerate(zip(codes, outs)):
+        assert code == 0, f"process {i} of {num_processes} failed:\n{out[-4000:]}"
         assert f"CHILD-DONE {i} {num_processes} {8 // num_processes}" in out, out[-2000:]
     return outs
 
