@@ -25,11 +25,12 @@ from fdiv import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs one or more experiments in this process (of `num_processes`); argv: process id,
-# number of processes, coordinator port, devices per process, cache dir, then workdirs.
+# number of processes, coordinator port, then workdirs. The stage cache is $FDIV_CACHE (not
+# a config field, so that runs resumed with another cache have the same config).
 CHILD = textwrap.dedent("""
     import sys
     process_id, num_processes = int(sys.argv[1]), int(sys.argv[2])
-    port, cache, workdirs = sys.argv[3], sys.argv[4], sys.argv[5:]
+    port, workdirs = sys.argv[3], sys.argv[4:]
     import jax
     if num_processes > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -38,7 +39,6 @@ CHILD = textwrap.dedent("""
     import experiments
     for workdir in workdirs:
         config = experiments.load_config("fdistill_toy2d", "quick")
-        config.cache_dir = cache
         summary = experiments.run(config, workdir)  # the one line to adapt if the API changes
         assert summary["num_devices"] == 8, summary["num_devices"]
     print("CHILD-DONE", jax.process_index(), jax.process_count(), len(jax.local_devices()))
@@ -82,21 +82,29 @@ def run_children(
     return [p.returncode for p in procs], outs
 
 
-def _launch(num_processes: int, cache: str, *workdirs: str, timeout: float = 900) -> list[str]:
-    """Starts `num_processes` children with 8 / num_processes host devices each; waits."""
+def _launch(
+    num_processes: int, cache: str, xla_cache: str, *workdirs: str, timeout: float = 900
+) -> list[str]:
+    """Starts `num_processes` children with 8 / num_processes host devices each, stage cache
+    `cache` and compilation cache `xla_cache`; waits."""
     port = str(free_port())
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // num_processes}",
-        # Later launches of a layout reuse the earlier ones' compiled programs.
-        "JAX_COMPILATION_CACHE_DIR": os.path.join(cache, "xla"),
+        # XLA compilation is most of the test's time (the programs are tiny; f-distill builds
+        # its steps per run, so each run compiles them again): skip the backend optimisations.
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // num_processes} "
+        "--xla_backend_optimization_level=0",
+        "FDIV_CACHE": cache,
+        # A later one-process launch reuses the earlier one's compiled programs (in a
+        # multi-process job only process 0 writes this cache, so the others compile anyway).
+        "JAX_COMPILATION_CACHE_DIR": xla_cache,
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     }
     codes, outs = run_children(
         [
-            [sys.executable, "-c", CHILD, str(i), str(num_processes), port, cache, *workdirs]
+            [sys.executable, "-c", CHILD, str(i), str(num_processes), port, *workdirs]
             for i in range(num_processes)
         ],
         env,
@@ -128,6 +136,10 @@ def _assert_close_runs(a: str, b: str, step: int = 6):
             np.testing.assert_allclose(
                 x[k], y[k], rtol=2e-4, atol=1e-5, err_msg=f"step {x['step']} {k}"
             )
+    _assert_same_arrays(a, b, step)
+
+
+def _assert_same_arrays(a: str, b: str, step: int):
     pa, pb = _final_arrays(a, step), _final_arrays(b, step)
     assert pa.keys() == pb.keys()
     for k in pa:
@@ -148,18 +160,26 @@ def _truncate_to(src: str, dst: str, step: int) -> str:
 
 
 def test_two_processes_match_one_process_and_resume_across_layouts(tmp_path):
-    cache = str(tmp_path / "cache")
+    xla = str(tmp_path / "xla")
     two, one = str(tmp_path / "two"), str(tmp_path / "one")
-    # Two processes (4 devices each) train the teacher into the cache and distil.
-    _launch(2, cache, two)
-    # One process (8 devices): the reference run, and a resume of the two-process run's
-    # step-3 checkpoint.
-    two_resumed_by_one = _truncate_to(two, str(tmp_path / "two_then_one"), 3)
-    _launch(1, cache, one, two_resumed_by_one)
-    # Two processes resume the one-process run's step-3 checkpoint.
+    # One process (8 devices): the reference run, its teacher trained into its own cache.
+    _launch(1, str(tmp_path / "cache_one"), xla, one)
+    # Two processes (4 devices each) train the teacher together into a fresh cache (the
+    # stage cache's multi-process path), distil, and, in the same processes (compiled
+    # programs reused), resume the one-process run's step-3 checkpoint.
     one_resumed_by_two = _truncate_to(one, str(tmp_path / "one_then_two"), 3)
-    _launch(2, cache, one_resumed_by_two)
+    _launch(2, str(tmp_path / "cache_two"), xla, two, one_resumed_by_two)
+    # One process resumes the two-process run's step-3 checkpoint.
+    two_resumed_by_one = _truncate_to(two, str(tmp_path / "two_then_one"), 3)
+    _launch(1, str(tmp_path / "cache_one"), xla, two_resumed_by_one)
 
+    # The teacher trained by two processes is the one trained by one, and it was published
+    # once, with no temporary directory left.
+    entries = [sorted(os.listdir(tmp_path / c)) for c in ("cache_one", "cache_two")]
+    assert entries[0] == entries[1] and len(entries[0]) == 1, entries
+    teachers = [str(tmp_path / c / entries[0][0]) for c in ("cache_one", "cache_two")]
+    last = max(int(n) for n in os.listdir(os.path.join(teachers[0], "checkpoints")) if n.isdigit())
+    _assert_same_arrays(*teachers, step=last)
     _assert_close_runs(two, one)
     _assert_close_runs(two_resumed_by_one, one)
     _assert_close_runs(one_resumed_by_two, one)
