@@ -13,7 +13,8 @@ Two entry points:
   ``summary.json`` and a side-by-side sample figure into `workdir`.
 
 `sampler_reference` gives the sampler's metrics and samples for an evaluation setting, cached
-inside the teacher's cache entry (written atomically, so concurrent runs are safe).
+inside the teacher's cache entry (written atomically, so concurrent runs are safe; in a
+multi-process job by process 0, all processes agreeing on hit or miss, see `experiments.cache`).
 """
 
 from __future__ import annotations
@@ -215,7 +216,8 @@ def sampler_reference(
     }
     path = os.path.join(teacher.directory, f"sampler_eval_{cache.digest(key_dict)}.json")
     samples_path = path[: -len(".json")] + ".npy"
-    if os.path.exists(path) and os.path.exists(samples_path):
+    # With several processes the branch decides whether collective sampling runs: agree on it.
+    if cache.agree_present(os.path.exists(path) and os.path.exists(samples_path), path):
         with open(path) as f:
             return json.load(f), np.load(samples_path)
     t0 = time.perf_counter()
@@ -236,8 +238,9 @@ def sampler_reference(
     result = problem.evaluate(x)
     result["num_evaluations"] = diffusion.num_evaluations(tc.sample_steps)
     result["sample_sec"] = sample_sec
-    _write_atomic(samples_path, lambda p: np.save(open(p, "wb"), x))
-    _write_atomic(path, lambda p: json.dump(result, open(p, "w"), indent=1))
+    if jax.process_index() == 0:
+        _write_atomic(samples_path, lambda p: np.save(open(p, "wb"), x))
+        _write_atomic(path, lambda p: json.dump(result, open(p, "w"), indent=1))
     return result, x
 
 
