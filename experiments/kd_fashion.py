@@ -22,7 +22,6 @@ Config: ``configs/kd_fashion.py``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.util
 import json
@@ -35,50 +34,14 @@ import numpy as np
 import optax
 from flax import nnx
 
+from experiments import settings
 from fdiv import data as data_lib
 from fdiv import kd, train
 from fdiv.nets.classifier import Classifier
 from fdiv.train import sharding
 
-LOSSES = ("labels", "kd", "reverse_kl", "js", "tv", "skew_kl", "gkd", "nkd", "bdkd", "sinkd")
-
-
-@dataclasses.dataclass(frozen=True)
-class StudentModel:
-    kind: str = "mlp"
-    channels: tuple[int, ...] = (8, 16)
-    hidden: int = 64
-
-
-@dataclasses.dataclass(frozen=True)
-class KDFashionConfig:
-    """Typed form of ``configs/kd_fashion.py`` (unknown fields are errors)."""
-
-    experiment: str = "kd_fashion"
-    cache_dir: str = "runs/cache"
-    teacher_variant: str = ""  # "" or "quick": variant of configs/classifier_fashion.py
-    losses: tuple[str, ...] = LOSSES
-    seeds: tuple[int, ...] = (0, 1, 2)
-    temperature: float = 4.0
-    distill_weight: float = 1.0
-    nkd_temperature: float = 1.0
-    nkd_gamma: float = 1.5
-    student: StudentModel = StudentModel()
-    batch_size: int = 128
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    num_steps: int = 2000
-    max_train_examples: int = 0
-    max_test_examples: int = 0
-    eval_batch_size: int = 1000
-    ece_bins: int = 15
-    log_every: int = 200
-    eval_every: int = 0
-    checkpoint_every_steps: int = 1000
-    checkpoint_every_secs: float = 600.0
-    keep_checkpoints: int = 1
-    async_checkpoints: bool = False
+LOSSES = settings.KD_FASHION_LOSSES
+KDFashionConfig = settings.KDFashionConfig
 
 
 def distill_term(name: str, cfg: KDFashionConfig, teacher_logits, student_logits, labels):
@@ -138,8 +101,8 @@ def _make_student(cfg: KDFashionConfig, seed: int, image_shape) -> train.TrainSt
     schedule = optax.warmup_cosine_decay_schedule(
         0.0,
         cfg.learning_rate,
-        min(cfg.warmup_steps, max(cfg.num_steps - 1, 1)),
-        max(cfg.num_steps, 1),
+        min(cfg.warmup_steps, max(cfg.loop.num_steps - 1, 1)),
+        max(cfg.loop.num_steps, 1),
     )
     tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
     return train.TrainState.create(seed, model=train.Net.create(model, tx))
@@ -206,11 +169,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     import experiments
     from experiments import classifier
 
-    train.check_config(config)
-    cfg = train.to_dataclass(KDFashionConfig, config)
-    unknown = sorted(set(cfg.losses) - set(LOSSES))
-    if unknown:
-        raise ValueError(f"config.losses has unknown entries {unknown}; choose from {LOSSES}.")
+    cfg = settings.read_kd_fashion(config, workdir)
     teacher_config = experiments.load_config("classifier_fashion", cfg.teacher_variant or None)
     teacher = classifier.load_or_train(teacher_config, cache_dir=cfg.cache_dir or None)
     splits = data_lib.load_fashion_mnist()
@@ -242,20 +201,11 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
             def step_fn(state, i, batcher=batcher, step=step):
                 return step(state, batcher(i))
 
-            options = train.LoopOptions(
-                num_steps=cfg.num_steps,
-                log_every=cfg.log_every,
-                eval_every=cfg.eval_every,
-                checkpoint_every_steps=cfg.checkpoint_every_steps,
-                checkpoint_every_secs=cfg.checkpoint_every_secs,
-                keep_checkpoints=cfg.keep_checkpoints,
-                async_checkpoints=cfg.async_checkpoints,
-            )
             state, _ = train.fit(
                 state,
                 step_fn,
                 workdir=run_dir,
-                options=options,
+                options=cfg.loop,
                 meta={"loss": name, "seed": seed},
                 plot=False,
                 print_fn=lambda s, n=name, sd=seed: print(f"[{n}/{sd}] {s}", flush=True),
@@ -269,7 +219,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
         "runs": runs,
         "notes": notes,
         "table": table,
-        "config": config.to_dict(),
+        "config": settings.to_config_dict(cfg).to_dict(),
     }
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -294,7 +244,7 @@ def results_table(runs: dict, teacher: dict, cfg: KDFashionConfig) -> str:
     lines = [
         (
             f"Fashion-MNIST test set, student {cfg.student.kind} hidden {cfg.student.hidden},"
-            f" {cfg.num_steps} steps, temperature {cfg.temperature}, mean +- sd over seeds"
+            f" {cfg.loop.num_steps} steps, temperature {cfg.temperature}, mean +- sd over seeds"
             f" {list(cfg.seeds)}"
         ),
         "",
