@@ -32,12 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from experiments import settings
 from fdiv import data as data_lib
 from fdiv import kd, train
-from fdiv.nets.classifier import Classifier
 from fdiv.train import sharding
 
 LOSSES = settings.KD_FASHION_LOSSES
@@ -87,25 +85,6 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         if sel.any():
             ece += sel.mean() * abs(correct[sel].mean() - confidence[sel].mean())
     return float(ece)
-
-
-def _make_student(cfg: KDFashionConfig, seed: int, image_shape) -> train.TrainState:
-    model = Classifier(
-        image_shape,
-        10,
-        kind=cfg.student.kind,
-        channels=tuple(cfg.student.channels),
-        hidden=cfg.student.hidden,
-        rngs=nnx.Rngs(seed),
-    )
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0,
-        cfg.learning_rate,
-        min(cfg.warmup_steps, max(cfg.loop.num_steps - 1, 1)),
-        max(cfg.loop.num_steps, 1),
-    )
-    tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
-    return train.TrainState.create(seed, model=train.Net.create(model, tx))
 
 
 @functools.partial(jax.jit, static_argnames=("name", "cfg"))
@@ -186,6 +165,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
         flush=True,
     )
     mesh = sharding.make_mesh()
+    image_shape = train_split.images.shape[1:]
     arrays = {**train_split.arrays(), "teacher_logits": teacher_train_logits}
     runs, notes = {}, []
     for name in cfg.losses:
@@ -195,7 +175,9 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
         for seed in cfg.seeds:
             run_dir = os.path.join(workdir, name, f"seed{seed}")
             batcher = data_lib.ArrayBatcher(arrays, cfg.batch_size, seed, mesh=mesh)
-            state = sharding.replicate(_make_student(cfg, seed, train_split.images.shape[1:]), mesh)
+            # The classifier stage's builder: the same network and optimiser code as the teacher.
+            student = classifier._make_state(cfg.student_stage(seed), image_shape, 10)
+            state = sharding.replicate(student, mesh)
             step = functools.partial(_train_step, name=name, cfg=cfg)
 
             def step_fn(state, i, batcher=batcher, step=step):

@@ -496,15 +496,6 @@ KD_STUDENT_KINDS = ("mlp", "cnn")
 
 
 @dataclasses.dataclass(frozen=True)
-class KDStudentConfig:
-    """The student network (`fdiv.nets.classifier.Classifier`; ``channels`` only for a CNN)."""
-
-    kind: str = "mlp"
-    channels: tuple[int, ...] = (8, 16)
-    hidden: int = 64
-
-
-@dataclasses.dataclass(frozen=True)
 class KDFashionConfig:
     """One student per distillation loss and seed on Fashion-MNIST (``experiments.kd_fashion``).
 
@@ -525,7 +516,8 @@ class KDFashionConfig:
     distill_weight: float = 1.0
     nkd_temperature: float = 1.0
     nkd_gamma: float = 1.5
-    student: KDStudentConfig = KDStudentConfig()
+    # The student network (``channels`` only for a CNN).
+    student: ClassifierModelConfig = ClassifierModelConfig(kind="mlp", channels=(8, 16), hidden=64)
     batch_size: int = 128
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
@@ -541,6 +533,19 @@ class KDFashionConfig:
         keep_checkpoints=1,
         async_checkpoints=False,
     )
+
+    def student_stage(self, seed: int) -> ClassifierConfig:
+        """A student's network and optimiser as a classifier config (the same builder)."""
+        return ClassifierConfig(
+            dataset="fashion_mnist",
+            seed=seed,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_steps,
+            model=self.student,
+            loop=self.loop,
+        )
 
 
 def kd_fashion_problems(cfg: KDFashionConfig) -> list[str]:
