@@ -22,6 +22,14 @@ def base():
     return settings.to_config_dict(settings.KDFashionConfig())
 
 
+def variant_long(config):
+    config.num_steps = 8000
+    config.warmup_steps = 400
+    config.log_every = 1000
+    config.checkpoint_every_steps = 4000
+    return config
+
+
 def variant_quick(config):
     config.teacher_variant = "quick"
     config.losses = ("labels", "kd", "nkd")
