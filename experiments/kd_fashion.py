@@ -22,7 +22,6 @@ Config: ``configs/kd_fashion.py``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.util
 import json
@@ -33,52 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
+from experiments import settings
 from fdiv import data as data_lib
 from fdiv import kd, train
-from fdiv.nets.classifier import Classifier
 from fdiv.train import sharding
 
-LOSSES = ("labels", "kd", "reverse_kl", "js", "tv", "skew_kl", "gkd", "nkd", "bdkd", "sinkd")
-
-
-@dataclasses.dataclass(frozen=True)
-class StudentModel:
-    kind: str = "mlp"
-    channels: tuple[int, ...] = (8, 16)
-    hidden: int = 64
-
-
-@dataclasses.dataclass(frozen=True)
-class KDFashionConfig:
-    """Typed form of ``configs/kd_fashion.py`` (unknown fields are errors)."""
-
-    experiment: str = "kd_fashion"
-    cache_dir: str = "runs/cache"
-    teacher_variant: str = ""  # "" or "quick": variant of configs/classifier_fashion.py
-    losses: tuple[str, ...] = LOSSES
-    seeds: tuple[int, ...] = (0, 1, 2)
-    temperature: float = 4.0
-    distill_weight: float = 1.0
-    nkd_temperature: float = 1.0
-    nkd_gamma: float = 1.5
-    student: StudentModel = StudentModel()
-    batch_size: int = 128
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    num_steps: int = 2000
-    max_train_examples: int = 0
-    max_test_examples: int = 0
-    eval_batch_size: int = 1000
-    ece_bins: int = 15
-    log_every: int = 200
-    eval_every: int = 0
-    checkpoint_every_steps: int = 1000
-    checkpoint_every_secs: float = 600.0
-    keep_checkpoints: int = 1
-    async_checkpoints: bool = False
+LOSSES = settings.KD_FASHION_LOSSES
+KDFashionConfig = settings.KDFashionConfig
 
 
 def distill_term(name: str, cfg: KDFashionConfig, teacher_logits, student_logits, labels):
@@ -124,25 +85,6 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         if sel.any():
             ece += sel.mean() * abs(correct[sel].mean() - confidence[sel].mean())
     return float(ece)
-
-
-def _make_student(cfg: KDFashionConfig, seed: int, image_shape) -> train.TrainState:
-    model = Classifier(
-        image_shape,
-        10,
-        kind=cfg.student.kind,
-        channels=tuple(cfg.student.channels),
-        hidden=cfg.student.hidden,
-        rngs=nnx.Rngs(seed),
-    )
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0,
-        cfg.learning_rate,
-        min(cfg.warmup_steps, max(cfg.num_steps - 1, 1)),
-        max(cfg.num_steps, 1),
-    )
-    tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
-    return train.TrainState.create(seed, model=train.Net.create(model, tx))
 
 
 @functools.partial(jax.jit, static_argnames=("name", "cfg"))
@@ -206,11 +148,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     import experiments
     from experiments import classifier
 
-    train.check_config(config)
-    cfg = train.to_dataclass(KDFashionConfig, config)
-    unknown = sorted(set(cfg.losses) - set(LOSSES))
-    if unknown:
-        raise ValueError(f"config.losses has unknown entries {unknown}; choose from {LOSSES}.")
+    cfg = settings.read_kd_fashion(config, workdir)
     teacher_config = experiments.load_config("classifier_fashion", cfg.teacher_variant or None)
     teacher = classifier.load_or_train(teacher_config, cache_dir=cfg.cache_dir or None)
     splits = data_lib.load_fashion_mnist()
@@ -227,6 +165,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
         flush=True,
     )
     mesh = sharding.make_mesh()
+    image_shape = train_split.images.shape[1:]
     arrays = {**train_split.arrays(), "teacher_logits": teacher_train_logits}
     runs, notes = {}, []
     for name in cfg.losses:
@@ -236,26 +175,19 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
         for seed in cfg.seeds:
             run_dir = os.path.join(workdir, name, f"seed{seed}")
             batcher = data_lib.ArrayBatcher(arrays, cfg.batch_size, seed, mesh=mesh)
-            state = sharding.replicate(_make_student(cfg, seed, train_split.images.shape[1:]), mesh)
+            # The classifier stage's builder: the same network and optimiser code as the teacher.
+            student = classifier._make_state(cfg.student_stage(seed), image_shape, 10)
+            state = sharding.replicate(student, mesh)
             step = functools.partial(_train_step, name=name, cfg=cfg)
 
             def step_fn(state, i, batcher=batcher, step=step):
                 return step(state, batcher(i))
 
-            options = train.LoopOptions(
-                num_steps=cfg.num_steps,
-                log_every=cfg.log_every,
-                eval_every=cfg.eval_every,
-                checkpoint_every_steps=cfg.checkpoint_every_steps,
-                checkpoint_every_secs=cfg.checkpoint_every_secs,
-                keep_checkpoints=cfg.keep_checkpoints,
-                async_checkpoints=cfg.async_checkpoints,
-            )
             state, _ = train.fit(
                 state,
                 step_fn,
                 workdir=run_dir,
-                options=options,
+                options=cfg.loop,
                 meta={"loss": name, "seed": seed},
                 plot=False,
                 print_fn=lambda s, n=name, sd=seed: print(f"[{n}/{sd}] {s}", flush=True),
@@ -269,7 +201,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
         "runs": runs,
         "notes": notes,
         "table": table,
-        "config": config.to_dict(),
+        "config": settings.to_config_dict(cfg).to_dict(),
     }
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -290,11 +222,17 @@ def _by_loss(runs: dict) -> dict:
     return out
 
 
+def _sd(values) -> float:
+    """Sample standard deviation over seeds (0 for one seed)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def results_table(runs: dict, teacher: dict, cfg: KDFashionConfig) -> str:
     lines = [
         (
-            f"Fashion-MNIST test set, student {cfg.student.kind} hidden {cfg.student.hidden},"
-            f" {cfg.num_steps} steps, temperature {cfg.temperature}, mean +- sd over seeds"
+            f"Fashion-MNIST test set (10000 images unless limited), student {cfg.student.kind}"
+            f" hidden {cfg.student.hidden}, {cfg.loop.num_steps} steps of batch"
+            f" {cfg.batch_size}, temperature {cfg.temperature}; mean ± sample sd over seeds"
             f" {list(cfg.seeds)}"
         ),
         "",
@@ -306,30 +244,39 @@ def results_table(runs: dict, teacher: dict, cfg: KDFashionConfig) -> str:
         ),
     ]
     for name, m in _by_loss(runs).items():
-        cells = [f"{np.mean(m[k]):.4f} +- {np.std(m[k]):.4f}" for k in ("accuracy", "ece", "nll")]
+        cells = [f"{np.mean(m[k]):.4f} ± {_sd(m[k]):.4f}" for k in ("accuracy", "ece", "nll")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def plot_results(runs: dict, teacher: dict, path: str) -> None:
+    """Bars of mean ± sd per loss (dots: the seeds), the teacher as a dashed line."""
     from matplotlib.figure import Figure
 
     by = _by_loss(runs)
     names = list(by)
-    fig = Figure(figsize=(max(6, 0.8 * len(names) + 2), 6))
-    for i, (key, label) in enumerate(
-        (("accuracy", "test accuracy"), ("ece", "expected calibration error"))
-    ):
+    fig = Figure(figsize=(max(6, 0.8 * len(names) + 2), 6.5))
+    panels = (("accuracy", "test accuracy"), ("ece", "expected calibration error"))
+    for i, (key, label) in enumerate(panels):
         ax = fig.add_subplot(2, 1, i + 1)
-        means = [np.mean(by[n][key]) for n in names]
-        sds = [np.std(by[n][key]) for n in names]
-        ax.bar(names, means, yerr=sds, capsize=3, color="tab:blue")
-        ax.axhline(teacher[key], color="tab:red", ls="--", label="teacher")
+        means = np.array([np.mean(by[n][key]) for n in names])
+        sds = np.array([_sd(by[n][key]) for n in names])
+        colors = ["tab:gray" if n == "labels" else "tab:blue" for n in names]
+        ax.bar(names, means, yerr=sds, capsize=3, color=colors, alpha=0.8)
+        for j, n in enumerate(names):
+            ax.plot([j] * len(by[n][key]), by[n][key], "k.", ms=4)
+        ax.axhline(teacher[key], color="tab:red", ls="--", label="teacher (CNN)")
+        if "labels" in by:
+            ax.axhline(means[names.index("labels")], color="tab:gray", ls=":", label="labels only")
         ax.set_ylabel(label)
-        if key == "accuracy" and means:
-            low = min(min(means), teacher[key])
-            ax.set_ylim(max(0.0, low - 0.05), 1.0)
-        ax.legend(loc="lower right")
-    fig.suptitle("Fashion-MNIST students by distillation loss")
+        if key == "accuracy" and len(means):
+            values = np.concatenate([np.asarray(by[n][key]) for n in names])
+            low, high = min(values.min(), teacher[key]), max(values.max(), teacher[key])
+            pad = 0.15 * (high - low) + 1e-3
+            ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
+        ax.legend(loc="best", fontsize=8)
+        ax.tick_params(axis="x", labelsize=9)
+    fig.axes[-1].set_xlabel("student loss (labels: cross-entropy only)")
+    fig.suptitle("Fashion-MNIST students by loss (mean ± sd over seeds; dots: seeds)", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

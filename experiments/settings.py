@@ -475,3 +475,134 @@ def read(cls: type, config: Any, workdir: str | None = None) -> Any:
         extra = [] if workdir is None else [w for w in [workdir_problem(workdir)] if w]
         raise ConfigError(e.problems + extra) from None
     return validate(cfg, workdir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Knowledge distillation on Fashion-MNIST.
+
+KD_FASHION_LOSSES = (
+    "labels",
+    "kd",
+    "reverse_kl",
+    "js",
+    "tv",
+    "skew_kl",
+    "gkd",
+    "nkd",
+    "bdkd",
+    "sinkd",
+)
+KD_STUDENT_KINDS = ("mlp", "cnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class KDFashionConfig:
+    """One student per distillation loss and seed on Fashion-MNIST (``experiments.kd_fashion``).
+
+    The defaults are the full comparison (``configs/kd_fashion.py``): the CNN teacher of
+    ``configs/classifier_fashion.py`` (``teacher_variant`` "" or one of its variants, e.g.
+    "quick"), every loss of `KD_FASHION_LOSSES`, 3 seeds. ``distill_weight`` scales the
+    distillation term beside the label cross-entropy (NKD and SinKD carry their authors'
+    weights and ignore it); ``temperature`` is that of every loss but NKD
+    (``nkd_temperature``).
+    """
+
+    experiment: str = "kd_fashion"
+    cache_dir: str = "runs/cache"
+    teacher_variant: str = ""
+    losses: tuple[str, ...] = KD_FASHION_LOSSES
+    seeds: tuple[int, ...] = (0, 1, 2)
+    temperature: float = 4.0
+    distill_weight: float = 1.0
+    nkd_temperature: float = 1.0
+    nkd_gamma: float = 1.5
+    # The student network (``channels`` only for a CNN).
+    student: ClassifierModelConfig = ClassifierModelConfig(kind="mlp", channels=(8, 16), hidden=64)
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    max_train_examples: int = 0  # 0: all 60000
+    max_test_examples: int = 0  # 0: all 10000
+    eval_batch_size: int = 1000
+    ece_bins: int = 15
+    loop: LoopOptions = LoopOptions(
+        num_steps=2000,
+        log_every=200,
+        checkpoint_every_steps=1000,
+        keep_checkpoints=1,
+        async_checkpoints=False,
+    )
+
+    def student_stage(self, seed: int) -> ClassifierConfig:
+        """A student's network and optimiser as a classifier config (the same builder)."""
+        return ClassifierConfig(
+            dataset="fashion_mnist",
+            seed=seed,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            warmup_steps=self.warmup_steps,
+            model=self.student,
+            loop=self.loop,
+        )
+
+
+def kd_fashion_problems(cfg: KDFashionConfig) -> list[str]:
+    """The kd_fashion checks beyond the generic ones of `problems`, one message each."""
+    out = []
+    unknown = [n for n in cfg.losses if n not in KD_FASHION_LOSSES]
+    if unknown or not cfg.losses:
+        out.append(
+            f"config.losses={list(cfg.losses)} must be a non-empty selection of "
+            f"{', '.join(KD_FASHION_LOSSES)}"
+            + (f" (unknown: {', '.join(map(repr, unknown))})" if unknown else "")
+        )
+    if len(set(cfg.losses)) != len(cfg.losses):
+        out.append(f"config.losses={list(cfg.losses)} repeats a loss; give each once")
+    seeds_ok = all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in cfg.seeds)
+    if not cfg.seeds or not seeds_ok or len(set(cfg.seeds)) != len(cfg.seeds):
+        out.append(f"config.seeds={list(cfg.seeds)} must be distinct ints >= 0, at least one")
+    for field in ("temperature", "nkd_temperature"):
+        v = getattr(cfg, field)
+        if not _is_number(v) or not 0 < v < math.inf:
+            out.append(f"config.{field}={v!r} must be a finite number > 0")
+    for field in ("distill_weight", "nkd_gamma", "weight_decay"):
+        v = getattr(cfg, field)
+        if not _is_number(v) or not 0 <= v < math.inf:
+            out.append(f"config.{field}={v!r} must be a finite number >= 0")
+    for field, least in (
+        ("warmup_steps", 0),
+        ("max_train_examples", 0),
+        ("max_test_examples", 0),
+        ("ece_bins", 1),
+    ):
+        v = getattr(cfg, field)
+        if not isinstance(v, int) or isinstance(v, bool) or v < least:
+            out.append(f"config.{field}={v!r} must be an int >= {least}")
+    s = cfg.student
+    if s.kind not in KD_STUDENT_KINDS:
+        out.append(f"config.student.kind={s.kind!r} must be one of {', '.join(KD_STUDENT_KINDS)}")
+    if not isinstance(s.hidden, int) or isinstance(s.hidden, bool) or s.hidden <= 0:
+        out.append(f"config.student.hidden={s.hidden!r} must be a positive int")
+    positive = all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in s.channels)
+    if s.kind == "cnn" and (not s.channels or not positive):
+        out.append(f"config.student.channels={list(s.channels)} must be positive ints")
+    return out
+
+
+def read_kd_fashion(config: Any, workdir: str | None = None) -> KDFashionConfig:
+    """`read` for ``KDFashionConfig`` with `kd_fashion_problems`: every bad field at once.
+
+    Raises:
+      ConfigError: one message per bad field (unknown fields are reported first, alone).
+    """
+    cfg = config if isinstance(config, KDFashionConfig) else from_config(KDFashionConfig, config)
+    extra = kd_fashion_problems(cfg)
+    try:
+        validate(cfg, workdir)
+    except ConfigError as e:
+        raise ConfigError(e.problems + extra) from None
+    if extra:
+        raise ConfigError(extra)
+    return cfg

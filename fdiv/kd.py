@@ -106,7 +106,7 @@ def _softcap(z, cap):
     return jnp.where(neg_inf, z, cap * jnp.tanh(safe / cap))
 
 
-def _prepare(teacher_logits, student_logits, *, where, softcap, trim_teacher_vocab):
+def _prepare(teacher_logits, student_logits, *, where, cap, trim):
     """Checks the pair and returns ``(teacher, student, mask)`` ready for fdiv.discrete.
 
     Masked rows are zeroed here, before soft-capping, so NaN/inf in them cannot reach gradients.
@@ -120,7 +120,7 @@ def _prepare(teacher_logits, student_logits, *, where, softcap, trim_teacher_voc
         )
     t_vocab, s_vocab = teacher.shape[-1], student.shape[-1]
     if t_vocab != s_vocab:
-        if trim_teacher_vocab and t_vocab > s_vocab:
+        if trim and t_vocab > s_vocab:
             teacher = teacher[..., :s_vocab]
         else:
             raise ValueError(
@@ -136,8 +136,8 @@ def _prepare(teacher_logits, student_logits, *, where, softcap, trim_teacher_voc
             "teacher_logits and student_logits must have the same leading shape, got"
             f" teacher_logits.shape={teacher.shape} and student_logits.shape={student.shape}."
         )
-    if softcap is not None and _is_number(softcap) and not float(softcap) > 0:
-        raise ValueError(f"softcap must be > 0 or None, got {softcap}; Gemma 2 uses 30.0.")
+    if cap is not None and _is_number(cap) and not float(cap) > 0:
+        raise ValueError(f"softcap must be > 0 or None, got {cap}; Gemma 2 uses 30.0.")
     out_shape = teacher.shape[:-1]
     mask = None
     if where is not None:
@@ -150,8 +150,8 @@ def _prepare(teacher_logits, student_logits, *, where, softcap, trim_teacher_voc
         keep = jnp.broadcast_to(mask, out_shape)[..., None]
         teacher = jnp.where(keep, teacher, jnp.zeros((), teacher.dtype))
         student = jnp.where(keep, student, jnp.zeros((), student.dtype))
-    teacher = _softcap(_upcast(teacher), softcap)
-    student = _softcap(_upcast(student), softcap)
+    teacher = _softcap(_upcast(teacher), cap)
+    student = _softcap(_upcast(student), cap)
     return teacher, student, mask
 
 
@@ -308,11 +308,7 @@ def divergence_loss(
     fn = resolve_divergence(divergence)
     _check_temperature(temperature)
     teacher, student, mask = _prepare(
-        teacher_logits,
-        student_logits,
-        where=where,
-        softcap=softcap,
-        trim_teacher_vocab=trim_teacher_vocab,
+        teacher_logits, student_logits, where=where, cap=softcap, trim=trim_teacher_vocab
     )
     values = fn(teacher, student, temperature=temperature, where=mask)
     return _finish(values * _tau_squared(temperature, values.dtype), mask)
@@ -384,11 +380,7 @@ def bdkd_loss(
     """
     _check_temperature(temperature)
     teacher, student, mask = _prepare(
-        teacher_logits,
-        student_logits,
-        where=where,
-        softcap=softcap,
-        trim_teacher_vocab=trim_teacher_vocab,
+        teacher_logits, student_logits, where=where, cap=softcap, trim=trim_teacher_vocab
     )
     forward = _discrete.categorical_divergence(
         teacher, student, "forward_kl", temperature=temperature, where=mask
@@ -479,11 +471,7 @@ def nkd_loss(
         given = _checks.check_mask(where, labels.shape, f"labels.shape={labels.shape}")
         mask = given if mask is None else (mask & given)
     teacher, student, mask = _prepare(
-        teacher_logits,
-        student_logits,
-        where=mask,
-        softcap=softcap,
-        trim_teacher_vocab=trim_teacher_vocab,
+        teacher_logits, student_logits, where=mask, cap=softcap, trim=trim_teacher_vocab
     )
     num_classes = student.shape[-1]
     safe_labels = labels if mask is None else jnp.where(mask, labels, 0)

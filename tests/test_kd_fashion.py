@@ -8,6 +8,7 @@ import pytest
 import experiments
 from experiments import kd_fashion
 from fdiv import data as data_lib
+from fdiv.train.config import ConfigError
 
 
 def test_expected_calibration_error_by_hand():
@@ -36,3 +37,30 @@ def test_quick_run_writes_table_and_figure(tmp_path):
     table = (tmp_path / "run" / "results.md").read_text()
     assert "| teacher (CNN) |" in table and "| nkd |" in table
     assert os.path.getsize(tmp_path / "run" / "results.png") > 0
+
+
+def test_config_is_validated_before_any_work(tmp_path):
+    config = experiments.load_config("kd_fashion", "quick")
+    config.losses = ("kd", "kl_div")
+    config.seeds = ()
+    config.temperature = 0.0
+    config.student.kind = "resnet"
+    config.batch_size = 0
+    config.num_steps = 0
+    with pytest.raises(ConfigError) as e:
+        kd_fashion.train_and_evaluate(config, str(tmp_path / "run"))
+    fields = sorted(m.split("=")[0] for m in e.value.problems)
+    assert fields == [
+        "config.batch_size",
+        "config.losses",
+        "config.num_steps",
+        "config.seeds",
+        "config.student.kind",
+        "config.temperature",
+    ], e.value.problems
+    assert "unknown: 'kl_div'" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "run" / "labels").exists()  # nothing trained
+    config = experiments.load_config("kd_fashion", "quick")
+    config.student.hiden = 3
+    with pytest.raises(ConfigError, match=r"config.student.hiden is not a field \(did you mean"):
+        kd_fashion.train_and_evaluate(config, str(tmp_path / "run"))
