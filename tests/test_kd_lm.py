@@ -1,5 +1,7 @@
 """Tests for the pieces of experiments/kd_lm.py (the quick config runs in test_configs.py)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,3 +179,44 @@ def test_typed_config_reports_every_bad_field(tmp_path):
     with pytest.raises(ConfigError, match=r"config.top_k_ is not a field \(did you mean 'top_k'"):
         kd_lm.read_config(c)
     assert kd_lm.read_config(configs.get_config("kd_lm", "cpu")).loop.num_steps == 80
+
+
+def test_comparison_table_reads_finished_rows_only(tmp_path):
+    """--table_only tabulates the finished rows (matching num_steps) and runs nothing."""
+    import json
+
+    from benchmarks import kd_lm_divergences as bench
+
+    samples = ["To be ||| or not", "Once ||| more"]
+    teacher = {"heldout_ce": 3.5, "teacher_loglik_per_token": -2.0, "samples": samples}
+    for i, (div, steps) in enumerate([("forward_kl", 4), ("js", 4), ("reverse_kl", 3)]):
+        row = {k: 0.5 + i for k, _ in bench.COLUMNS}
+        row.update(
+            divergence=div,
+            mode="off_policy",
+            num_steps=steps,
+            samples=samples,
+            teacher=teacher,
+            student_params=10,
+            teacher_cache_sec=60.0,
+            teacher_cache_tokens_per_sec=80.0,
+            total_sec=123.0,
+        )
+        (tmp_path / f"off_policy_{div}").mkdir()
+        (tmp_path / f"off_policy_{div}" / "summary.json").write_text(json.dumps(row))
+    bench.main(
+        [
+            "--config=configs/kd_lm.py:quick",
+            f"--workdir={tmp_path}",
+            "--divergences=forward_kl,js,reverse_kl,total_variation",
+            "--modes=off_policy",
+            "--table_only",
+        ]
+    )
+    md = (tmp_path / "kd_lm_table.md").read_text().splitlines()
+    assert md[2].startswith("| teacher | - | 3.500 | 0.000 | 0.000 | -2.000 |")
+    body = [line for line in md if line.startswith("| off_policy")]
+    # reverse_kl ran 3 of the config's 4 steps: not finished; total_variation never ran.
+    assert [line.split(" | ")[1] for line in body] == ["forward_kl", "js"]
+    assert body[1].endswith("| 1.500 | 123 |")
+    assert os.path.getsize(tmp_path / "kd_lm_results.png") > 0
