@@ -60,8 +60,9 @@ def run_all(
     import experiments
 
     rows = []
-    for mode in modes:
-        for div in divergences:
+    # Divergence-major order: an interrupted comparison has both modes of its first rows.
+    for div in divergences:
+        for mode in modes:
             c = config.copy_and_resolve_references()
             c.divergence, c.mode = div, mode
             sub = os.path.join(workdir, f"{mode}_{div}")
@@ -82,7 +83,7 @@ def run_all(
                 f"{mode} {div}: "
                 + ", ".join(f"{label} {_cell(summary.get(k))}" for k, label in COLUMNS)
             )
-    return rows
+    return sorted(rows, key=lambda r: list(modes).index(r["mode"]))
 
 
 def _cell(value) -> str:
