@@ -8,18 +8,28 @@ scored by the online teacher):
     python -m experiments.main --config=configs/kd_lm.py --workdir=runs/kd_lm/on_js \
         --config.divergence=js --config.mode=on_policy
 
-All divergences and modes with the same seed and token budget, and the table:
+All divergences and modes with the same seed and token budget, one run per acquisition of the
+shared lock, and the table (``kd_lm_table.md``, ``kd_lm_results.json``, ``kd_lm_results.png``):
 
-    python -m benchmarks.kd_lm_divergences --config=configs/kd_lm.py --workdir=runs/kd_lm
+    python -m benchmarks.kd_lm_divergences --config=configs/kd_lm.py:cpu \
+        --workdir=runs/kd_lm_cpu --lock=/tmp/fdiv-heavy.lock
 
-Variants: default (student 4 x 256, 1024 cached windows of 128 tokens, 300 steps of
-8 x 128 tokens = 307k tokens), ``cpu_small`` (256 cached windows, 60 steps = 61k tokens:
-what a shared 2-core CPU fits in one session), ``accelerator`` (student 6 x 256, 16384
-windows, 4000 steps of 32 x 256 tokens),
-``quick`` (tiny random byte-level teacher, no package needed; seconds, for the tests).
-Expected runtime on the 2-core CPU (shared): the teacher cache stage is measured in
-``teacher_cache_sec`` of each summary (minutes, once per corpus); each student run a few
-minutes off-policy, more on-policy (the online teacher scores every on-policy batch).
+The base config is the typed defaults (`experiments.settings.KDLMConfig`). ``--config.corpus=kjv``
+distils on the King James Bible (``apt-get install bible-kjv``) instead of Shakespeare.
+
+Variants:
+* default: student 4 x 256, 1024 cached windows of 128 tokens (131k teacher tokens, ~30 min of
+  a 2-core CPU), 300 steps of 8 x 128 tokens (307k student tokens).
+* ``cpu``: what the shared 2-core CPU fits for all 14 runs (~40 min with the cache on an idle
+  machine): 96 cached windows of 64 tokens (6144 teacher tokens, 1-2 min), 80 steps of 4 x 64
+  tokens (20k tokens, ~3 passes over the cache) per student, ~2 min per off-policy run; on-policy
+  a quarter of the batches are 48-token student continuations of 16-token prompts scored by the
+  teacher (~1 extra min). Measured on the loaded machine: a 3-step smoke run of the real teacher
+  takes 2 min wall (loading the GGUF file and compiling dominate).
+* ``accelerator``: student 6 x 256, 16384 windows of 256 tokens (4.2M teacher tokens: ~1.3
+  PFLOP, minutes on one accelerator, days on the CPU), 4000 steps of 32 x 256 tokens (33M
+  student tokens), on-policy fraction 0.5.
+* ``quick``: tiny random byte-level teacher, no package needed; seconds, for the tests.
 """
 
 import ml_collections
