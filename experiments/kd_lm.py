@@ -9,24 +9,28 @@ Stages
      with `fdiv.nets.llama.from_gguf`; ``"random"`` is a tiny random Llama over UTF-8 bytes
      (vocabulary 256, for tests; it needs no package).
   2. Offline teacher (cached): the first ``train_windows`` non-overlapping windows of
-     ``seq_len`` tokens of the corpus' training split are run through the teacher once; its
-     top-``top_k`` next-token log-probabilities, their token ids and the log of the remaining
-     mass are stored in ``<cache_dir>/kd_lm_teacher_<hash>.npz`` (the hash covers every field
-     that changes the result), so each student run costs only the student.
+     ``seq_len`` tokens of the corpus' training split (``corpus``: ``"shakespeare"`` or
+     ``"kjv"``, see `fdiv.data.text.load_corpus`) are run through the teacher once; its
+     top-``top_k`` next-token log-probabilities (of the full softmax) and their token ids are
+     stored in ``<cache_dir>/kd_lm_teacher_<hash>.npz`` (the hash covers every field that
+     changes the result), so each student run costs only the student. The teacher's full logits
+     on the held-out windows and its own reference metrics are cached the same way.
   3. Student: a smaller Llama with the teacher's tokenizer, randomly initialised (its width
      differs from the teacher's 576, so a truncated copy of the teacher would need a
      projection; random initialisation also makes the divergences' effect on learning from
      scratch visible), trained with AdamW for ``num_steps`` batches of ``batch_size`` windows.
-     * ``off_policy``: teacher-forced on the cached windows. The loss is the divergence between
-       the teacher's and the student's distributions coarse-grained to ``top_k + 1`` outcomes
-       (the teacher's top-k tokens and "any other token"), per position, averaged; by the
-       data-processing inequality it is at most the full-vocabulary divergence, and it is exact
-       in the limit where the teacher's tail mass is zero.
+     * ``off_policy``: teacher-forced on the cached windows. The loss is
+       `fdiv.kd.topk_divergence_loss`: the divergence between the teacher's and the student's
+       distributions coarse-grained to ``top_k + 1`` outcomes (the teacher's top-k tokens and
+       "any other token", the teacher's tail mass being 1 minus its top-k mass), per position,
+       averaged with `fdiv.kd.reduce`; by the data-processing inequality it is at most the
+       full-vocabulary divergence, and exact in the limit where the teacher's tail mass is 0.
      * ``on_policy`` (GKD-style): with probability ``on_policy_fraction`` (decided by
        (seed, step)) a batch is replaced by student samples: the first ``prompt_len`` tokens
        of each window as a prompt, ``seq_len - prompt_len`` tokens sampled from the student at
-       ``sample_temperature``; the online teacher scores them and the loss is the full
-       vocabulary divergence on the sampled positions (no gradient through the sampling).
+       ``sample_temperature``; the online teacher scores them and the loss is
+       `fdiv.kd.divergence_loss` on the full vocabulary, averaged over the sampled positions
+       with ``fdiv.kd.reduce(loss, where)`` (no gradient through the sampling).
   4. Evaluation on held-out windows (last 10% of the text): the student's cross-entropy, the
      token-level KL(teacher || student) and KL(student || teacher) over the full vocabulary;
      and on ``num_samples`` student continuations of held-out prompts: the teacher's mean
