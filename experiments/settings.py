@@ -594,19 +594,20 @@ def kd_lm_problems(cfg: KDLMConfig) -> list[str]:
 
 
 def read_kd_lm(config: Any, workdir: str | None = None) -> KDLMConfig:
-    """The typed, validated kd_lm config: every bad field, generic or kd_lm's, in one error.
+    """`read` with the kd_lm checks: every bad field, generic or kd_lm's, in one error.
 
     Raises:
       ConfigError: one message per bad field.
     """
     try:
-        cfg = config if isinstance(config, KDLMConfig) else from_config(KDLMConfig, config)
+        cfg = read(KDLMConfig, config, workdir)
     except ConfigError as e:
-        extra = [] if workdir is None else [w for w in [workdir_problem(workdir)] if w]
-        raise ConfigError(e.problems + extra) from None
-    p = problems(cfg) + kd_lm_problems(cfg)
-    if workdir is not None:
-        p += [w for w in [workdir_problem(workdir)] if w]
+        try:
+            readable = config if isinstance(config, KDLMConfig) else from_config(KDLMConfig, config)
+        except ConfigError:
+            raise e from None  # unknown fields: the kd_lm checks would read defaults
+        raise ConfigError(e.problems + kd_lm_problems(readable)) from None
+    p = kd_lm_problems(cfg)
     if p:
         raise ConfigError(p)
     return cfg
