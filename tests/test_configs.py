@@ -23,12 +23,14 @@ TYPED = {
     "fdistill": settings.FDistillConfig,
     "classifier": settings.ClassifierConfig,
     "edm_teacher": settings.EDMTeacherConfig,
+    "estimators": settings.EstimatorsConfig,
 }
 # The base config of each experiment: its typed defaults.
 BASES = {
     "fdistill": "fdistill_toy2d",
     "classifier": "classifier_digits",
     "edm_teacher": "edm_teacher_toy2d",
+    "estimators": "estimators_gauss",
 }
 CONFIG_NAMES = configs.names()
 
@@ -103,6 +105,9 @@ def test_every_variant_is_a_valid_typed_config(name, variant):
             f"experiment {c.experiment!r} reads its ConfigDict directly (no typed config yet)"
         )
     cfg = settings.read(TYPED[c.experiment], c)
+    if c.experiment == "estimators":  # no loop options: one step per (pair, size, seed) cell
+        assert cfg.num_steps == len(cfg.cells())
+        return
     loop = cfg.loop if hasattr(cfg, "loop") else cfg.teacher.loop
     assert loop.resume == "auto"  # --config.resume=restart is an existing field
 
