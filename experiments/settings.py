@@ -13,7 +13,9 @@ one typed ``loop`` field here, but flat in the ConfigDict (``config.num_steps``,
 
 `validate(cfg)` checks a whole typed config and raises one `fdiv.train.config.ConfigError`
 with one message per bad field (non-positive batch sizes, step counts and learning rates,
-unknown or weightless divergences with the nearest name suggested).
+unknown or weightless divergences with the nearest name suggested; for the estimators, pair
+kinds, sizes, critic settings that match no pair or size, and steps that are not the number of
+cells). A tuple of typed configs (`EstimatorsConfig.pairs`) is a tuple of ConfigDicts.
 
 Decisions: the stage configs (`TeacherConfig`, `ClassifierConfig`) live here, below the
 experiments that use them, so that a stage never imports its user; this module imports only
