@@ -82,3 +82,10 @@ def test_config_is_typed_and_every_bad_field_is_reported_before_any_work(tmp_pat
     c.pairs = ("gauss_d1",)
     with pytest.raises(ConfigError, match=r"config.pairs\[0\]='gauss_d1' must be a config"):
         estimators.read_config(c)
+
+
+def test_nan_inside_a_pair_is_reported():
+    c = configs.get_config("estimators_gauss", "quick")
+    c.pairs[0].shift = float("nan")
+    with pytest.raises(ConfigError, match=r"config.pairs\[0\].shift is NaN"):
+        estimators.read_config(c)
