@@ -19,15 +19,16 @@ moved aside (``<run>.stale-<time>``) and run again, so a table never mixes code 
 
 Divergences are names, or ``name:value`` for a divergence with one parameter
 (``alpha:0.5`` is ``fdiv.get("alpha", alpha=0.5)``, ``t_power:2`` is ``t=2``); ``--alphas``
-is a shortcut for ``alpha:a`` for each a.
+is a shortcut for ``alpha:a`` for each a, run before the ``--divergences`` given with it (without
+``--alphas``, ``--divergences`` defaults to the six of the f-distill paper).
 
 Usage (toy ring, the six divergences of the f-distill paper, three seeds; the alpha sweep)::
 
     python -m benchmarks.fdistill_divergences --config=configs/fdistill_toy2d.py \
         --workdir=runs/compare_ring8 --seeds=0,1,2
     python -m benchmarks.fdistill_divergences --config=configs/fdistill_toy2d.py \
-        --workdir=runs/alpha_ring8 --seeds=0 --divergences=alpha:-1,alpha:-0.5,reverse_kl,\
-    alpha:0.25,alpha:0.5,alpha:0.75,forward_kl,alpha:1.5,alpha:2
+        --workdir=runs/alpha_ring8 --alphas=-1,-0.5,0.25,0.5,0.75,1.5,2 \
+        --divergences=reverse_kl,forward_kl --seeds=0
     python -m benchmarks.fdistill_divergences --config=configs/fdistill_digits.py \
         --workdir=runs/compare_digits --divergences=reverse_kl,js,forward_kl
 
@@ -391,10 +392,10 @@ def main(argv):
     from absl import flags
 
     config = flags.FLAGS.config
+    divs = [d for d in flags.FLAGS.divergences.split(",") if d]
     if flags.FLAGS.alphas:
-        divs = [f"alpha:{a}" for a in flags.FLAGS.alphas.split(",") if a]
-    else:
-        divs = [d for d in flags.FLAGS.divergences.split(",") if d]
+        named = divs if flags.FLAGS["divergences"].present else []
+        divs = [f"alpha:{a}" for a in flags.FLAGS.alphas.split(",") if a] + named
     seeds = [int(s) for s in flags.FLAGS.seeds.split(",") if s]
     out = compare(config, flags.FLAGS.workdir, divs, seeds)
     print(out["table"], flush=True)
@@ -413,7 +414,9 @@ if __name__ == "__main__":
         ",".join(DIVERGENCES),
         "Comma-separated divergences: NAME or NAME:VALUE (alpha:0.5).",
     )
-    flags.DEFINE_string("alphas", "", "Comma-separated alphas (instead of --divergences).")
+    flags.DEFINE_string(
+        "alphas", "", "Comma-separated alphas (with --divergences only where it is given)."
+    )
     flags.DEFINE_string("seeds", "0", "Comma-separated distillation seeds.")
     flags.mark_flags_as_required(["config", "workdir"])
     logging.set_verbosity(logging.WARNING)
