@@ -7,8 +7,11 @@ shared cached teacher), then writes to ``--workdir``:
 - ``table.md``: a Markdown table (mean +- std over seeds), target floor, teacher and initial
   generator rows first;
 - ``samples.png``: target, teacher and every divergence's one-step samples (first seed);
-- ``alpha_sweep.png`` (when two or more members of the alpha family ran): each metric against
-  alpha, mean +- std over seeds, with the teacher and the target floor as reference lines.
+- ``alpha_sweep.png`` and ``alpha_table.md`` (when two or more members of the alpha family
+  ran, one of them as ``alpha:A``): each metric against alpha, mean +- std over seeds, with the
+  teacher and the target floor as reference lines. Reverse and forward KL runs are the alpha = 0
+  and 1 members (`fdiv.get("alpha", alpha=0)` has the same weight ``h = r^0`` as reverse KL), so
+  ``--divergences=alpha:0.5,reverse_kl,forward_kl`` puts both KL runs into the sweep.
 
 A finished run in the workdir is reused only when its key (the run's full config and the
 code version: a hash of the ``fdiv/`` and ``experiments/`` sources) matches; otherwise it is
@@ -16,14 +19,16 @@ moved aside (``<run>.stale-<time>``) and run again, so a table never mixes code 
 
 Divergences are names, or ``name:value`` for a divergence with one parameter
 (``alpha:0.5`` is ``fdiv.get("alpha", alpha=0.5)``, ``t_power:2`` is ``t=2``); ``--alphas``
-is a shortcut for ``alpha:a`` for each a.
+is a shortcut for ``alpha:a`` for each a, run before the ``--divergences`` given with it (without
+``--alphas``, ``--divergences`` defaults to the six of the f-distill paper).
 
 Usage (toy ring, the six divergences of the f-distill paper, three seeds; the alpha sweep)::
 
     python -m benchmarks.fdistill_divergences --config=configs/fdistill_toy2d.py \
         --workdir=runs/compare_ring8 --seeds=0,1,2
     python -m benchmarks.fdistill_divergences --config=configs/fdistill_toy2d.py \
-        --workdir=runs/alpha_ring8 --alphas=-1,-0.5,0,0.25,0.5,0.75,1,1.5,2 --seeds=0
+        --workdir=runs/alpha_ring8 --alphas=-1,-0.5,0.25,0.5,0.75,1.5,2 \
+        --divergences=reverse_kl,forward_kl --seeds=0
     python -m benchmarks.fdistill_divergences --config=configs/fdistill_digits.py \
         --workdir=runs/compare_digits --divergences=reverse_kl,js,forward_kl
 
@@ -64,6 +69,8 @@ IMAGE_COLUMNS = (
     ("recall", "recall"),
 )
 KEY_FILE = "run_key.json"
+# Members of the alpha family under their own names (docs/reference.md section 2).
+ALPHA_MEMBERS = {"reverse_kl": 0.0, "forward_kl": 1.0}
 
 
 def parse_divergence(spec: str) -> tuple[str, dict]:
@@ -91,6 +98,18 @@ def label(name: str, kw: dict) -> str:
     if not kw:
         return name
     return ",".join(f"{k}={v:g}" for k, v in sorted(kw.items()))
+
+
+def alpha_points(specs: Sequence[tuple[str, dict]], labels: Sequence[str]) -> list:
+    """``[(alpha, label)]`` sorted by alpha: the ``alpha:A`` runs, and reverse / forward KL as
+    alpha = 0 / 1 where no ``alpha:0`` / ``alpha:1`` ran. Empty unless an ``alpha:A`` ran."""
+    points = {kw["alpha"]: lab for (name, kw), lab in zip(specs, labels) if name == "alpha"}
+    if not points:
+        return []
+    for (name, _), lab in zip(specs, labels):
+        if name in ALPHA_MEMBERS:
+            points.setdefault(ALPHA_MEMBERS[name], lab)
+    return sorted(points.items())
 
 
 def code_version() -> str:
@@ -196,8 +215,10 @@ def compare(
     with open(os.path.join(workdir, "table.md"), "w") as f:
         f.write(table + "\n")
     plot_samples(workdir, runs, labels, seeds[0])
-    alphas = [(kw["alpha"], lab) for (n, kw), lab in zip(specs, labels) if n == "alpha"]
+    alphas = alpha_points(specs, labels)
     if len(alphas) >= 2:
+        with open(os.path.join(workdir, "alpha_table.md"), "w") as f:
+            f.write(alpha_markdown_table(runs, alphas, seeds) + "\n")
         plot_alpha_sweep(os.path.join(workdir, "alpha_sweep.png"), runs, alphas, seeds)
     return {**result, "table": table}
 
@@ -269,6 +290,24 @@ def markdown_table(runs: dict, labels: Sequence[str], seeds: Sequence[int]) -> s
     return "\n".join(lines)
 
 
+def alpha_markdown_table(
+    runs: dict, alphas: Sequence[tuple[float, str]], seeds: Sequence[int]
+) -> str:
+    """One row per alpha (mean +- std over seeds); KL runs are named in their rows."""
+    cols = _columns(runs[f"{alphas[0][1]}/{seeds[0]}"])
+    head = ["alpha"] + [name for _, name in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    names = {lab: lab.replace("_kl", " KL") for lab in ALPHA_MEMBERS}
+    for a, lab in alphas:
+        students = [runs[f"{lab}/{s}"]["models"]["student"] for s in seeds]
+        cells = [
+            _cell([m.get(k) for m in students], integer=(k == "modes_recovered")) for k, _ in cols
+        ]
+        name = f"{a:g} ({names[lab]})" if lab in names else f"{a:g}"
+        lines.append("| " + " | ".join([name] + cells) + " |")
+    return "\n".join(lines)
+
+
 def _figure(**kwargs):
     try:
         from matplotlib.figure import Figure
@@ -330,6 +369,9 @@ def plot_alpha_sweep(
             if a in x:
                 ax.axvline(a, color="0.85", lw=3, zorder=0)
                 ax.text(a, ax.get_ylim()[1], text, fontsize=7, ha="center", va="bottom")
+        if key.startswith("energy_distance"):
+            # From ~1e-3 (the floor) to ~0.5 (mode-dropping alphas), negative values included.
+            ax.set_yscale("symlog", linthresh=1e-3)
         ax.set_xlabel("alpha")
         ax.set_ylabel(name)
         ax.set_title(name, fontsize=10, pad=12)
@@ -350,10 +392,10 @@ def main(argv):
     from absl import flags
 
     config = flags.FLAGS.config
+    divs = [d for d in flags.FLAGS.divergences.split(",") if d]
     if flags.FLAGS.alphas:
-        divs = [f"alpha:{a}" for a in flags.FLAGS.alphas.split(",") if a]
-    else:
-        divs = [d for d in flags.FLAGS.divergences.split(",") if d]
+        named = divs if flags.FLAGS["divergences"].present else []
+        divs = [f"alpha:{a}" for a in flags.FLAGS.alphas.split(",") if a] + named
     seeds = [int(s) for s in flags.FLAGS.seeds.split(",") if s]
     out = compare(config, flags.FLAGS.workdir, divs, seeds)
     print(out["table"], flush=True)
@@ -372,7 +414,9 @@ if __name__ == "__main__":
         ",".join(DIVERGENCES),
         "Comma-separated divergences: NAME or NAME:VALUE (alpha:0.5).",
     )
-    flags.DEFINE_string("alphas", "", "Comma-separated alphas (instead of --divergences).")
+    flags.DEFINE_string(
+        "alphas", "", "Comma-separated alphas (with --divergences only where it is given)."
+    )
     flags.DEFINE_string("seeds", "0", "Comma-separated distillation seeds.")
     flags.mark_flags_as_required(["config", "workdir"])
     logging.set_verbosity(logging.WARNING)

@@ -45,8 +45,8 @@ def base():
     c.fake_lr = 5e-4
     c.disc_lr = 5e-4
     c.generator_ema = 0.995  # evaluated generator: EMA over ~200 of its 2000 updates
-    c.sigma_p_mean = -1.2
-    c.sigma_p_std = 1.2
+    # The generator and discriminator updates draw noise levels as the teacher was trained.
+    c.sigma_p_mean, c.sigma_p_std = t.p_mean, t.p_std
     c.eval_samples = 1000
     c.eval_ed_samples = 0
     c.log_every = 100
@@ -65,16 +65,8 @@ def variant_quick(c):
     t.log_every = 5
     t.sample_steps = 3
     c.classifier = classifier_digits.get_config("quick")
-    c.batch_size = 16
     c.generator_every = 2
-    c.num_steps = 4
-    c.log_every = 2
-    c.eval_every = 2
-    c.checkpoint_every_steps = 2
-    c.eval_samples = 64
-    c.disc_hidden = 16
-    c.generator_ema = 0.0  # a few updates: evaluate the raw generator
-    return c
+    return fdistill_toy2d.few_steps(c, num_steps=4, every=2, batch_size=16, eval_samples=64)
 
 
 def get_config(arg=None):

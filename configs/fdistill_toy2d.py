@@ -49,13 +49,20 @@ def variant_quick(c):
     t.batch_size = 64
     t.log_every = 10
     t.sample_steps = 4
-    c.batch_size = 32
-    c.num_steps = 6
-    c.log_every = 2
-    c.eval_every = 3
-    c.checkpoint_every_steps = 3
-    c.eval_samples = 500
+    c = few_steps(c, num_steps=6, every=3, batch_size=32, eval_samples=500)
     c.eval_ed_samples = 1000
+    return c
+
+
+def few_steps(c, *, num_steps, every, batch_size, eval_samples):
+    """The distillation part of a `quick` variant: `num_steps` steps of a tiny critic,
+    evaluated and checkpointed every `every` steps."""
+    c.batch_size = batch_size
+    c.num_steps = num_steps
+    c.log_every = 2
+    c.eval_every = every
+    c.checkpoint_every_steps = every
+    c.eval_samples = eval_samples
     c.disc_hidden = 16
     c.generator_ema = 0.0  # a few updates: evaluate the raw generator
     return c

@@ -40,11 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import fdiv
+from experiments import settings
+from experiments.settings import EstimatorsConfig, PairConfig
 from fdiv import critic as critic_lib
 from fdiv import kernel, variational
 
 F_DIVERGENCES = ("forward_kl", "reverse_kl", "js", "squared_hellinger", "pearson")
-CRITIC_DIVERGENCES = ("forward_kl", "js", "squared_hellinger", "pearson")
+CRITIC_DIVERGENCES = settings.ESTIMATOR_CRITIC_DIVERGENCES
 ESTIMATORS = ("mc", "bound", "nwj", "dv", "classifier", "mmd2", "cs")
 
 
@@ -97,7 +99,7 @@ def _mixture_pair(dim):
     return p, q
 
 
-def make_pair(spec: Any) -> tuple[Mixture, Mixture]:
+def make_pair(spec: PairConfig) -> tuple[Mixture, Mixture]:
     if spec.kind == "gauss":
         return _gauss_pair(spec.dim, spec.shift, spec.scale)
     if spec.kind == "mixture":
@@ -177,7 +179,7 @@ def true_values(p: Mixture, q: Mixture, bandwidth: float, truth_samples: int, se
 # One (pair, n, seed) cell.
 
 
-def _critic_estimates(x_p, x_q, cfg, seed):
+def _critic_estimates(x_p, x_q, cfg: EstimatorsConfig, seed):
     """Critics trained on the first half of the samples, selected (early stopping) on the next
     quarter, evaluated on the last quarter."""
     out = {}
@@ -211,7 +213,7 @@ def _critic_estimates(x_p, x_q, cfg, seed):
     return out
 
 
-def _cell(p, q, n, seed, cfg, *, with_critic, with_kernel):
+def _cell(p, q, n, seed, cfg: EstimatorsConfig, *, with_critic, with_kernel):
     key = jax.random.PRNGKey(seed * 1_000_003 + n)
     kp, kq = jax.random.split(key)
     x_p, x_q = p.sample(kp, n), q.sample(kq, n)
@@ -322,21 +324,19 @@ def _plot(results, pair, path):
 # ----------------------------------------------------------------------------------------------
 
 
-def _cells(config):
-    """Every ``(pair_spec, n, seed)`` in run order; ``config.num_steps`` counts them."""
-    return [
-        (spec, n, seed)
-        for spec in config.pairs
-        for n in config.sizes
-        for seed in range(config.seeds)
-    ]
+def read_config(config: Any, workdir: str | None = None) -> EstimatorsConfig:
+    """The typed, validated config (every bad field in one `ConfigError`)."""
+    return settings.read(EstimatorsConfig, config, workdir)
 
 
 def train_and_evaluate(config: Any, workdir: str) -> dict:
     """Runs every (pair, size, seed) cell of `config`; writes results, tables and plots.
 
+    `config` (a ConfigDict or `EstimatorsConfig`) is read and validated first: one
+    `ConfigError` lists every bad field before any work.
+
     One "step" is one cell. Progress goes to ``metrics.jsonl`` (seconds per cell); every
-    ``config.checkpoint_every`` cells the rows so far are checkpointed with Orbax
+    ``checkpoint_every`` cells the rows so far are checkpointed with Orbax
     (``fdiv.train.Checkpointer``, rows in the checkpoint's metadata), and a rerun in the same
     `workdir` resumes after the newest checkpoint.
 
@@ -346,16 +346,10 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
     """
     from fdiv import train  # pylint: disable=import-outside-toplevel
 
-    cells = _cells(config)
-    if config.num_steps != len(cells):
-        raise ValueError(
-            f"config.num_steps must equal the number of (pair, size, seed) cells, "
-            f"{len(cells)}; got {config.num_steps}."
-        )
+    cfg = read_config(config, workdir)
+    cells = cfg.cells()
     os.makedirs(workdir, exist_ok=True)
-    ckpt = train.Checkpointer(
-        workdir, every_steps=config.checkpoint_every, keep=2, async_save=False
-    )
+    ckpt = train.Checkpointer(workdir, every_steps=cfg.checkpoint_every, keep=2, async_save=False)
     writer = train.MetricWriter(workdir, len(cells), tensorboard=False)
     _, meta = ckpt.restore_latest({"cells_done": np.zeros((), np.int32)})
     rows = list(meta["rows"]) if meta else []
@@ -365,20 +359,18 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
         print(f"resuming after cell {first} of {len(cells)}", flush=True)
     start = time.time()
     truths, pairs = {}, {}
-    for spec in config.pairs:
+    for spec in cfg.pairs:
         p, q = make_pair(spec)
         pairs[spec.name] = (p, q)
-        truths[spec.name] = true_values(p, q, math.sqrt(p.dim), config.truth_samples, 0)
+        truths[spec.name] = true_values(p, q, math.sqrt(p.dim), cfg.truth_samples, 0)
     for step, (spec, n, seed) in enumerate(cells[first:], start=first + 1):
         p, q = pairs[spec.name]
         t0 = time.time()
         with_critic = (
-            n in config.critic_sizes
-            and seed < config.critic_seeds
-            and spec.name in config.critic_pairs
+            n in cfg.critic_sizes and seed < cfg.critic_seeds and spec.name in cfg.critic_pairs
         )
-        with_kernel = n <= config.kernel_max_n or seed < config.kernel_large_seeds
-        out = _cell(p, q, n, seed, config, with_critic=with_critic, with_kernel=with_kernel)
+        with_kernel = n <= cfg.kernel_max_n or seed < cfg.kernel_large_seeds
+        out = _cell(p, q, n, seed, cfg, with_critic=with_critic, with_kernel=with_kernel)
         rows.extend(
             {"pair": spec.name, "n": n, "seed": seed, "estimator": est, "quantity": qty, "value": v}
             for (est, qty), v in out.items()
@@ -409,7 +401,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict:
         json.dump(summary, f, indent=1)
     with open(os.path.join(workdir, "table.txt"), "w") as f:
         f.write(table + "\n")
-    for spec in config.pairs:
+    for spec in cfg.pairs:
         _plot(results, spec.name, os.path.join(workdir, f"estimators_{spec.name}.png"))
     train.plot_curves(workdir)
     train.write_summary(workdir, summary)

@@ -13,7 +13,9 @@ one typed ``loop`` field here, but flat in the ConfigDict (``config.num_steps``,
 
 `validate(cfg)` checks a whole typed config and raises one `fdiv.train.config.ConfigError`
 with one message per bad field (non-positive batch sizes, step counts and learning rates,
-unknown or weightless divergences with the nearest name suggested).
+unknown or weightless divergences with the nearest name suggested; for the estimators, pair
+kinds, sizes, critic settings that match no pair or size, and steps that are not the number of
+cells). A tuple of typed configs (`EstimatorsConfig.pairs`) is a tuple of ConfigDicts.
 
 Decisions: the stage configs (`TeacherConfig`, `ClassifierConfig`) live here, below the
 experiments that use them, so that a stage never imports its user; this module imports only
@@ -31,7 +33,10 @@ from typing import Any, Mapping
 import ml_collections
 from ml_collections import config_dict
 
+# `_walk` (the leaves of a nested config, ConfigDicts inside lists included) is shared with
+# `fdiv.train.config.check_config`, so both find the same NaN fields.
 from fdiv.train.config import ConfigError, LoopOptions, loop_problems
+from fdiv.train.config import _walk as _leaves
 
 LOOP_FIELDS = tuple(f.name for f in dataclasses.fields(LoopOptions))
 
@@ -224,6 +229,131 @@ class FDistillConfig:
 
 
 # ---------------------------------------------------------------------------------------------
+# Estimators.
+
+PAIR_KINDS = ("gauss", "mixture")
+# Divergences with a trained critic in the estimators experiment (its Monte Carlo truths cover
+# these; reverse KL has a truth but no critic).
+ESTIMATOR_CRITIC_DIVERGENCES = ("forward_kl", "js", "squared_hellinger", "pearson")
+
+
+@dataclasses.dataclass(frozen=True)
+class PairConfig:
+    """One (P, Q) pair with known truth (``experiments.estimators.make_pair``).
+
+    ``gauss``: P = N(0, I), Q = N(shift / sqrt(dim) * 1, scale^2 I); ``mixture``: P a
+    two-Gaussian mixture, Q one Gaussian (``shift`` and ``scale`` unused).
+    """
+
+    name: str = "gauss_d1"
+    kind: str = "gauss"
+    dim: int = 1
+    shift: float = 0.5
+    scale: float = 1.2
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorsConfig:
+    """Sample-based estimators against known truth (``experiments.estimators``).
+
+    The defaults are the full run (``configs/estimators_gauss.py``). One loop step is one
+    (pair, size, seed) cell, so ``num_steps`` must equal ``len(pairs) * len(sizes) * seeds``.
+    """
+
+    experiment: str = "estimators"
+    pairs: tuple[PairConfig, ...] = (
+        PairConfig("gauss_d1", "gauss", 1),
+        PairConfig("gauss_d4", "gauss", 4),
+        PairConfig("gauss_d16", "gauss", 16),
+        PairConfig("mixture_d1", "mixture", 1),
+    )
+    sizes: tuple[int, ...] = (256, 1024, 4096, 16384)
+    seeds: int = 10
+    truth_samples: int = 2_000_000
+    kernel_max_n: int = 4096  # above this size the kernels run for kernel_large_seeds seeds only
+    kernel_large_seeds: int = 2
+    block: int = 2048  # kernel block size (memory), not a result
+    critic_sizes: tuple[int, ...] = (1024, 16384)
+    critic_seeds: int = 10
+    critic_pairs: tuple[str, ...] = ("gauss_d1", "gauss_d16", "mixture_d1")
+    critic_divergences: tuple[str, ...] = ESTIMATOR_CRITIC_DIVERGENCES
+    critic_steps: int = 600
+    critic_batch: int = 256
+    critic_hidden: tuple[int, ...] = (64, 64)
+    critic_lr: float = 2e-3
+    critic_eval_every: int = 25  # validation checks for early stopping
+    critic_weight_decay: float = 0.0
+    checkpoint_every: int = 8  # cells between checkpoints of the rows
+    num_steps: int = len(pairs) * len(sizes) * seeds
+
+    def cells(self) -> list[tuple[PairConfig, int, int]]:
+        """Every ``(pair, n, seed)`` in run order; `num_steps` counts them."""
+        return [(p, n, s) for p in self.pairs for n in self.sizes for s in range(self.seeds)]
+
+
+def _positive_ints(values: Any) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+
+
+def _estimators_problems(cfg: EstimatorsConfig) -> list[str]:
+    out = []
+    names = [p.name for p in cfg.pairs]
+    if not cfg.pairs:
+        out.append("config.pairs is empty; give at least one pair")
+    if len(set(names)) != len(names):
+        out.append(f"config.pairs names {names} repeat; give each pair its own name")
+    for i, p in enumerate(cfg.pairs):
+        if p.kind not in PAIR_KINDS:
+            out.append(f"config.pairs[{i}].kind={p.kind!r} must be one of {PAIR_KINDS}")
+        if not _positive_ints([p.dim]):
+            out.append(f"config.pairs[{i}].dim={p.dim!r} must be a positive int")
+        if not (_is_number(p.scale) and 0 < p.scale < math.inf):
+            out.append(f"config.pairs[{i}].scale={p.scale!r} must be a finite number > 0")
+    # The critics split n into halves and quarters; the unbiased MMD needs two samples.
+    for field, values, least in (("sizes", cfg.sizes, 2), ("critic_sizes", cfg.critic_sizes, 16)):
+        if not _positive_ints(values) or any(v < least for v in values):
+            out.append(f"config.{field}={list(values)} must be ints >= {least}")
+    for field, least in (
+        ("seeds", 1),
+        ("truth_samples", 1),
+        ("block", 1),
+        ("critic_steps", 1),
+        ("critic_batch", 1),
+        ("critic_eval_every", 1),
+        ("checkpoint_every", 1),
+        ("kernel_max_n", 0),
+        ("kernel_large_seeds", 0),
+        ("critic_seeds", 0),
+    ):
+        v = getattr(cfg, field)
+        if not isinstance(v, int) or isinstance(v, bool) or v < least:
+            out.append(f"config.{field}={v!r} must be an int >= {least}")
+    if not cfg.critic_hidden or not _positive_ints(cfg.critic_hidden):
+        out.append(f"config.critic_hidden={list(cfg.critic_hidden)} must be positive ints")
+    if not (_is_number(cfg.critic_weight_decay) and 0 <= cfg.critic_weight_decay < math.inf):
+        out.append(f"config.critic_weight_decay={cfg.critic_weight_decay!r} must be >= 0")
+    # A critic setting that matches nothing would silently train no critic.
+    unused = [n for n in cfg.critic_sizes if n not in cfg.sizes]
+    if unused:
+        out.append(f"config.critic_sizes {unused} are not in config.sizes {list(cfg.sizes)}")
+    unknown = [n for n in cfg.critic_pairs if n not in names]
+    if unknown:
+        out.append(f"config.critic_pairs {unknown} are not pair names; pairs: {', '.join(names)}")
+    bad = [d for d in cfg.critic_divergences if d not in ESTIMATOR_CRITIC_DIVERGENCES]
+    if bad:
+        out.append(
+            f"config.critic_divergences {bad} have no critic here; use some of "
+            f"{', '.join(ESTIMATOR_CRITIC_DIVERGENCES)}"
+        )
+    if not out and cfg.num_steps != len(cfg.cells()):
+        out.append(
+            f"config.num_steps={cfg.num_steps} must equal the number of (pair, size, seed) "
+            f"cells, {len(cfg.cells())} (set --config.num_steps={len(cfg.cells())})"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # ConfigDict <-> dataclass.
 
 
@@ -246,6 +376,8 @@ def to_config_dict(obj: Any) -> ml_collections.ConfigDict:
                 out[k] = getattr(v, k)
         elif dataclasses.is_dataclass(v):
             out[f.name] = to_config_dict(v)
+        elif isinstance(v, tuple) and v and all(dataclasses.is_dataclass(x) for x in v):
+            out[f.name] = tuple(to_config_dict(x) for x in v)
         elif v is None:
             continue
         elif f.name == "divergence_kw":
@@ -272,6 +404,14 @@ def _unknown(name: str, valid: list[str]) -> str:
     return f"{hint}valid fields: {', '.join(valid)}"
 
 
+def _tuple_item_dataclass(t: Any) -> type | None:
+    """``PairConfig`` for ``tuple[PairConfig, ...]``, else None."""
+    args = typing.get_args(t)
+    if typing.get_origin(t) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _optional_dataclass(args[0])
+    return None
+
+
 def _convert(cls: type, data: dict, path: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -289,9 +429,20 @@ def _convert(cls: type, data: dict, path: str, problems: list[str]) -> Any:
             problems.append(f"{path}{k} is not a field ({_unknown(k, valid)})")
             continue
         t = hints[k]
-        sub = _optional_dataclass(t)
+        sub, item = _optional_dataclass(t), _tuple_item_dataclass(t)
         if sub is not None and isinstance(v, Mapping):
             v = _convert(sub, dict(v), f"{path}{k}.", problems)
+        elif item is not None and isinstance(v, (list, tuple)):
+            items = []
+            for i, x in enumerate(v):
+                if isinstance(x, Mapping) or hasattr(x, "to_dict"):
+                    items.append(_convert(item, _as_dict(x), f"{path}{k}[{i}].", problems))
+                else:
+                    problems.append(
+                        f"{path}{k}[{i}]={x!r} must be a config with fields "
+                        f"{', '.join(f.name for f in dataclasses.fields(item))}"
+                    )
+            v = tuple(items)
         elif isinstance(v, list) and typing.get_origin(t) is tuple:
             v = tuple(v)
         elif k == "divergence_kw":
@@ -316,23 +467,12 @@ def from_config(cls: type, config: Any) -> Any:
         field.
     """
     problems: list[str] = []
-    nan = [p for p, v in _walk(_as_dict(config), "") if isinstance(v, float) and math.isnan(v)]
+    nan = [p for p, v in _leaves(_as_dict(config), "") if isinstance(v, float) and math.isnan(v)]
     problems.extend(f"config.{p} is NaN; set a number" for p in nan)
     cfg = _convert(cls, _as_dict(config), "config.", problems)
     if problems:
         raise ConfigError(problems)
     return cfg
-
-
-def _walk(x: Any, path: str):
-    if isinstance(x, Mapping):
-        for k, v in x.items():
-            yield from _walk(v, f"{path}.{k}" if path else str(k))
-    elif isinstance(x, (list, tuple)):
-        for i, v in enumerate(x):
-            yield from _walk(v, f"{path}[{i}]")
-    else:
-        yield path, x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,6 +550,8 @@ def problems(cfg: Any) -> list[str]:
             )
         if cfg.lr_schedule not in ("constant", "cosine"):
             out.append(f"config.lr_schedule={cfg.lr_schedule!r} must be 'constant' or 'cosine'")
+    if isinstance(cfg, EstimatorsConfig):
+        out.extend(_estimators_problems(cfg))
     for teacher in _teachers(cfg):
         if teacher.net.kind not in ("mlp", "unet"):
             out.append(f"config.teacher.net.kind={teacher.net.kind!r} must be 'mlp' or 'unet'")

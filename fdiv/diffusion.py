@@ -57,72 +57,30 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------
-# Preconditioning (docs/reference.md section 6, EDM Table 1).
+# Preconditioning (docs/reference.md section 6; Karras et al. 2022, Table 1, "EDM" column).
+# Each coefficient takes noise levels `sigma` of any shape and the data standard deviation
+# `sigma_data`, and returns an array of the shape of `sigma`.
 
 
 def c_skip(sigma: Array, sigma_data: float) -> Array:
-    """Skip scaling ``sigma_data^2 / (sigma^2 + sigma_data^2)`` (docs/reference.md section 6).
-
-    Args:
-      sigma: noise levels, any shape.
-      sigma_data: standard deviation of the data.
-
-    Returns:
-      Array of the shape of ``sigma``.
-
-    References:
-      Karras et al. 2022, Table 1 ("EDM" column).
-    """
+    """Skip scaling ``sigma_data^2 / (sigma^2 + sigma_data^2)`` (EDM Table 1)."""
     sigma = jnp.asarray(sigma)
     return sigma_data**2 / (sigma**2 + sigma_data**2)
 
 
 def c_out(sigma: Array, sigma_data: float) -> Array:
-    """Output scaling ``sigma sigma_data / sqrt(sigma^2 + sigma_data^2)`` (docs/reference.md section 6).
-
-    Args:
-      sigma: noise levels, any shape.
-      sigma_data: standard deviation of the data.
-
-    Returns:
-      Array of the shape of ``sigma``.
-
-    References:
-      Karras et al. 2022, Table 1.
-    """
-    sigma = jnp.asarray(sigma)
-    return sigma * sigma_data * jax.lax.rsqrt(sigma**2 + sigma_data**2)
+    """Output scaling ``sigma sigma_data / sqrt(sigma^2 + sigma_data^2)`` (EDM Table 1)."""
+    return jnp.asarray(sigma) * sigma_data * c_in(sigma, sigma_data)
 
 
 def c_in(sigma: Array, sigma_data: float) -> Array:
-    """Input scaling ``1 / sqrt(sigma^2 + sigma_data^2)`` (docs/reference.md section 6).
-
-    Args:
-      sigma: noise levels, any shape.
-      sigma_data: standard deviation of the data.
-
-    Returns:
-      Array of the shape of ``sigma``.
-
-    References:
-      Karras et al. 2022, Table 1.
-    """
+    """Input scaling ``1 / sqrt(sigma^2 + sigma_data^2)`` (EDM Table 1)."""
     sigma = jnp.asarray(sigma)
     return jax.lax.rsqrt(sigma**2 + sigma_data**2)
 
 
 def c_noise(sigma: Array) -> Array:
-    """Noise conditioning input ``log(sigma) / 4`` (docs/reference.md section 6).
-
-    Args:
-      sigma: positive noise levels, any shape.
-
-    Returns:
-      Array of the shape of ``sigma``.
-
-    References:
-      Karras et al. 2022, Table 1.
-    """
+    """Noise conditioning input ``log(sigma) / 4`` of positive noise levels (EDM Table 1)."""
     return jnp.log(jnp.asarray(sigma)) / 4.0
 
 

@@ -32,11 +32,11 @@ from typing import Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import Array
+from jax.typing import ArrayLike
 
 from fdiv import _checks
 
-Array = jax.Array
-ArrayLike = jax.typing.ArrayLike
 Bandwidth = Union[float, Sequence[float], ArrayLike]
 
 __all__ = [
@@ -227,18 +227,31 @@ def mmd2(
       >>> round(float(mmd2(x_p, x_q, bandwidth=1.0)), 2)
       0.2
     """
+    return _two_sample(_mmd2, x_p, x_q, bandwidth, block_size)
+
+
+def _two_sample(statistic, x_p, x_q, bandwidth, block_size):
+    """Checks the arguments of a two-sample statistic, then computes it."""
     x_p, x_q = _pair(x_p, x_q, min_rows=2)
     bws = _bandwidths(bandwidth, x_p.dtype)
-    return _mmd2(x_p, x_q, bws, _block_size(block_size))
+    return statistic(x_p, x_q, bws, _block_size(block_size))
+
+
+def _pair_sums(kernel_sum, x_p, x_q, bws, block_size):
+    """``kernel_sum`` over pairs ``i != j`` of P, of Q and over all of P x Q, each with its
+    number of pairs: the three U-statistics of MMD^2 and of the Cauchy-Schwarz divergence."""
+    n, m = x_p.shape[0], x_q.shape[0]
+    return (
+        (kernel_sum(x_p, x_p, bws, block_size, exclude_diagonal=True), n * (n - 1)),
+        (kernel_sum(x_q, x_q, bws, block_size, exclude_diagonal=True), m * (m - 1)),
+        (kernel_sum(x_p, x_q, bws, block_size, exclude_diagonal=False), n * m),
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
 def _mmd2(x_p, x_q, bws, block_size):
-    n, m = x_p.shape[0], x_q.shape[0]
-    k_pp = _kernel_sum(x_p, x_p, bws, block_size, exclude_diagonal=True) / (n * (n - 1))
-    k_qq = _kernel_sum(x_q, x_q, bws, block_size, exclude_diagonal=True) / (m * (m - 1))
-    k_pq = _kernel_sum(x_p, x_q, bws, block_size, exclude_diagonal=False) / (n * m)
-    return k_pp + k_qq - 2.0 * k_pq
+    (pp, n_pp), (qq, n_qq), (pq, n_pq) = _pair_sums(_kernel_sum, x_p, x_q, bws, block_size)
+    return pp / n_pp + qq / n_qq - 2.0 * (pq / n_pq)
 
 
 def cauchy_schwarz(
@@ -267,22 +280,13 @@ def cauchy_schwarz(
     Raises:
       ValueError: as :func:`mmd2`.
     """
-    x_p, x_q = _pair(x_p, x_q, min_rows=2)
-    bws = _bandwidths(bandwidth, x_p.dtype)
-    return _cauchy_schwarz(x_p, x_q, bws, _block_size(block_size))
+    return _two_sample(_cauchy_schwarz, x_p, x_q, bandwidth, block_size)
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
 def _cauchy_schwarz(x_p, x_q, bws, block_size):
-    n, m = x_p.shape[0], x_q.shape[0]
-    log_pp = _kernel_log_sum(x_p, x_p, bws, block_size, exclude_diagonal=True) - math.log(
-        n * (n - 1)
-    )
-    log_qq = _kernel_log_sum(x_q, x_q, bws, block_size, exclude_diagonal=True) - math.log(
-        m * (m - 1)
-    )
-    log_pq = _kernel_log_sum(x_p, x_q, bws, block_size, exclude_diagonal=False) - math.log(n * m)
-    return log_pp + log_qq - 2.0 * log_pq
+    (pp, n_pp), (qq, n_qq), (pq, n_pq) = _pair_sums(_kernel_log_sum, x_p, x_q, bws, block_size)
+    return (pp - math.log(n_pp)) + (qq - math.log(n_qq)) - 2.0 * (pq - math.log(n_pq))
 
 
 def median_bandwidth(

@@ -76,3 +76,30 @@ def test_comparison_table_figures_and_keyed_reuse(quick_config, tmp_path, monkey
         rerun["runs"]["alpha=1/0"]["models"]["student"]
         == out["runs"]["alpha=1/0"]["models"]["student"]
     )
+
+
+def test_alpha_sweep_takes_the_kl_runs_as_alpha_0_and_1():
+    specs = [("alpha", {"alpha": 0.5}), ("reverse_kl", {}), ("forward_kl", {}), ("js", {})]
+    labels = [fdistill_divergences.label(n, kw) for n, kw in specs]
+    points = fdistill_divergences.alpha_points(specs, labels)
+    assert points == [(0.0, "reverse_kl"), (0.5, "alpha=0.5"), (1.0, "forward_kl")]
+    # An alpha:1 run is the alpha = 1 point itself; without alpha runs there is no sweep.
+    specs[2] = ("alpha", {"alpha": 1.0})
+    labels = [fdistill_divergences.label(n, kw) for n, kw in specs]
+    assert fdistill_divergences.alpha_points(specs, labels)[-1] == (1.0, "alpha=1")
+    assert fdistill_divergences.alpha_points([("reverse_kl", {}), ("js", {})], ["a", "b"]) == []
+
+    def summary(modes, err):
+        m = {"modes_recovered": modes, "precision": 0.5, "weight_error": err}
+        return {"models": {"student": {**m, "energy_distance": err / 10}}}
+
+    runs = {"reverse_kl/0": summary(5, 0.5), "alpha=0.5/0": summary(8, 0.25)}
+    runs["reverse_kl/1"], runs["alpha=0.5/1"] = summary(7, 0.7), summary(8, 0.15)
+    table = fdistill_divergences.alpha_markdown_table(
+        runs, [(0.0, "reverse_kl"), (0.5, "alpha=0.5")], [0, 1]
+    ).splitlines()
+    assert table[0] == "| alpha | modes | precision | weight error | energy distance |"
+    assert table[2].startswith(
+        "| 0 (reverse KL) | 6.0 +- 1.0 | 0.5000 +- 0.0000 | 0.6000 +- 0.1000 |"
+    )
+    assert table[3].startswith("| 0.5 | 8.0 +- 0.0 | 0.5000 +- 0.0000 | 0.2000 +- 0.0500 |")

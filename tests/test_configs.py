@@ -25,6 +25,7 @@ TYPED = {
     "edm_teacher": settings.EDMTeacherConfig,
     "kd_fashion": settings.KDFashionConfig,
     "kd_lm": settings.KDLMConfig,
+    "estimators": settings.EstimatorsConfig,
 }
 # The base config of each experiment: its typed defaults.
 BASES = {
@@ -33,6 +34,7 @@ BASES = {
     "edm_teacher": "edm_teacher_toy2d",
     "kd_fashion": "kd_fashion",
     "kd_lm": "kd_lm",
+    "estimators": "estimators_gauss",
 }
 CONFIG_NAMES = configs.names()
 
@@ -107,6 +109,9 @@ def test_every_variant_is_a_valid_typed_config(name, variant):
             f"experiment {c.experiment!r} reads its ConfigDict directly (no typed config yet)"
         )
     cfg = settings.read(TYPED[c.experiment], c)
+    if c.experiment == "estimators":  # no loop options: one step per (pair, size, seed) cell
+        assert cfg.num_steps == len(cfg.cells())
+        return
     loop = cfg.loop if hasattr(cfg, "loop") else cfg.teacher.loop
     assert loop.resume == "auto"  # --config.resume=restart is an existing field
 
