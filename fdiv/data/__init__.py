@@ -7,7 +7,8 @@ One module per kind of data; this package re-exports their public names, so
   `GaussianMixture2D`, `Moons`, `SwissRoll`, `toy_target`; docs/reference.md section 8).
 * `fdiv.data.images`: labelled images from local files (`load_digits`, `load_fashion_mnist`,
   `read_idx`, `load_images`, `LabelledImages`).
-* `fdiv.data.text`: character corpora (`load_shakespeare`, `CharCorpus`).
+* `fdiv.data.text`: character corpora (`load_shakespeare`, `load_kjv_bible`, `load_corpus` by
+  name from `CORPORA`, `CharCorpus`).
 * `fdiv.data.batchers`: batches that are pure functions of (seed, step) (`ArrayBatcher`,
   `TextBatcher`, `epoch_permutation`, `eval_batches`, `shard_batch`).
 
@@ -35,7 +36,14 @@ from fdiv.data.images import (
     load_images,
     read_idx,
 )
-from fdiv.data.text import CharCorpus, load_shakespeare
+from fdiv.data.text import (
+    CORPORA,
+    KJV_INSTALL,
+    CharCorpus,
+    load_corpus,
+    load_kjv_bible,
+    load_shakespeare,
+)
 from fdiv.data.toy import (
     TOY_TARGETS,
     GaussianMixture2D,
@@ -47,10 +55,12 @@ from fdiv.data.toy import (
 )
 
 __all__ = [
+    "CORPORA",
     "DATA_AXIS",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
     "IMAGE_DATASETS",
+    "KJV_INSTALL",
     "TOY_TARGETS",
     "ArrayBatcher",
     "CharCorpus",
@@ -62,9 +72,11 @@ __all__ = [
     "epoch_permutation",
     "eval_batches",
     "grid25",
+    "load_corpus",
     "load_digits",
     "load_fashion_mnist",
     "load_images",
+    "load_kjv_bible",
     "load_shakespeare",
     "read_idx",
     "ring8",
