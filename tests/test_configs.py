@@ -23,12 +23,14 @@ TYPED = {
     "fdistill": settings.FDistillConfig,
     "classifier": settings.ClassifierConfig,
     "edm_teacher": settings.EDMTeacherConfig,
+    "fdpg": settings.FDPGConfig,
 }
 # The base config of each experiment: its typed defaults.
 BASES = {
     "fdistill": "fdistill_toy2d",
     "classifier": "classifier_digits",
     "edm_teacher": "edm_teacher_toy2d",
+    "fdpg": "fdpg",
 }
 CONFIG_NAMES = configs.names()
 
