@@ -194,3 +194,58 @@ def test_cached_step_matches_full_forward():
     for t in range(10):
         logits, cache = step(weights, tokens[:, t], cache, jnp.asarray(t))
         np.testing.assert_allclose(logits, full[:, t], rtol=1e-4, atol=1e-5)
+
+
+class _CharTokenizer:
+    """A stand-in for the GGUF tokenizer: token i < 11 is the i-th of 'abcdefghij ', 11 ends."""
+
+    chars, eos_id = "abcdefghij ", 11
+
+    def encode_chat(self, messages, add_generation_prompt=True):
+        return [0, 10, 1]
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(self.chars[i] for i in ids if i != self.eos_id)
+
+
+@pytest.fixture
+def tiny_llama(monkeypatch):
+    from flax import nnx
+
+    from fdiv.nets import llama
+
+    config = llama.LlamaConfig(
+        vocab_size=12, dim=16, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=8, ffn_dim=32
+    )
+    # Random weights: nearly uniform next-token probabilities, so about 40% of the 6-token
+    # answers end early and the masking after the end of turn is exercised.
+    model = llama.Llama(config, rngs=nnx.Rngs(3))
+    monkeypatch.setattr(llama, "from_gguf", lambda *a, **k: (model, _CharTokenizer()))
+    monkeypatch.setattr(llama, "smollm2_gguf_path", lambda: "tiny.gguf")
+    return model
+
+
+def test_llama_backend_scores_what_it_samples_and_trains(tiny_llama, cache, tmp_path):
+    # One batch size everywhere: one compiled sampler.
+    c = _config(cache, model="smollm2", word="ab", sample_len=6, batch_size=16, num_steps=2)
+    c.divergences, c.seeds, c.eval_samples, c.z_samples, c.log_every = ("js",), (0,), 16, 16, 1
+    cfg = fdpg.read_config(c)
+    backend = fdpg._LlamaBackend(cfg, print_fn=lambda s: None)
+    seqs, log_pi = backend.draw(backend.base.params, jax.random.key(0), 16)
+    ended = np.any(np.asarray(seqs) == _CharTokenizer.eos_id, axis=1)
+    assert ended.any() and not ended.all()  # some rows end early
+    # The full forward pass over prompt + answer gives the sampler's own log-probabilities
+    # (tokens after the end of turn do not count), so on-policy importance weights are 1.
+    np.testing.assert_allclose(
+        backend.log_prob(backend.base.params, seqs), log_pi, rtol=1e-5, atol=1e-4
+    )
+    texts = backend.decode(seqs)
+    expected = [re.search(r"\bab\b", t, re.I) is not None for t in texts]
+    np.testing.assert_array_equal(backend.satisfies(seqs), expected)
+    summary = fdpg.train_and_evaluate(c, str(tmp_path / "llm"), print_fn=lambda s: None)
+    assert summary["lm_dir"] == "tiny.gguf"
+    # Cached sampling and the full forward pass agree to float32 rounding.
+    assert abs(summary["results"]["pi_0"]["kl_pi_pi0"]) < 1e-5
+    records = _records(tmp_path / "llm" / "js" / "seed_0")
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    assert all(math.isfinite(v) for v in summary["results"]["js"].values())
