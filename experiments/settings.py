@@ -548,7 +548,7 @@ class FDPGConfig:
     proposal_divergences: tuple[str, ...] = ("forward_kl", "js")
     proposal_every: int = 25  # steps between proposal checks
     batch_size: int = 128
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     grad_clip: float = 1.0
     baseline: str = "ema"
     baseline_decay: float = 0.9
@@ -557,7 +557,7 @@ class FDPGConfig:
     z_samples: int = 4096
     show_samples: int = 8
     loop: LoopOptions = LoopOptions(
-        num_steps=300,
+        num_steps=200,
         log_every=25,
         eval_every=25,
         checkpoint_every_steps=100,
