@@ -8,6 +8,8 @@ below 1% for a correct estimator, while a biased one (wrong reward, missing impo
 a baseline that depends on the sample) is off by tens of standard errors.
 """
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -52,19 +54,27 @@ def _batch_loss(theta, x, log_target, divergence, log_proposal, baseline, log_no
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _per_sample_gradient_fn(divergence, with_proposal):
+    """Jitted [n, K] per-sample gradients, compiled once per (divergence, proposal or not):
+    the parameters, baseline and normaliser are traced arguments."""
+
+    def one(theta, xi, lt, lq, baseline, log_normalizer):
+        lq = lq[None] if with_proposal else None
+
+        def loss(t):
+            return _batch_loss(t, xi[None], lt[None], divergence, lq, baseline, log_normalizer)[0]
+
+        return jax.grad(loss)(theta)
+
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0, 0, None, None)))
+
+
 def _per_sample_gradients(theta, x, log_target, divergence, log_proposal, baseline, log_normalizer):
     """[n, K] gradients of the one-sample surrogate (the terms the batch gradient averages)."""
-
-    def one(xi, lt, lq):
-        lq = None if log_proposal is None else lq[None]
-        return jax.grad(
-            lambda t: _batch_loss(t, xi[None], lt[None], divergence, lq, baseline, log_normalizer)[
-                0
-            ]
-        )(theta)
-
     lq = jnp.zeros_like(log_target) if log_proposal is None else log_proposal
-    return jax.jit(jax.vmap(one))(x, log_target, lq)
+    fn = _per_sample_gradient_fn(divergence, log_proposal is not None)
+    return fn(theta, x, log_target, lq, jnp.asarray(baseline, jnp.float32), log_normalizer)
 
 
 def _samples(key, logits, n=NUM_SAMPLES):
