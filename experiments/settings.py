@@ -557,7 +557,7 @@ class FDPGConfig:
     z_samples: int = 4096
     show_samples: int = 8
     loop: LoopOptions = LoopOptions(
-        num_steps=200,
+        num_steps=150,
         log_every=25,
         eval_every=25,
         checkpoint_every_steps=100,
