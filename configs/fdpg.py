@@ -14,8 +14,8 @@ curves ``<workdir>/comparison.png``. Run (the whole comparison; finished runs re
 Measured on the shared 2-core CPU (load ~6-12): pi_0, 800 steps, about 3 steps/s when loaded
 (once, cached); one JS run of 400 steps x 128 samples with 8 evaluations of 1024 samples took
 183 s (0.20-0.5 s a step, 21 s for the first step with compilation), so the 18 runs of 150
-steps take about 18 x 70 s = 21 minutes on a loaded machine (fewer on an idle one). Per run,
-the update compiles once for all 18 runs.
+steps take about 18 x 70 s = 21 minutes on a loaded machine (fewer on an idle one); the
+update compiles once for all 18 runs.
 Variants: ``:quick`` (seconds, used by the tests), ``:proposal`` (every divergence with DPG's
 proposal sampler: samples from a proposal that is replaced by the policy when the policy's
 estimated KL(p || .) is lower), ``:smollm2`` (below), ``:smollm2_step`` (its one-step timing).
