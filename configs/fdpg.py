@@ -11,11 +11,11 @@ curves ``<workdir>/comparison.png``. Run (the whole comparison; finished runs re
 
     python -m experiments.main --config=configs/fdpg.py --workdir=runs/fdpg
 
-Measured on the shared 2-core CPU (load ~6-12): pi_0, 800 steps, about 3 steps/s when loaded
-(once, cached); one JS run of 400 steps x 128 samples with 8 evaluations of 1024 samples took
-183 s (0.20-0.5 s a step, 21 s for the first step with compilation), so the 18 runs of 150
-steps take about 18 x 70 s = 21 minutes on a loaded machine (fewer on an idle one); the
-update compiles once for all 18 runs.
+Measured on the shared 2-core CPU: the 18 runs at ``--config.learning_rate=1e-3`` took 526 s
+end to end (679 s of CPU, pi_0 cached; 24-43 s a run, the update compiled once); at that rate
+forward KL, JS and TV left pi_0 by 25-130 nats and forward KL with the proposal gave NaN
+(docs/figures/fdpg.png). The default learning rate 5e-4 has been run for JS only (one seed,
+400 steps, 183 s): constraint rate 0.78, KL(pi || pi_0) 5.0.
 Variants: ``:quick`` (seconds, used by the tests), ``:proposal`` (every divergence with DPG's
 proposal sampler: samples from a proposal that is replaced by the policy when the policy's
 estimated KL(p || .) is lower), ``:smollm2`` (below), ``:smollm2_step`` (its one-step timing).

@@ -548,7 +548,9 @@ class FDPGConfig:
     proposal_divergences: tuple[str, ...] = ("forward_kl", "js")
     proposal_every: int = 25  # steps between proposal checks
     batch_size: int = 128
-    learning_rate: float = 1e-3
+    # At 1e-3 forward KL, JS and TV left pi_0 by 25-130 nats within 150 steps (3 seeds);
+    # 5e-4 kept JS aligned over 400 steps (one seed).
+    learning_rate: float = 5e-4
     grad_clip: float = 1.0
     baseline: str = "ema"
     baseline_decay: float = 0.9
