@@ -1,96 +1,85 @@
 """f-DPG: align a character-level Shakespeare model to pi_0 restricted to a word constraint.
 
+The base config is the fdpg experiment's typed defaults (`experiments.settings.FDPGConfig`).
 pi_0 (a small Flax NNX transformer trained on Shakespeare) is a cached stage: trained once into
 ``<cache_dir>/fdpg_lm_<digest of config.lm>`` and reused. The target is
 ``p(x) proportional to pi_0(x) b(x)``, ``b(x) = 1`` when the sample contains ``config.word``.
-Each divergence in ``config.divergences`` aligns a copy of pi_0 under the same seeds and budget.
-
-Run (the whole comparison)::
+Forward KL, reverse KL, JS and TV each align a copy of pi_0 on-policy, and forward KL and JS
+also with DPG's proposal sampler, for every seed of ``config.seeds`` (0, 1, 2): 18 runs of 150
+steps x 128 samples; the table ``<workdir>/results.md`` is the mean +- std over seeds, the
+curves ``<workdir>/comparison.png``. Run (the whole comparison; finished runs resume)::
 
     python -m experiments.main --config=configs/fdpg.py --workdir=runs/fdpg
 
-Measured runtime: 175 s end to end on the shared 2-core CPU (pi_0 800
-steps ~70 s, then ~23 s of training per divergence); the table is ``<workdir>/results.md``.
-Variants: ``:quick`` (seconds, used by the tests), ``:proposal`` (DPG's offline mode:
-samples from a proposal that is replaced by the policy when the policy's estimated KL(p || .) is
-lower).
+Measured on the shared 2-core CPU: the 18 runs at ``--config.learning_rate=1e-3`` took 526 s
+end to end (679 s of CPU, pi_0 cached; 24-43 s a run, the update compiled once); at that rate
+forward KL, JS and TV left pi_0 by 25-130 nats and forward KL with the proposal gave NaN
+(docs/figures/fdpg.png). The default learning rate 5e-4 has been run for JS only (one seed,
+400 steps, 183 s): constraint rate 0.78, KL(pi || pi_0) 5.0.
+Variants: ``:quick`` (seconds, used by the tests), ``:proposal`` (every divergence with DPG's
+proposal sampler: samples from a proposal that is replaced by the policy when the policy's
+estimated KL(p || .) is lower), ``:smollm2`` (below), ``:smollm2_step`` (its one-step timing).
+
+``:smollm2`` aligns SmolLM2-135M-Instruct (``fdiv.nets.llama.from_gguf``, sampled with
+``fdiv.nets.generate`` and a KV cache) so that its answer to ``config.prompt`` contains
+``config.word``: JS, one seed, 500 steps x 32 answers of up to 32 tokens, learning rate 1e-5.
+It is accelerator-sized. Measured on the loaded 2-core CPU with
+``--config=configs/fdpg.py:smollm2_step`` (batch 4, 37-token chat prompt, 32 new tokens):
+loading the GGUF file 6 s; first step 24.6 s (compilation included), the next one 15.9 s
+(sampling with the KV cache + scoring under pi_0 + one gradient step of all 135 M float32
+parameters with Adam); 106 s end to end, peak memory 8.1 GB. Extrapolated to ``:smollm2``
+(500 steps x 32 answers): 16 s a step if the cost stays bound by reading the weights, 8 x 16 =
+127 s if it grows linearly with the batch, so 2.2 to 18 hours of CPU, plus 11 evaluations and Z
+on 256 and 1024 answers (about 70 batches of 4 sampled without gradients); on an accelerator
+the same 500 steps are minutes.
 """
 
-import ml_collections
-
 import configs
+from experiments import settings
 
 
 def base():
-    c = ml_collections.ConfigDict()
-    c.experiment = "fdpg"
-    c.seed = 0
-    c.cache_dir = ""  # "": $FDIV_CACHE or ~/.cache/fdiv
-
-    # pi_0: the base model (cached stage).
-    c.lm = ml_collections.ConfigDict()
-    c.lm.max_chars = 0  # 0: the whole corpus (about 5 M characters)
-    c.lm.context = 64
-    c.lm.d_model = 64
-    c.lm.num_layers = 2
-    c.lm.num_heads = 4
-    c.lm.batch_size = 64
-    c.lm.num_steps = 800
-    c.lm.learning_rate = 3e-3
-    c.lm.warmup_steps = 100
-    c.lm.seed = 0
-    c.lm.log_every = 250
-
-    # The target and the alignment.
-    c.word = "love"
-    c.sample_len = 32  # characters generated after a newline
-    # Training target: violations get log b = -violation_log_penalty instead of -inf, so reverse
-    # KL (infinite against the exact restriction) is finite; metrics use the exact target.
-    c.violation_log_penalty = 10.0
-    c.divergences = ("forward_kl", "reverse_kl", "js", "total_variation")
-    c.sampler = "policy"  # "policy" (on-policy) or "proposal" (DPG's offline mode)
-    c.proposal_every = 25  # steps between proposal checks (sampler = "proposal")
-    c.num_steps = 100
-    c.batch_size = 128
-    c.learning_rate = 5e-4
-    c.grad_clip = 1.0
-    c.baseline = "ema"  # "ema", "windowed" or "none"
-    c.baseline_decay = 0.9
-    c.baseline_window = 1024
-    c.log_every = 10
-    c.eval_every = 50
-    c.eval_samples = 1024
-    c.z_samples = 4096  # pi_0 samples for the constraint rate Z = P_pi0(b = 1)
-    c.show_samples = 8
-    c.checkpoint_every_steps = 50
-    return c
+    return settings.to_config_dict(settings.FDPGConfig())
 
 
 def variant_quick(c):
-    c.lm.max_chars = 60_000
-    c.lm.context = 32
-    c.lm.d_model = 32
-    c.lm.num_layers = 1
-    c.lm.num_heads = 2
-    c.lm.batch_size = 16
-    c.lm.num_steps = 20
-    c.lm.log_every = 10
-    c.word = "the"
-    c.sample_len = 16
-    c.num_steps = 4
-    c.batch_size = 32
-    c.log_every = 2
-    c.eval_every = 2
-    c.eval_samples = 64
-    c.z_samples = 256
-    c.proposal_every = 2
-    c.show_samples = 2
+    lm = c.lm
+    lm.max_chars, lm.context, lm.d_model, lm.num_layers, lm.num_heads = 60_000, 32, 32, 1, 2
+    lm.batch_size, lm.num_steps, lm.log_every, lm.checkpoint_every_steps = 16, 20, 10, 0
+    c.seeds = (0,)
+    c.word, c.sample_len = "the", 16
+    c.proposal_divergences = ()
+    c.num_steps, c.batch_size, c.log_every, c.eval_every = 4, 32, 2, 2
+    c.eval_samples, c.z_samples, c.proposal_every, c.show_samples = 64, 256, 2, 2
     c.checkpoint_every_steps = 0  # only at the end
     return c
 
 
 def variant_proposal(c):
     c.sampler = "proposal"
+    c.proposal_divergences = ()
+    return c
+
+
+def variant_smollm2(c):
+    c.model = "smollm2"
+    c.seeds = (0,)
+    c.word = "rain"
+    c.sample_len = 32
+    c.divergences = ("js",)
+    c.proposal_divergences = ()
+    c.batch_size = 32
+    c.learning_rate = 1e-5
+    c.num_steps, c.log_every, c.eval_every, c.checkpoint_every_steps = 500, 10, 50, 100
+    c.eval_samples, c.z_samples, c.proposal_every = 256, 1024, 50
+    return c
+
+
+def variant_smollm2_step(c):
+    c = variant_smollm2(c)
+    c.batch_size, c.num_steps, c.log_every, c.eval_every = 4, 2, 1, 0
+    c.eval_samples, c.z_samples, c.show_samples = 4, 4, 4
+    c.checkpoint_every_steps, c.checkpoint_every_secs = 0, 0.0
     return c
 
 

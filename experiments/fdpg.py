@@ -1,28 +1,31 @@
-"""f-DPG: align a character-level Shakespeare model to a constraint with several f-divergences.
+"""f-DPG: align a base model to a constraint with several f-divergences, over seeds.
 
-* pi_0: a small causal transformer (Flax NNX, Optax) trained on Shakespeare characters; a
-  cached stage in ``<cache_dir>/fdpg_lm_<digest of config.lm>``, trained once and reused.
-* Target: ``p(x) = pi_0(x) b(x) / Z`` over samples ``x`` of ``sample_len`` characters after a
-  newline, ``b(x) = 1`` when ``x`` contains ``config.word``; ``Z = P_pi0(b = 1)`` is estimated
-  once from ``z_samples`` samples of pi_0. Training uses ``log b = -violation_log_penalty``
-  for violations so that reverse KL is finite; the metrics use the exact target.
-* Alignment: for each divergence of ``config.divergences``, a copy of pi_0 trained with
-  ``fdiv.policy.fdpg_loss`` (docs/reference.md section 5): samples from the policy itself or
-  from a proposal that is replaced by the policy when its estimated ``KL(p || .)`` is lower
-  (DPG), the running importance-sampling estimate of ``log Z`` (``RunningNormalizer``) and a
-  moving baseline (``MovingBaseline``). Same seeds and budget for every divergence.
+* pi_0 (``config.model``): "char", a small causal transformer (Flax NNX, Optax) trained on
+  Shakespeare characters, a cached stage in ``<cache_dir>/fdpg_lm_<digest of config.lm>``,
+  trained once and reused; or "smollm2", SmolLM2-135M-Instruct from its GGUF file
+  (`fdiv.nets.llama.from_gguf`, sampled with `fdiv.nets.generate` and a KV cache).
+* Target: ``p(x) = pi_0(x) b(x) / Z``, ``b(x) = 1`` when the sample contains ``config.word``;
+  ``Z = P_pi0(b = 1)`` is estimated once from ``z_samples`` samples of pi_0. Training uses
+  ``log b = -violation_log_penalty`` for violations so that reverse KL is finite; the metrics
+  use the exact target.
+* Alignment: for each run of ``config.runs()`` (every divergence on-policy, and those of
+  ``proposal_divergences`` also with DPG's proposal, replaced by the policy when the policy's
+  estimated ``KL(p || .)`` is lower) and every seed of ``config.seeds``, a copy of pi_0 trained
+  with ``fdiv.policy.fdpg_loss`` (docs/reference.md section 5), the running importance-sampling
+  estimate of ``log Z`` (``RunningNormalizer``) and a moving baseline (``MovingBaseline``).
+  Same seeds and budget for every run; the update compiles once for all of them.
 * Evaluation every ``eval_every`` steps on ``eval_samples`` fresh policy samples: constraint
   rate, ``KL(p || pi)``, ``TV(p, pi)``, ``JS(p, pi)`` (importance-sampling estimates with the
-  policy as proposal), ``KL(pi || pi_0)``, word distinct-1/2; samples in ``samples_<div>.txt``.
+  policy as proposal), ``KL(pi || pi_0)``, word distinct-1/2.
 
-Outputs in ``workdir``: one run directory per divergence (``metrics.jsonl``, ``curves.png``,
-Orbax checkpoints: an interrupted comparison resumes), ``comparison.png`` (curves per
-divergence), ``results.md`` (the table) and ``summary.json``.
+Outputs in ``workdir``: ``<label>/seed_<s>/`` per run (``metrics.jsonl``, ``curves.png``,
+Orbax checkpoints: an interrupted comparison resumes), ``comparison.png`` (seed-mean curves
++- std per run, pi_0 as a reference line), ``results.md`` (the mean +- std table, with the
+step from which each curve is flat), ``samples_<label>.txt`` and ``summary.json``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -36,12 +39,14 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
+from experiments import settings
 from fdiv import data as fdata
 from fdiv import divergences as fdivergences
 from fdiv import train
 from fdiv.montecarlo import mc_divergence_from_model_samples
 from fdiv.policy import MovingBaseline, RunningNormalizer, fdpg_loss
 from fdiv.train import plotting
+from fdiv.train.config import ConfigError
 
 START_CHAR = "\n"
 EVAL_KEYS = (
@@ -56,75 +61,22 @@ EVAL_KEYS = (
 
 
 # ----------------------------------------------------------------------------------------------
-# Typed configs.
+# Typed config.
+
+FDPGConfig = settings.FDPGConfig
 
 
-@dataclasses.dataclass(frozen=True)
-class LMConfig:
-    max_chars: int
-    context: int
-    d_model: int
-    num_layers: int
-    num_heads: int
-    batch_size: int
-    num_steps: int
-    learning_rate: float
-    warmup_steps: int
-    seed: int
-    log_every: int
+def read_config(config: Any, workdir: str | None = None) -> FDPGConfig:
+    """The typed, checked config: `settings.read` (unknown fields, generic checks, workdir),
+    then `settings.fdpg_problems`.
 
-
-@dataclasses.dataclass(frozen=True)
-class FDPGConfig:
-    lm: LMConfig
-    seed: int
-    cache_dir: str
-    word: str
-    sample_len: int
-    violation_log_penalty: float
-    divergences: tuple[str, ...]
-    sampler: str
-    proposal_every: int
-    num_steps: int
-    batch_size: int
-    learning_rate: float
-    grad_clip: float
-    baseline: str
-    baseline_decay: float
-    baseline_window: int
-    log_every: int
-    eval_every: int
-    eval_samples: int
-    z_samples: int
-    show_samples: int
-    checkpoint_every_steps: int
-
-
-def _typed(config: Any) -> FDPGConfig:
-    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    d.pop("experiment", None)
-    lm = LMConfig(**d.pop("lm"))
-    d["divergences"] = tuple(d["divergences"])
-    cfg = FDPGConfig(lm=lm, **d)
-    if cfg.sampler not in ("policy", "proposal"):
-        raise ValueError(f"config.sampler must be 'policy' or 'proposal', got {cfg.sampler!r}.")
-    if cfg.baseline not in ("ema", "windowed", "none"):
-        raise ValueError(
-            f"config.baseline must be 'ema', 'windowed' or 'none', got {cfg.baseline!r}."
-        )
-    if not cfg.divergences:
-        raise ValueError("config.divergences is empty; list e.g. ('forward_kl', 'js').")
-    for name in cfg.divergences:
-        fdivergences.get(name)  # raises with the valid names
-    if not cfg.word:
-        raise ValueError("config.word must be a non-empty string.")
-    if cfg.sample_len + 1 > cfg.lm.context:
-        raise ValueError(
-            f"config.sample_len + 1 = {cfg.sample_len + 1} exceeds the model's "
-            f"context config.lm.context = {cfg.lm.context}."
-        )
-    if len(cfg.word) > cfg.sample_len:
-        raise ValueError(f"config.word {cfg.word!r} is longer than config.sample_len.")
+    Raises:
+      ConfigError: one message per bad field.
+    """
+    cfg = settings.read(FDPGConfig, config, workdir)
+    problems = settings.fdpg_problems(cfg)
+    if problems:
+        raise ConfigError(problems)
     return cfg
 
 
@@ -266,7 +218,7 @@ def contains(tokens, word_ids):
 def load_or_train_lm(cfg: FDPGConfig, print_fn=None):
     """(frozen `train.Net` of pi_0, corpus, stage directory, stage summary)."""
     lc = cfg.lm
-    key_dict = {"lm": dataclasses.asdict(lc), "corpus": "shakespeare"}
+    key_dict = {"lm": lc.model_key(), "corpus": "shakespeare"}
     ldir = os.path.join(_cache_dir(cfg), f"fdpg_lm_{_digest(key_dict)}")
     corpus = fdata.load_shakespeare(max_chars=lc.max_chars or None)
     train_tokens, val_tokens = corpus.split(0.05)
@@ -278,11 +230,12 @@ def load_or_train_lm(cfg: FDPGConfig, print_fn=None):
         lc.context,
         rngs=nnx.Rngs(lc.seed),
     )
+    num_steps = lc.loop.num_steps
     schedule = optax.warmup_cosine_decay_schedule(
         0.0,
         lc.learning_rate,
-        min(lc.warmup_steps, max(lc.num_steps - 1, 1)),
-        max(lc.num_steps, 1),
+        min(lc.warmup_steps, max(num_steps - 1, 1)),
+        max(num_steps, 1),
         lc.learning_rate * 0.05,
     )
     net = train.Net.create(
@@ -305,20 +258,13 @@ def load_or_train_lm(cfg: FDPGConfig, print_fn=None):
     val_batch = fdata.TextBatcher(val_tokens, lc.context, 256, lc.seed + 1).host_batch(0)
     val_loss = jax.jit(lambda state: lm_loss(state["model"].merge(), val_batch))
 
-    options = train.LoopOptions(
-        num_steps=lc.num_steps,
-        log_every=lc.log_every,
-        checkpoint_every_steps=max(lc.num_steps // 4, 1),
-        checkpoint_every_secs=300.0,
-        keep_checkpoints=1,
-    )
     pf = print_fn or (lambda s: print(f"[pi_0] {s}", flush=True))
     already = os.path.exists(os.path.join(ldir, "summary.json"))
     state, summary = train.fit(
         state,
         lambda s, i: step(s, batcher(i)),
         workdir=ldir,
-        options=options,
+        options=lc.loop,
         eval_fn=lambda s: {"val_nats_per_char": val_loss(s)},
         meta={"lm_config": key_dict},
         print_fn=pf,
@@ -328,12 +274,111 @@ def load_or_train_lm(cfg: FDPGConfig, print_fn=None):
 
 
 # ----------------------------------------------------------------------------------------------
+# The two base models behind one interface.
+
+
+class _CharBackend:
+    """pi_0 = the cached character transformer; a sample is ``sample_len`` characters after a
+    newline, ``b(x) = 1`` when they contain ``word``."""
+
+    def __init__(self, cfg: FDPGConfig, print_fn):
+        base, corpus, self.lm_dir, self.lm_summary = load_or_train_lm(
+            cfg, print_fn=lambda s: print_fn(f"[pi_0] {s}")
+        )
+        self.base, self.corpus = base, corpus
+        self.start = int(corpus.encode(START_CHAR)[0])
+        self.word_ids = tuple(int(i) for i in corpus.encode(cfg.word))
+        length, start = cfg.sample_len, self.start
+
+        def draw(params, key, n):
+            m = base.merge(params)
+            seqs = sample(m, key, n, length, start)
+            return seqs, sequence_log_prob(m, seqs)
+
+        self._draw = jax.jit(draw, static_argnums=2)
+        self.base_log_prob = jax.jit(lambda seqs: self.log_prob(base.params, seqs))
+        self._satisfies = jax.jit(lambda seqs: contains(seqs[:, 1:], self.word_ids))
+
+    def draw(self, params, key, n: int):
+        """``(seqs, log pi(seqs))`` of ``n`` samples of the model with `params`."""
+        return self._draw(params, key, n)
+
+    def log_prob(self, params, seqs):
+        """``log pi(x)`` ``[n]`` of the model with `params` (traceable, differentiable)."""
+        return sequence_log_prob(self.base.merge(params), seqs)
+
+    def satisfies(self, seqs) -> jax.Array:
+        return self._satisfies(seqs)
+
+    def decode(self, seqs) -> list[str]:
+        return [self.corpus.decode(s[1:]) for s in np.asarray(seqs)]
+
+
+class _LlamaBackend:
+    """pi_0 = SmolLM2-135M-Instruct; a sample is the first ``sample_len`` tokens of its answer
+    to ``prompt`` (chat template, temperature 1, ending at the end-of-turn token), ``b(x) = 1``
+    when the decoded answer contains ``word`` as a whole word, in any case."""
+
+    def __init__(self, cfg: FDPGConfig, print_fn):
+        from fdiv.nets import llama, sampling
+
+        t = time.perf_counter()
+        model, tokenizer = llama.from_gguf()
+        self.base = train.Net.create(model)
+        self.tokenizer, self.lm_dir, self.lm_summary = tokenizer, llama.smollm2_gguf_path(), {}
+        prompt = tokenizer.encode_chat([{"role": "user", "content": cfg.prompt}])
+        self.prompt = np.asarray(prompt, np.int32)[None]
+        self.eos = tokenizer.eos_id
+        self._word = re.compile(rf"\b{re.escape(cfg.word)}\b", re.IGNORECASE)
+        self._length, self._sampling = cfg.sample_len, sampling
+        self.base_log_prob = jax.jit(lambda seqs: self.log_prob(self.base.params, seqs))
+        print_fn(
+            f"[pi_0] SmolLM2-135M-Instruct loaded in {time.perf_counter() - t:.1f} s; prompt "
+            f"{self.prompt.shape[1]} tokens"
+        )
+
+    def draw(self, params, key, n: int):
+        g = self._sampling.generate(
+            self.base.merge(params),
+            np.repeat(self.prompt, n, axis=0),
+            max_new_tokens=self._length,
+            key=key,
+            eos_id=self.eos,
+        )
+        return g.tokens, jnp.sum(g.model_logprobs, axis=-1)
+
+    def log_prob(self, params, seqs):
+        """``log pi(y | prompt)`` ``[n]`` by one full forward pass (tokens after the first eos
+        do not count)."""
+        n = seqs.shape[0]
+        prompt = jnp.broadcast_to(jnp.asarray(self.prompt), (n, self.prompt.shape[1]))
+        logits = self.base.merge(params)(jnp.concatenate([prompt, seqs[:, :-1]], axis=1))
+        logp = jax.nn.log_softmax(logits[:, prompt.shape[1] - 1 :].astype(jnp.float32))
+        token_logp = jnp.take_along_axis(logp, seqs[..., None], axis=-1)[..., 0]
+        ended_before = jnp.cumsum(seqs == self.eos, axis=1) - (seqs == self.eos)
+        return jnp.sum(jnp.where(ended_before == 0, token_logp, 0.0), axis=-1)
+
+    def decode(self, seqs) -> list[str]:
+        out = []
+        for row in np.asarray(seqs).tolist():
+            row = row[: row.index(self.eos)] if self.eos in row else row
+            out.append(self.tokenizer.decode(row, skip_special_tokens=True))
+        return out
+
+    def satisfies(self, seqs) -> jax.Array:
+        return jnp.asarray([bool(self._word.search(t)) for t in self.decode(seqs)])
+
+
+_BACKENDS = {"char": _CharBackend, "smollm2": _LlamaBackend}
+
+
+# ----------------------------------------------------------------------------------------------
 # Alignment.
 
 
 @struct.dataclass
 class AlignState:
-    """Policy (trainable), pi_0 (frozen), proposal parameters and the estimator states."""
+    """Policy (trainable), proposal parameters and the estimator states."""
 
     step: Any
     rng: Any
@@ -344,6 +389,7 @@ class AlignState:
     baseline: MovingBaseline
 
     step_key = train.TrainState.step_key
+    apply_gradients = train.TrainState.apply_gradients
 
     def __getitem__(self, name):
         return self.nets[name]
@@ -356,28 +402,17 @@ def _baseline_state(cfg: FDPGConfig) -> MovingBaseline:
 
 
 class _Problem:
-    """Everything the alignment runs share: pi_0, the word, Z, jitted samplers and metrics."""
+    """Everything the alignment runs share: pi_0, the constraint, Z and the metrics."""
 
-    def __init__(self, cfg: FDPGConfig, base: train.Net, corpus: fdata.CharCorpus, print_fn):
-        self.cfg, self.base, self.corpus, self.print = cfg, base, corpus, print_fn
-        self.start = int(corpus.encode(START_CHAR)[0])
-        self.word_ids = tuple(int(i) for i in corpus.encode(cfg.word))
-        length = cfg.sample_len
-
-        def draw(params, key, n):
-            m = base.merge(params)
-            seqs = sample(m, key, n, length, self.start)
-            return seqs, sequence_log_prob(m, seqs)
-
-        self._draw = jax.jit(draw, static_argnums=2)
-        self._base_log_prob = jax.jit(lambda seqs: sequence_log_prob(base.merge(), seqs))
+    def __init__(self, cfg: FDPGConfig, backend, print_fn):
+        self.cfg, self.backend, self.print = cfg, backend, print_fn
         # Z = P_pi0(b = 1): the exact target's normaliser, from pi_0's own samples.
-        key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
+        key = jax.random.fold_in(jax.random.key(cfg.eval_seed), 7)
         hits, total = 0, 0
         chunk = min(cfg.z_samples, cfg.eval_samples)  # one compiled sampler for both
         for i in range(max(cfg.z_samples // chunk, 1)):
-            seqs, _ = self._draw(base.params, jax.random.fold_in(key, i), chunk)
-            hits += int(jnp.sum(contains(seqs[:, 1:], self.word_ids)))
+            seqs, _ = backend.draw(backend.base.params, jax.random.fold_in(key, i), chunk)
+            hits += int(jnp.sum(backend.satisfies(seqs)))
             total += chunk
         self.z = max(hits, 1) / total
         self.z_hits, self.z_total = hits, total
@@ -385,9 +420,9 @@ class _Problem:
 
     def evaluate(self, params, key, n: int | None = None) -> tuple[dict, list[str]]:
         n = n or self.cfg.eval_samples
-        seqs, log_pi = self._draw(params, key, n)
-        log_pi0 = self._base_log_prob(seqs)
-        ok = contains(seqs[:, 1:], self.word_ids)
+        seqs, log_pi = self.backend.draw(params, key, n)
+        log_pi0 = self.backend.base_log_prob(seqs)
+        ok = self.backend.satisfies(seqs)
         log_p = jnp.where(ok, log_pi0 - self.log_z, -jnp.inf)
         # E_pi[f(u)] with f shifted by c (u - 1), which changes nothing in expectation (E_pi u = 1,
         # docs/reference.md section 1) but bounds the per-sample terms of TV (max(0, 1 - u)) and
@@ -400,16 +435,15 @@ class _Problem:
         tv = jnp.mean(jnp.maximum(0.0, 1.0 - u))
         js_div = fdivergences.get("js")
         js = jnp.mean(js_div.f(log_u) - js_div.slope_at_infinity * (u - 1.0))
-        texts = [self.corpus.decode(s[1:]) for s in np.asarray(seqs)]
-        d1, d2 = distinct_n(texts, 1), distinct_n(texts, 2)
+        texts = self.backend.decode(seqs)
         metrics = {
             "constraint_rate": float(jnp.mean(ok)),
             "kl_p_pi": float(kl),
             "tv_p_pi": float(tv),
             "js_p_pi": float(js),
             "kl_pi_pi0": float(jnp.mean(log_pi - log_pi0)),
-            "distinct_1": d1,
-            "distinct_2": d2,
+            "distinct_1": distinct_n(texts, 1),
+            "distinct_2": distinct_n(texts, 2),
         }
         return metrics, texts
 
@@ -425,38 +459,40 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(grams) / total if total else 0.0
 
 
-def _make_step(cfg: FDPGConfig, problem: _Problem, divergence: str):
-    use_proposal = cfg.sampler == "proposal"
-    base = problem.base
-    b, length, start, word_ids = cfg.batch_size, cfg.sample_len, problem.start, problem.word_ids
+def _make_update(cfg: FDPGConfig, backend):
+    """The jitted f-DPG update of every run of ``cfg.runs()``: ``update(state, run_index, seqs,
+    log_sampler, log_base, ok)``. The runs differ only in the loss (divergence and importance
+    weights), selected by ``lax.switch`` on the traced run index, so the model's forward and
+    backward pass compile once for the whole comparison."""
 
-    @jax.jit
-    def step(state: AlignState):
-        policy = state["policy"]
-        key = state.step_key("sample")
-        sampler = policy.merge(state.proposal if use_proposal else policy.params)
-        seqs = sample(sampler, key, b, length, start)
-        log_sampler = sequence_log_prob(sampler, seqs)
-        log_base = sequence_log_prob(base.merge(), seqs)
-        ok = contains(seqs[:, 1:], word_ids)
-        log_target = log_base + jnp.where(ok, 0.0, -cfg.violation_log_penalty)
-        normalizer = state.normalizer.update(log_target, log_sampler)
-        baseline = 0.0 if cfg.baseline == "none" else state.baseline.value
-
-        def loss_fn(params):
-            log_model = sequence_log_prob(policy.merge(params), seqs)
+    def branch(divergence, use_proposal):
+        def loss(log_model, log_target, log_sampler, baseline, log_normalizer):
             return fdpg_loss(
                 log_model,
                 log_target,
                 divergence,
                 log_proposal=log_sampler if use_proposal else None,
                 baseline=baseline,
-                log_normalizer=normalizer.log_normalizer,
+                log_normalizer=log_normalizer,
             )
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(policy.params)
-        new_state = state.apply_gradients(policy=grads)
-        new_state = new_state.replace(
+        return loss
+
+    branches = [branch(d, sampler == "proposal") for _, d, sampler in cfg.runs()]
+
+    @jax.jit
+    def update(state: AlignState, run_index, seqs, log_sampler, log_base, ok):
+        log_target = log_base + jnp.where(ok, 0.0, -cfg.violation_log_penalty)
+        normalizer = state.normalizer.update(log_target, log_sampler)
+        baseline = jnp.asarray(0.0 if cfg.baseline == "none" else state.baseline.value)
+
+        def loss_fn(params):
+            log_model = backend.log_prob(params, seqs)
+            args = (log_model, log_target, log_sampler, baseline, normalizer.log_normalizer)
+            return jax.lax.switch(run_index, branches, *args)
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["policy"].params)
+        new_state = state.apply_gradients(policy=grads).replace(
             normalizer=normalizer, baseline=state.baseline.update(aux["mean_reward"])
         )
         metrics = {
@@ -466,21 +502,42 @@ def _make_step(cfg: FDPGConfig, problem: _Problem, divergence: str):
             "mean_reward": aux["mean_reward"],
             "ess": aux["ess"],
             "log_z_train": normalizer.log_normalizer,
-            "baseline": jnp.asarray(baseline, jnp.float32),
+            "baseline": baseline.astype(jnp.float32),
         }
         return new_state, metrics
+
+    return update
+
+
+def _make_step(cfg: FDPGConfig, backend, update, run_index: int):
+    """One f-DPG step of run ``cfg.runs()[run_index]``: sample (the jitted sampler), check the
+    constraint, score under pi_0, then the jitted update."""
+    use_proposal = cfg.runs()[run_index][2] == "proposal"
+    index = jnp.asarray(run_index, jnp.int32)
+
+    def step(state: AlignState):
+        t = time.perf_counter()
+        params = state.proposal if use_proposal else state["policy"].params
+        seqs, log_sampler = backend.draw(params, state.step_key("sample"), cfg.batch_size)
+        log_base = backend.base_log_prob(seqs)
+        ok = backend.satisfies(seqs)
+        state, metrics = update(state, index, seqs, log_sampler, log_base, ok)
+        metrics = jax.device_get(metrics)
+        # Sampling, scoring and the gradient step, compile included on the first call.
+        return state, {**metrics, "step_sec": time.perf_counter() - t}
 
     return step
 
 
-AlignState.apply_gradients = train.TrainState.apply_gradients
+def _optimizer(cfg: FDPGConfig) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))
 
 
-def _align(
-    cfg: FDPGConfig, problem: _Problem, divergence: str, workdir: str, print_fn, base_kl: float
-):
-    base = problem.base
-    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))
+def _align(cfg, problem, step, tx, run, seed: int, workdir, print_fn, base_kl):
+    """One aligned run. `tx` is shared by all runs: the optimiser is part of the state's pytree
+    structure, so one object lets every run reuse the compiled update."""
+    _, divergence, sampler = run
+    base = problem.backend.base
     policy = train.Net(
         graphdef=base.graphdef,
         params=base.params,
@@ -492,19 +549,18 @@ def _align(
     )
     state = AlignState(
         step=jnp.zeros((), jnp.int32),
-        rng=jax.random.key(cfg.seed),
+        rng=jax.random.key(seed),
         nets={"policy": policy},
         proposal=base.params,
         proposal_score=jnp.asarray(base_kl, jnp.float32),
         normalizer=RunningNormalizer.create(),
         baseline=_baseline_state(cfg),
     )
-    step = _make_step(cfg, problem, divergence)
-    eval_key = jax.random.fold_in(jax.random.key(cfg.seed), 11)
+    eval_key = _eval_key(seed)
 
     def step_fn(state, i):
         state, metrics = step(state)
-        if cfg.sampler == "proposal" and (i + 1) % cfg.proposal_every == 0:
+        if sampler == "proposal" and (i + 1) % cfg.proposal_every == 0:
             # DPG: replace the proposal when the policy is closer to the target in KL(p || .).
             m, _ = problem.evaluate(state["policy"].params, jax.random.fold_in(eval_key, 10**6 + i))
             replaced = m["kl_p_pi"] < float(state.proposal_score)
@@ -524,21 +580,13 @@ def _align(
         last_texts[:] = texts
         return m
 
-    options = train.LoopOptions(
-        num_steps=cfg.num_steps,
-        log_every=cfg.log_every,
-        eval_every=cfg.eval_every,
-        checkpoint_every_steps=cfg.checkpoint_every_steps,
-        checkpoint_every_secs=300.0,
-        keep_checkpoints=1,
-    )
     state, summary = train.fit(
         state,
         step_fn,
         workdir=workdir,
-        options=options,
+        options=cfg.loop,
         eval_fn=eval_fn,
-        meta={"divergence": divergence},
+        meta={"divergence": divergence, "sampler": sampler, "seed": seed},
         print_fn=print_fn,
     )
     if not last_texts:
@@ -546,120 +594,223 @@ def _align(
     return state, summary, last_texts
 
 
+def _eval_key(seed: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed), 11)
+
+
 # ----------------------------------------------------------------------------------------------
 # Report.
 
+TITLES = {
+    "constraint_rate": "constraint satisfaction rate",
+    "kl_p_pi": "KL(p || pi)",
+    "tv_p_pi": "TV(p, pi)",
+    "js_p_pi": "JS(p, pi)",
+    "kl_pi_pi0": "KL(pi || pi_0)",
+    "distinct_1": "distinct-1 (words)",
+    "distinct_2": "distinct-2 (words)",
+}
 
-def _table(rows: dict[str, dict], seconds: dict[str, float], cfg: FDPGConfig, problem) -> str:
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value) over seeds."""
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def settle_step(steps, values, tol: float) -> int:
+    """The first step from which every later value stays within `tol` of the last one."""
+    steps, values = np.asarray(steps), np.asarray(values, np.float64)
+    outside = np.flatnonzero(np.abs(values - values[-1]) > tol)
+    return int(steps[0] if outside.size == 0 else steps[min(outside[-1] + 1, len(steps) - 1)])
+
+
+def _curves(workdir: str, label: str, seeds, pi0: dict) -> dict[str, tuple[list, np.ndarray]]:
+    """``{metric: (steps, values [seeds, steps])}``; step 0 is pi_0's evaluation (the policy
+    starts as pi_0) with the same seed's evaluation key."""
+    out = {}
+    per_seed = [
+        [r for r in train.read_metrics(_run_dir(workdir, label, s)) if "eval/constraint_rate" in r]
+        for s in seeds
+    ]
+    steps = [0] + [r["step"] for r in per_seed[0]]
+    for key in EVAL_KEYS:
+        out[key] = (
+            steps,
+            np.asarray(
+                [
+                    [pi0[s][key]] + [r[f"eval/{key}"] for r in recs]
+                    for s, recs in zip(seeds, per_seed)
+                ]
+            ),
+        )
+    return out
+
+
+def _run_dir(workdir: str, label: str, seed: int) -> str:
+    return os.path.join(workdir, label, f"seed_{seed}")
+
+
+# Curves count as flat when the seed mean stays within these of its final value.
+SETTLE_TOLERANCE = {"constraint_rate": 0.02, "kl_p_pi": 0.1, "kl_pi_pi0": 0.1}
+
+
+def _table(stats: dict, settled: dict, seconds: dict, cfg: FDPGConfig, problem) -> str:
+    n = len(cfg.seeds)
     head = (
         "| model | constraint rate | KL(p\\|\\|pi) | TV(p, pi) | JS(p, pi) | "
-        "KL(pi\\|\\|pi_0) | distinct-1 | distinct-2 | train s |"
+        "KL(pi\\|\\|pi_0) | distinct-1 | distinct-2 | flat from step (rate / KL(p\\|\\|pi) / "
+        "KL(pi\\|\\|pi_0)) | train s per seed |"
     )
     lines = [
         (
-            f"word {cfg.word!r}, {cfg.sample_len} characters after a newline; Z = P_pi0(b=1) = "
-            f"{problem.z:.4f} ({problem.z_hits}/{problem.z_total} pi_0 samples); "
-            f"{cfg.num_steps} steps x {cfg.batch_size} samples, sampler {cfg.sampler}, baseline "
-            f"{cfg.baseline}; metrics on {cfg.eval_samples} fresh policy samples."
+            f"word {cfg.word!r}, {cfg.sample_len} {'characters after a newline' if cfg.model == 'char' else 'tokens'}; "
+            f"Z = P_pi0(b=1) = {problem.z:.4f} ({problem.z_hits}/{problem.z_total} pi_0 samples); "
+            f"{cfg.loop.num_steps} steps x {cfg.batch_size} samples, baseline {cfg.baseline}; "
+            f"metrics on {cfg.eval_samples} fresh policy samples; mean +- std over seeds "
+            f"{', '.join(map(str, cfg.seeds))} (n = {n}); '_proposal': DPG's proposal sampler "
+            f"(checked every {cfg.proposal_every} steps). Flat from: the first evaluation step "
+            f"after which the seed mean stays within "
+            + ", ".join(f"{v:g} ({TITLES[k]})" for k, v in SETTLE_TOLERANCE.items())
+            + " of its final value."
         ),
         "",
         head,
-        "|" + "---|" * 9,
+        "|" + "---|" * 10,
     ]
-    for name, m in rows.items():
-        t = seconds.get(name)
-        lines.append(
-            f"| {name} | {m['constraint_rate']:.3f} | {m['kl_p_pi']:.3f} | "
-            f"{m['tv_p_pi']:.3f} | {m['js_p_pi']:.4f} | {m['kl_pi_pi0']:.3f} | "
-            f"{m['distinct_1']:.3f} | {m['distinct_2']:.3f} | "
-            f"{'' if t is None else f'{t:.0f}'} |"
+    digits = {"js_p_pi": 4}
+    for name, m in stats.items():
+        cells = [
+            f"{m[k][0]:.{digits.get(k, 3)}f} +- {m[k][1]:.{digits.get(k, 3)}f}" for k in EVAL_KEYS
+        ]
+        flat = (
+            " / ".join(str(settled[name][k]) for k in SETTLE_TOLERANCE) if name in settled else ""
         )
+        t = seconds.get(name)
+        cells += [flat, "" if t is None else f"{t:.0f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _plot_comparison(workdir: str, names: list[str], pi0_metrics: dict, path: str) -> str:
-    fig = plotting._new_figure("the f-DPG comparison figure", figsize=(16, 6.5))
+def _plot_comparison(curves: dict, pi0_stats: dict, path: str, title: str) -> str:
+    fig = plotting._new_figure("the f-DPG comparison figure", figsize=(17, 7))
     if fig is None:
         return ""
-    titles = {
-        "constraint_rate": "constraint satisfaction rate",
-        "kl_p_pi": "KL(p || pi)",
-        "tv_p_pi": "TV(p, pi)",
-        "js_p_pi": "JS(p, pi)",
-        "kl_pi_pi0": "KL(pi || pi_0)",
-        "distinct_1": "distinct-1 (words)",
-        "distinct_2": "distinct-2 (words)",
-    }
     axes = fig.subplots(2, 4)
     for ax, key in zip(axes.flat, EVAL_KEYS):
-        for name in names:
-            recs = [
-                r for r in train.read_metrics(os.path.join(workdir, name)) if f"eval/{key}" in r
-            ]
-            steps = [0] + [r["step"] for r in recs]
-            vals = [pi0_metrics[key]] + [r[f"eval/{key}"] for r in recs]
-            ax.plot(steps, vals, marker="o", ms=3, label=name)
-        ax.set_title(titles[key])
+        for i, (label, c) in enumerate(curves.items()):
+            steps, values = c[key]
+            mean, std = values.mean(0), values.std(0, ddof=1) if len(values) > 1 else 0 * values[0]
+            style = "--" if label.endswith("_proposal") else "-"
+            line = ax.plot(steps, mean, style, marker="o", ms=2.5, label=label, color=f"C{i}")
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.15, color=line[0].get_color())
+        ax.axhline(pi0_stats[key][0], color="k", ls=":", lw=1.2, label="pi_0")
+        ax.set_title(TITLES[key])
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
+    axes.flat[-2].legend(fontsize=8, loc="best")
     axes.flat[-1].axis("off")
-    fig.suptitle("f-DPG: alignment to pi_0 restricted to samples containing the word")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    axes.flat[-1].legend(handles, labels, loc="center", fontsize=10, title="seed mean +- std")
+    fig.suptitle(title)
     fig.tight_layout()
     return plotting._save(fig, path, dpi=100)
 
 
 def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
-    """Trains (or loads) pi_0, aligns one copy per divergence, writes the comparison."""
-    cfg = _typed(config)
+    """Loads pi_0, aligns one copy per (divergence, sampler, seed), writes the comparison.
+
+    Outputs in `workdir`: ``<label>/seed_<s>/`` (one run: ``metrics.jsonl``, ``curves.png``,
+    Orbax checkpoints, so an interrupted comparison resumes), ``comparison.png`` (seed-mean
+    curves per run with pi_0 as a reference line), ``results.md`` (the mean +- std table),
+    ``samples_<label>.txt`` (the first seed's final samples) and ``summary.json``.
+    """
+    cfg = read_config(config, workdir)
     pf = print_fn or (lambda s: print(s, flush=True))
-    os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
-    base, corpus, ldir, lm_summary = load_or_train_lm(cfg, print_fn=lambda s: pf(f"[pi_0] {s}"))
-    problem = _Problem(cfg, base, corpus, pf)
+    backend = _BACKENDS[cfg.model](cfg, pf)
+    problem = _Problem(cfg, backend, pf)
     pf(
         f"target: word {cfg.word!r}, Z = P_pi0(b=1) = {problem.z:.4f} "
         f"({problem.z_hits}/{problem.z_total})"
     )
-    eval_key = jax.random.fold_in(jax.random.key(cfg.seed), 11)
-    pi0_metrics, pi0_texts = problem.evaluate(base.params, jax.random.fold_in(eval_key, 0))
-    rows, seconds, samples = {"pi_0": pi0_metrics}, {}, {"pi_0": pi0_texts}
-    for name in cfg.divergences:
-        t = time.perf_counter()
-        _, summary, texts = _align(
-            cfg,
-            problem,
-            name,
-            os.path.join(workdir, name),
-            lambda s, n=name: pf(f"[{n}] {s}"),
-            pi0_metrics["kl_p_pi"],
-        )
-        seconds[name] = time.perf_counter() - t
-        rows[name] = {k: summary["eval"]["eval/" + k] for k in EVAL_KEYS}
-        samples[name] = texts
+    pi0, pi0_texts = {}, []
+    for s in cfg.seeds:
+        pi0[s], texts = problem.evaluate(backend.base.params, jax.random.fold_in(_eval_key(s), 0))
+        pi0_texts = pi0_texts or texts
+    stats = {"pi_0": {k: mean_std([pi0[s][k] for s in cfg.seeds]) for k in EVAL_KEYS}}
+    per_seed, seconds, samples, curves, settled = {}, {}, {"pi_0": pi0_texts}, {}, {}
+    step_sec = {}
+    update, tx = _make_update(cfg, backend), _optimizer(cfg)
+    for run_index, run in enumerate(cfg.runs()):
+        label = run[0]
+        step = _make_step(cfg, backend, update, run_index)
+        finals, times = {}, []
+        for s in cfg.seeds:
+            t = time.perf_counter()
+            _, summary, texts = _align(
+                cfg,
+                problem,
+                step,
+                tx,
+                run,
+                s,
+                _run_dir(workdir, label, s),
+                lambda m, n=f"{label} seed {s}": pf(f"[{n}] {m}"),
+                pi0[s]["kl_p_pi"],
+            )
+            times.append(time.perf_counter() - t)
+            finals[s] = {k: summary["eval"]["eval/" + k] for k in EVAL_KEYS}
+            if s == cfg.seeds[0]:
+                samples[label] = texts
+        step_sec[label] = [
+            r["step_sec"]
+            for r in train.read_metrics(_run_dir(workdir, label, cfg.seeds[-1]))
+            if "step_sec" in r
+        ]
+        per_seed[label] = finals
+        seconds[label] = float(np.mean(times))
+        stats[label] = {k: mean_std([finals[s][k] for s in cfg.seeds]) for k in EVAL_KEYS}
+        curves[label] = _curves(workdir, label, cfg.seeds, pi0)
+        settled[label] = {
+            k: settle_step(curves[label][k][0], curves[label][k][1].mean(0), tol)
+            for k, tol in SETTLE_TOLERANCE.items()
+        }
     for name, texts in samples.items():
         with open(os.path.join(workdir, f"samples_{name}.txt"), "w") as f:
             f.write("\n".join(t.replace("\n", "\\n") for t in texts) + "\n")
-    table = _table(rows, seconds, cfg, problem)
+    table = _table(stats, settled, seconds, cfg, problem)
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(table)
     plot = _plot_comparison(
-        workdir, list(cfg.divergences), pi0_metrics, os.path.join(workdir, "comparison.png")
+        curves,
+        stats["pi_0"],
+        os.path.join(workdir, "comparison.png"),
+        f"f-DPG: aligning pi_0 to pi_0 restricted to samples containing {cfg.word!r} "
+        f"(seeds {', '.join(map(str, cfg.seeds))})",
     )
     pf(table)
     shown = {k: [t.replace("\n", "\\n") for t in v[: cfg.show_samples]] for k, v in samples.items()}
     for k, v in shown.items():
         pf(f"samples {k}: " + " | ".join(v))
     summary = {
-        "results": rows,
-        "train_seconds": seconds,
+        "results": {k: {m: v[0] for m, v in row.items()} for k, row in stats.items()},
+        "results_std": {k: {m: v[1] for m, v in row.items()} for k, row in stats.items()},
+        "results_per_seed": {
+            k: {str(s): m for s, m in v.items()} for k, v in {"pi_0": pi0, **per_seed}.items()
+        },
+        "flat_from_step": settled,
+        "train_seconds_per_seed": seconds,
+        "step_sec": step_sec,
         "z": problem.z,
-        "lm_dir": ldir,
-        "lm_val_nats_per_char": (lm_summary.get("eval") or {}).get("eval/val_nats_per_char"),
+        "lm_dir": backend.lm_dir,
+        "lm_val_nats_per_char": (backend.lm_summary.get("eval") or {}).get(
+            "eval/val_nats_per_char"
+        ),
         "samples": shown,
         "comparison_png": plot,
         "wall_time_sec": time.perf_counter() - t0,
-        "config": config.to_dict() if hasattr(config, "to_dict") else dict(config),
+        "config": settings.to_config_dict(cfg).to_dict(),
     }
     train.write_summary(workdir, summary)
     return summary

@@ -884,3 +884,165 @@ def read_kd_lm(config: Any, workdir: str | None = None) -> KDLMConfig:
     if p:
         raise ConfigError(p)
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# f-DPG.
+
+
+@dataclasses.dataclass(frozen=True)
+class FDPGLMConfig:
+    """pi_0 of the fdpg experiment: a character-level causal transformer on Shakespeare.
+
+    The loop fields other than ``num_steps`` only set logging and checkpointing, so they are
+    not part of the stage's cache key (`model_key`).
+    """
+
+    max_chars: int = 0  # 0: the whole corpus (about 5 M characters)
+    context: int = 64
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    seed: int = 0
+    loop: LoopOptions = LoopOptions(
+        num_steps=800,
+        log_every=250,
+        checkpoint_every_steps=200,
+        checkpoint_every_secs=300.0,
+        keep_checkpoints=1,
+    )
+
+    def model_key(self) -> dict:
+        """The fields that change the trained network (the cache key)."""
+        d = dataclasses.asdict(self)
+        d["num_steps"] = d.pop("loop")["num_steps"]
+        return d
+
+
+FDPG_MODELS = ("char", "smollm2")
+FDPG_SAMPLERS = ("policy", "proposal")
+FDPG_BASELINES = ("ema", "windowed", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class FDPGConfig:
+    """f-DPG: align pi_0 to ``p(x) proportional to pi_0(x) b(x)`` (docs/reference.md section 5).
+
+    ``b(x) = 1`` when the sample contains ``word``. ``model`` "char" is the cached character
+    transformer `lm` (samples of ``sample_len`` characters after a newline); "smollm2" is
+    SmolLM2-135M-Instruct from its GGUF file (``sample_len`` tokens answering ``prompt``, the
+    word matched case-insensitively as a whole word). Every divergence of ``divergences`` runs
+    with ``sampler`` and every one of ``proposal_divergences`` also with DPG's proposal
+    sampler, each for every seed of ``seeds``; the defaults are the measured comparison of
+    ``configs/fdpg.py``.
+    """
+
+    experiment: str = "fdpg"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    eval_seed: int = 1234  # the pi_0 samples that estimate Z = P_pi0(b = 1)
+    cache_dir: str = ""  # "": $FDIV_CACHE or ~/.cache/fdiv
+    model: str = "char"
+    lm: FDPGLMConfig = FDPGLMConfig()
+    prompt: str = "Write one sentence about the weather."  # model "smollm2" only
+    word: str = "love"
+    sample_len: int = 32
+    # Training target: violations get log b = -violation_log_penalty instead of -inf, so reverse
+    # KL (infinite against the exact restriction) is finite; the metrics use the exact target.
+    violation_log_penalty: float = 10.0
+    divergences: tuple[str, ...] = ("forward_kl", "reverse_kl", "js", "total_variation")
+    sampler: str = "policy"  # "policy" (on-policy) or "proposal" (DPG's offline mode)
+    proposal_divergences: tuple[str, ...] = ("forward_kl", "js")
+    proposal_every: int = 25  # steps between proposal checks
+    batch_size: int = 128
+    # At 1e-3 forward KL, JS and TV left pi_0 by 25-130 nats within 150 steps (3 seeds);
+    # 5e-4 kept JS aligned over 400 steps (one seed).
+    learning_rate: float = 5e-4
+    grad_clip: float = 1.0
+    baseline: str = "ema"
+    baseline_decay: float = 0.9
+    baseline_window: int = 1024
+    eval_samples: int = 1024
+    z_samples: int = 4096
+    show_samples: int = 8
+    loop: LoopOptions = LoopOptions(
+        num_steps=150,
+        log_every=25,
+        eval_every=25,
+        checkpoint_every_steps=100,
+        checkpoint_every_secs=300.0,
+        keep_checkpoints=1,
+    )
+
+    def runs(self) -> tuple[tuple[str, str, str], ...]:
+        """``(label, divergence, sampler)`` of every aligned run, in table order."""
+        main = tuple(
+            (d if self.sampler == "policy" else f"{d}_proposal", d, self.sampler)
+            for d in self.divergences
+        )
+        return main + tuple((f"{d}_proposal", d, "proposal") for d in self.proposal_divergences)
+
+
+def fdpg_problems(cfg: FDPGConfig) -> list[str]:
+    """The fdpg-specific problems of a typed `FDPGConfig`, one message each."""
+    from fdiv import divergences
+
+    out = []
+    for field, values in (
+        ("divergences", cfg.divergences),
+        ("proposal_divergences", cfg.proposal_divergences),
+    ):
+        for i, name in enumerate(values):
+            try:
+                divergences.get(name)
+            except (ValueError, TypeError):
+                near = difflib.get_close_matches(str(name), divergences.names(), n=1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                out.append(
+                    f"config.{field}[{i}]={name!r} is an unknown divergence; {hint}registered: "
+                    f"{', '.join(divergences.names())}"
+                )
+    if not cfg.divergences and not cfg.proposal_divergences:
+        out.append("config.divergences is empty; list e.g. ('forward_kl', 'js')")
+    labels = [label for label, _, _ in cfg.runs()]
+    if len(set(labels)) != len(labels):
+        out.append(
+            f"config.proposal_divergences={cfg.proposal_divergences} repeats runs of "
+            f"config.divergences with config.sampler='proposal'; set one of them to ()"
+        )
+    for field, value, valid in (
+        ("model", cfg.model, FDPG_MODELS),
+        ("sampler", cfg.sampler, FDPG_SAMPLERS),
+        ("baseline", cfg.baseline, FDPG_BASELINES),
+    ):
+        if value not in valid:
+            out.append(f"config.{field}={value!r} must be one of {', '.join(map(repr, valid))}")
+    if not cfg.seeds or not all(isinstance(s, int) and s >= 0 for s in cfg.seeds):
+        out.append(f"config.seeds={cfg.seeds!r} must be a non-empty tuple of ints >= 0")
+    elif len(set(cfg.seeds)) != len(cfg.seeds):
+        out.append(f"config.seeds={cfg.seeds!r} repeats a seed")
+    if not cfg.word:
+        out.append("config.word must be a non-empty string")
+    if cfg.sample_len < 1:
+        out.append(f"config.sample_len={cfg.sample_len} must be >= 1")
+    elif cfg.model == "char" and cfg.sample_len + 1 > cfg.lm.context:
+        out.append(
+            f"config.sample_len + 1 = {cfg.sample_len + 1} exceeds the model's context "
+            f"config.lm.context = {cfg.lm.context}; shorten sample_len or lengthen the context"
+        )
+    if cfg.model == "char" and len(cfg.word) > cfg.sample_len:
+        out.append(f"config.word={cfg.word!r} is longer than config.sample_len={cfg.sample_len}")
+    for field in ("proposal_every", "eval_samples", "z_samples", "baseline_window"):
+        if getattr(cfg, field) < 1:
+            out.append(f"config.{field}={getattr(cfg, field)} must be >= 1")
+    if not 0.0 <= cfg.baseline_decay < 1.0:
+        out.append(f"config.baseline_decay={cfg.baseline_decay} must lie in [0, 1)")
+    if not cfg.violation_log_penalty > 0.0 or math.isinf(cfg.violation_log_penalty):
+        out.append(
+            f"config.violation_log_penalty={cfg.violation_log_penalty} must be a finite number > 0"
+        )
+    if not cfg.grad_clip > 0.0:
+        out.append(f"config.grad_clip={cfg.grad_clip} must be > 0")
+    return out

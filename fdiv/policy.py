@@ -184,6 +184,48 @@ def pseudo_reward(log_target: ArrayLike, log_model: ArrayLike, divergence) -> Ar
 # The surrogate loss.
 
 
+def _log_reward_far(divergence: _divergences.FDivergence):
+    """``l -> log R(e^l)`` for ``l > 0`` for members whose reward grows like a power of ``u``
+    (``R = (u^a - 1)/a``: forward KL is ``a = 1`` in the limit, Pearson twice ``a = 2``), or
+    None. Other members' rewards grow at most linearly, so ``R/u`` is representable."""
+    params = dict(divergence.params)
+    if divergence.name == "forward_kl":
+        return lambda l: l
+    if divergence.name == "pearson":
+        return lambda l: 2.0 * l + jnp.log1p(-jnp.exp(-2.0 * l))
+    if divergence.name == "alpha" and params.get("alpha", 0.0) > 1.0:
+        a = float(params["alpha"])
+        return lambda l: a * l + jnp.log1p(-jnp.exp(-a * l)) - math.log(a)
+    return None
+
+
+def _weighted_reward(divergence, direct, log_w, l_high, low):
+    """``w R(u)``, computed in log space where the plain product fails.
+
+    ``direct = w * R(u)`` is exact wherever it is finite and ``w > 0``. A sample the policy
+    rarely draws but the proposal does has ``w = pi/s`` underflowing to 0 next to a huge
+    ``u = p/pi`` (``R = u`` for forward KL, ``u^2 - 1`` for Pearson overflows): there the product
+    is ``0 * inf = NaN`` or a wrong 0, while ``w R`` itself is representable. The fallback is
+    ``exp(log w + log R)`` for power-growth rewards and ``sign * exp(log(p/s) + log|R/u|)`` with
+    ``R/u = f'(u) - f(u)/u`` for the others, so it is ``inf`` only where the true value overflows.
+    """
+    log_reward = _log_reward_far(divergence)
+    safe_l = jnp.where(low, 1.0, l_high)
+    if log_reward is not None:
+        fallback = jnp.exp(log_w + log_reward(safe_l))
+    else:
+        r_over_u = divergence.f_prime(safe_l) - divergence.f_over_u(safe_l)
+        magnitude = jnp.abs(r_over_u)
+        safe_magnitude = jnp.where(magnitude > 0, magnitude, 1.0)
+        fallback = jnp.where(
+            magnitude > 0,
+            jnp.sign(r_over_u) * jnp.exp(log_w + safe_l + jnp.log(safe_magnitude)),
+            0.0,
+        )
+    use_fallback = ~low & (~jnp.isfinite(direct) | (jnp.exp(log_w) == 0))
+    return jnp.where(use_fallback, fallback, direct)
+
+
 def effective_sample_size(log_weights: ArrayLike) -> Array:
     """Kish's effective sample size ``(sum w)^2 / sum w^2`` of importance weights, in log space.
 
@@ -327,14 +369,15 @@ def fdpg_loss(
     safe_log_u = jnp.where(alive, log_u, 0.0)
     reward = jnp.where(alive, _reward_fn(divergence)(safe_log_u), 0.0)
     weight = jnp.exp(log_w)
-    coefficient = jnp.where(alive, weight * (reward - baseline.astype(dtype)), 0.0)
+    low = safe_log_u <= 0
+    l_low = jnp.where(low, safe_log_u, 0.0)
+    l_high = jnp.where(low, 0.0, safe_log_u)
+    weighted_reward = _weighted_reward(divergence, weight * reward, log_w, l_high, low)
+    coefficient = jnp.where(alive, weighted_reward - weight * baseline.astype(dtype), 0.0)
     loss = -jnp.mean(jax.lax.stop_gradient(coefficient) * log_model.astype(dtype))
 
     # w f(u) as w f(u) where u <= 1 and (p/s) (f(u)/u) where u > 1: each factor stays finite
     # where the other over- or underflows (w = pi/s tiny next to a huge u = p/pi).
-    low = safe_log_u <= 0
-    l_low = jnp.where(low, safe_log_u, 0.0)
-    l_high = jnp.where(low, 0.0, safe_log_u)
     divergence_terms = jnp.where(
         low, weight * divergence.f(l_low), jnp.exp(log_w + l_high) * divergence.f_over_u(l_high)
     )
@@ -342,7 +385,7 @@ def fdpg_loss(
         "divergence": jnp.mean(jnp.where(alive, divergence_terms, 0.0)),
         "ess": effective_sample_size(log_w),
         "mean_reward": jnp.sum(reward) / jnp.maximum(jnp.sum(alive), 1),
-        "mean_weighted_reward": jnp.mean(weight * reward),
+        "mean_weighted_reward": jnp.mean(jnp.where(alive, weighted_reward, 0.0)),
         "log_normalizer": log_z,
     }
     return loss, jax.lax.stop_gradient(aux)

@@ -26,6 +26,7 @@ TYPED = {
     "kd_fashion": settings.KDFashionConfig,
     "kd_lm": settings.KDLMConfig,
     "estimators": settings.EstimatorsConfig,
+    "fdpg": settings.FDPGConfig,
 }
 # The base config of each experiment: its typed defaults.
 BASES = {
@@ -35,6 +36,7 @@ BASES = {
     "kd_fashion": "kd_fashion",
     "kd_lm": "kd_lm",
     "estimators": "estimators_gauss",
+    "fdpg": "fdpg",
 }
 CONFIG_NAMES = configs.names()
 

@@ -8,6 +8,8 @@ below 1% for a correct estimator, while a biased one (wrong reward, missing impo
 a baseline that depends on the sample) is off by tens of standard errors.
 """
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -52,19 +54,27 @@ def _batch_loss(theta, x, log_target, divergence, log_proposal, baseline, log_no
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _per_sample_gradient_fn(divergence, with_proposal):
+    """Jitted [n, K] per-sample gradients, compiled once per (divergence, proposal or not):
+    the parameters, baseline and normaliser are traced arguments."""
+
+    def one(theta, xi, lt, lq, baseline, log_normalizer):
+        lq = lq[None] if with_proposal else None
+
+        def loss(t):
+            return _batch_loss(t, xi[None], lt[None], divergence, lq, baseline, log_normalizer)[0]
+
+        return jax.grad(loss)(theta)
+
+    return jax.jit(jax.vmap(one, in_axes=(None, 0, 0, 0, None, None)))
+
+
 def _per_sample_gradients(theta, x, log_target, divergence, log_proposal, baseline, log_normalizer):
     """[n, K] gradients of the one-sample surrogate (the terms the batch gradient averages)."""
-
-    def one(xi, lt, lq):
-        lq = None if log_proposal is None else lq[None]
-        return jax.grad(
-            lambda t: _batch_loss(t, xi[None], lt[None], divergence, lq, baseline, log_normalizer)[
-                0
-            ]
-        )(theta)
-
     lq = jnp.zeros_like(log_target) if log_proposal is None else log_proposal
-    return jax.jit(jax.vmap(one))(x, log_target, lq)
+    fn = _per_sample_gradient_fn(divergence, log_proposal is not None)
+    return fn(theta, x, log_target, lq, jnp.asarray(baseline, jnp.float32), log_normalizer)
 
 
 def _samples(key, logits, n=NUM_SAMPLES):
@@ -231,6 +241,41 @@ def test_bounded_divergences_have_finite_gradients_at_extreme_logits():
             )(theta)
             assert np.all(np.isfinite(grad)), (divergence, grad)
             assert all(np.isfinite(float(v)) for v in aux.values()), (divergence, aux)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "pearson", "js"])
+def test_weighted_reward_is_finite_where_the_weight_underflows(divergence):
+    # A sample the proposal finds likely (q = e^-50) but the policy almost never draws
+    # (pi = e^-200): w = pi/q underflows to 0 while u = p/pi overflows, and w R must be the
+    # finite p/q-sized value, not 0 * inf = NaN.
+    log_model = jnp.array([-200.0, -1.0, -2.0])
+    log_proposal = jnp.array([-50.0, -1.5, -1.0])
+    # Pearson's w R ~ p^2 / (pi q) must stay representable: a smaller p there.
+    log_target = jnp.array([-100.0 if divergence == "pearson" else -40.0, -1.2, -3.0])
+    log_z = 0.0
+
+    def loss(lm):
+        return fdpg_loss(
+            lm, log_target, divergence, log_proposal=log_proposal, log_normalizer=log_z
+        )
+
+    value, aux = loss(log_model)
+    grad = jax.grad(lambda lm: loss(lm)[0])(log_model)
+    assert np.isfinite(float(value)) and np.all(np.isfinite(grad)), (value, grad)
+    # Independent float64 computation of -d loss / d log pi_i = w_i R(u_i) / n.
+    lm, lq, lp = (np.asarray(a, np.float64) for a in (log_model, log_proposal, log_target))
+    mp = {
+        "forward_kl": lambda l: mpmath.exp(l),
+        "reverse_kl": lambda l: l - 1,
+        "pearson": lambda l: mpmath.exp(2 * l) - 1,
+        "js": lambda l: 0.5 * mpmath.log((mpmath.exp(l) + 1) / 2),
+    }[divergence]
+    want = [
+        float(mpmath.exp(mpmath.mpf(a) - b) * mp(mpmath.mpf(c) - a)) / 3
+        for a, b, c in zip(lm, lq, lp)
+    ]
+    np.testing.assert_allclose(-np.asarray(grad, np.float64), want, rtol=1e-4, atol=1e-30)
+    assert np.isfinite(float(aux["mean_weighted_reward"]))
 
 
 # ----------------------------------------------------------------------------------------------
