@@ -118,7 +118,9 @@ def _both_jit(fn):
 @pytest.mark.parametrize("name", sorted(DOC_VALUES))
 def test_divergence_loss_matches_docs_table(name):
     value = kd.divergence_loss(jnp.log(P_DOC), jnp.log(Q_DOC), name)
-    np.testing.assert_allclose(float(value), DOC_VALUES[name], rtol=0, atol=6e-8)
+    # float32 accuracy (a few ulp of the terms; the canonical-form terms of forward KL give
+    # 1.3e-6 relative here).
+    np.testing.assert_allclose(float(value), DOC_VALUES[name], rtol=2e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("name", sorted(DOC_VALUES))
