@@ -141,6 +141,9 @@ def test_ctrl_c_saves_and_exits_with_one_line(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A test runner started in the background by a non-interactive shell ignores SIGINT,
+        # and the child would inherit that; Ctrl-C handling is what is tested here.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.time() + 240
