@@ -492,8 +492,12 @@ def _make_update(cfg: FDPGConfig, backend):
             return jax.lax.switch(run_index, branches, *args)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["policy"].params)
+        # The baseline estimates E_pi[R] = E_s[w R]: the importance-weighted mean, which is the
+        # plain mean on-policy (w = 1) and stays finite under a proposal, where a sample the
+        # policy has moved away from has u = p/pi beyond the float range (R = u for forward KL)
+        # while its w R = p/s does not.
         new_state = state.apply_gradients(policy=grads).replace(
-            normalizer=normalizer, baseline=state.baseline.update(aux["mean_reward"])
+            normalizer=normalizer, baseline=state.baseline.update(aux["mean_weighted_reward"])
         )
         metrics = {
             "loss": loss,
