@@ -46,7 +46,6 @@ from fdiv import train
 from fdiv.montecarlo import mc_divergence_from_model_samples
 from fdiv.policy import MovingBaseline, RunningNormalizer, fdpg_loss
 from fdiv.train import plotting
-from fdiv.train.config import ConfigError
 
 START_CHAR = "\n"
 EVAL_KEYS = (
@@ -67,17 +66,13 @@ FDPGConfig = settings.FDPGConfig
 
 
 def read_config(config: Any, workdir: str | None = None) -> FDPGConfig:
-    """The typed, checked config: `settings.read` (unknown fields, generic checks, workdir),
-    then `settings.fdpg_problems`.
+    """The typed, checked config: `settings.read` (unknown fields, then every generic and
+    fdpg check and the workdir, all in one error).
 
     Raises:
       ConfigError: one message per bad field.
     """
-    cfg = settings.read(FDPGConfig, config, workdir)
-    problems = settings.fdpg_problems(cfg)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
+    return settings.read(FDPGConfig, config, workdir)
 
 
 def _cache_dir(cfg: FDPGConfig) -> str:

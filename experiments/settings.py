@@ -550,8 +550,9 @@ def problems(cfg: Any) -> list[str]:
             )
         if cfg.lr_schedule not in ("constant", "cosine"):
             out.append(f"config.lr_schedule={cfg.lr_schedule!r} must be 'constant' or 'cosine'")
-    if isinstance(cfg, EstimatorsConfig):
-        out.extend(_estimators_problems(cfg))
+    experiment_checks = _EXPERIMENT_CHECKS.get(type(cfg))
+    if experiment_checks is not None:
+        out.extend(experiment_checks(cfg))
     for teacher in _teachers(cfg):
         if teacher.net.kind not in ("mlp", "unet"):
             out.append(f"config.teacher.net.kind={teacher.net.kind!r} must be 'mlp' or 'unet'")
@@ -734,20 +735,8 @@ def kd_fashion_problems(cfg: KDFashionConfig) -> list[str]:
 
 
 def read_kd_fashion(config: Any, workdir: str | None = None) -> KDFashionConfig:
-    """`read` for ``KDFashionConfig`` with `kd_fashion_problems`: every bad field at once.
-
-    Raises:
-      ConfigError: one message per bad field (unknown fields are reported first, alone).
-    """
-    cfg = config if isinstance(config, KDFashionConfig) else from_config(KDFashionConfig, config)
-    extra = kd_fashion_problems(cfg)
-    try:
-        validate(cfg, workdir)
-    except ConfigError as e:
-        raise ConfigError(e.problems + extra) from None
-    if extra:
-        raise ConfigError(extra)
-    return cfg
+    """`read` for ``KDFashionConfig`` (`kd_fashion_problems` run inside `problems`)."""
+    return read(KDFashionConfig, config, workdir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -867,23 +856,8 @@ def kd_lm_problems(cfg: KDLMConfig) -> list[str]:
 
 
 def read_kd_lm(config: Any, workdir: str | None = None) -> KDLMConfig:
-    """`read` with the kd_lm checks: every bad field, generic or kd_lm's, in one error.
-
-    Raises:
-      ConfigError: one message per bad field.
-    """
-    try:
-        cfg = read(KDLMConfig, config, workdir)
-    except ConfigError as e:
-        try:
-            readable = config if isinstance(config, KDLMConfig) else from_config(KDLMConfig, config)
-        except ConfigError:
-            raise e from None  # unknown fields: the kd_lm checks would read defaults
-        raise ConfigError(e.problems + kd_lm_problems(readable)) from None
-    p = kd_lm_problems(cfg)
-    if p:
-        raise ConfigError(p)
-    return cfg
+    """`read` for ``KDLMConfig`` (`kd_lm_problems` run inside `problems`)."""
+    return read(KDLMConfig, config, workdir)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1046,3 +1020,12 @@ def fdpg_problems(cfg: FDPGConfig) -> list[str]:
     if not cfg.grad_clip > 0.0:
         out.append(f"config.grad_clip={cfg.grad_clip} must be > 0")
     return out
+
+
+# The experiment-specific checks `problems` adds to the generic ones, by typed config.
+_EXPERIMENT_CHECKS = {
+    EstimatorsConfig: _estimators_problems,
+    KDFashionConfig: kd_fashion_problems,
+    KDLMConfig: kd_lm_problems,
+    FDPGConfig: fdpg_problems,
+}
