@@ -81,13 +81,19 @@ def run_all(
             rows.append(summary)
             print_fn(
                 f"{mode} {div}: "
-                + ", ".join(f"{label} {_cell(summary.get(k))}" for k, label in COLUMNS)
+                + ", ".join(f"{label} {_cell(summary.get(k), k)}" for k, label in COLUMNS)
             )
     return sorted(rows, key=lambda r: list(modes).index(r["mode"]))
 
 
-def _cell(value) -> str:
-    return "-" if value is None else f"{value:.3f}" if abs(value) < 100 else f"{value:.0f}"
+# Rates and times in whole units; divergences and log-likelihoods to three decimals.
+WHOLE_UNITS = ("student_train_tokens_per_sec", "total_sec")
+
+
+def _cell(value, key: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" if key in WHOLE_UNITS or abs(value) >= 100 else f"{value:.3f}"
 
 
 def table(rows: list[dict]) -> str:
@@ -95,12 +101,12 @@ def table(rows: list[dict]) -> str:
     lines = [
         "| mode | divergence | " + " | ".join(label for _, label in COLUMNS) + " |",
         "|---|---|" + "---:|" * len(COLUMNS),
-        "| teacher | - | " + " | ".join(_cell(t.get(k)) for k, _ in COLUMNS) + " |",
+        "| teacher | - | " + " | ".join(_cell(t.get(k), k) for k, _ in COLUMNS) + " |",
     ]
     for r in rows:
         lines.append(
             f"| {r['mode']} | {r['divergence']} | "
-            + " | ".join(_cell(r.get(k)) for k, _ in COLUMNS)
+            + " | ".join(_cell(r.get(k), k) for k, _ in COLUMNS)
             + " |"
         )
     lines.append("")

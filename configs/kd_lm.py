@@ -27,6 +27,7 @@ Variants:
   teacher (~1 extra min). Measured on the loaded 2-core CPU: teacher forward 154 tokens/s
   (batch 4 x 64), student training 199 tokens/s (1.29 s per 4 x 64 step, so 80 steps ~105 s),
   loading the GGUF file 10 s, compiling the student step 15 s.
+* ``cpu_kjv``: the ``cpu`` budget on the King James Bible.
 * ``accelerator``: student 6 x 256, 16384 windows of 256 tokens (4.2M teacher tokens: ~1.3
   PFLOP, minutes on one accelerator, days on the CPU), 4000 steps of 32 x 256 tokens (33M
   student tokens), on-policy fraction 0.5.
@@ -76,6 +77,13 @@ def variant_cpu(c):
         num_samples=4,
         sample_tokens=32,
     )
+
+
+def variant_cpu_kjv(c):
+    # The `cpu` budget on the King James Bible (apt-get install bible-kjv).
+    c = variant_cpu(c)
+    c.corpus = "kjv"
+    return c
 
 
 def variant_accelerator(c):

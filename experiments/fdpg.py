@@ -10,13 +10,16 @@
   use the exact target.
 * Alignment: for each run of ``config.runs()`` (every divergence on-policy, and those of
   ``proposal_divergences`` also with DPG's proposal, replaced by the policy when the policy's
-  estimated ``KL(p || .)`` is lower) and every seed of ``config.seeds``, a copy of pi_0 trained
+  estimated divergence to the target, in the run's own divergence, is lower) and every seed of ``config.seeds``, a copy of pi_0 trained
   with ``fdiv.policy.fdpg_loss`` (docs/reference.md section 5), the running importance-sampling
   estimate of ``log Z`` (``RunningNormalizer``) and a moving baseline (``MovingBaseline``).
   Same seeds and budget for every run; the update compiles once for all of them.
-* Evaluation every ``eval_every`` steps on ``eval_samples`` fresh policy samples: constraint
-  rate, ``KL(p || pi)``, ``TV(p, pi)``, ``JS(p, pi)`` (importance-sampling estimates with the
-  policy as proposal), ``KL(pi || pi_0)``, word distinct-1/2.
+* Evaluation every ``eval_every`` steps on ``eval_samples`` fresh policy samples and the fixed
+  exact target samples (the pi_0 samples of the Z estimate that satisfy the constraint):
+  constraint rate; ``KL(p || pi)`` from the target samples (importance sampling with pi_0 as
+  proposal, weights ``b / Z``); ``TV(p, pi)`` and ``JS(p, pi)`` from both sample sets
+  (`fdiv.montecarlo.mc_divergence_from_both_samples`, bounded terms); ``KL(pi || pi_0)``;
+  word distinct-1/2. None of them depends on the policy's samples hitting the constraint.
 
 Outputs in ``workdir``: ``<label>/seed_<s>/`` per run (``metrics.jsonl``, ``curves.png``,
 Orbax checkpoints: an interrupted comparison resumes), ``comparison.png`` (seed-mean curves
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -43,7 +47,7 @@ from experiments import settings
 from fdiv import data as fdata
 from fdiv import divergences as fdivergences
 from fdiv import train
-from fdiv.montecarlo import mc_divergence_from_model_samples
+from fdiv.montecarlo import mc_divergence_from_both_samples, mc_divergence_from_target_samples
 from fdiv.policy import MovingBaseline, RunningNormalizer, fdpg_loss
 from fdiv.train import plotting
 
@@ -397,39 +401,77 @@ def _baseline_state(cfg: FDPGConfig) -> MovingBaseline:
 
 
 class _Problem:
-    """Everything the alignment runs share: pi_0, the constraint, Z and the metrics."""
+    """Everything the alignment runs share: pi_0, the constraint, Z, exact target samples and
+    the metrics."""
 
     def __init__(self, cfg: FDPGConfig, backend, print_fn):
         self.cfg, self.backend, self.print = cfg, backend, print_fn
-        # Z = P_pi0(b = 1): the exact target's normaliser, from pi_0's own samples.
+        # Z = P_pi0(b = 1), the exact target's normaliser, from pi_0's own samples; those that
+        # satisfy the constraint are exact samples of the target p (rejection sampling) and
+        # stay fixed for every evaluation.
         key = jax.random.fold_in(jax.random.key(cfg.eval_seed), 7)
-        hits, total = 0, 0
+        hits, total, targets = 0, 0, []
         chunk = min(cfg.z_samples, cfg.eval_samples)  # one compiled sampler for both
         for i in range(max(cfg.z_samples // chunk, 1)):
             seqs, _ = backend.draw(backend.base.params, jax.random.fold_in(key, i), chunk)
-            hits += int(jnp.sum(backend.satisfies(seqs)))
+            ok = np.asarray(backend.satisfies(seqs))
+            hits += int(ok.sum())
             total += chunk
-        self.z = max(hits, 1) / total
+            targets.append(np.asarray(seqs)[ok])
+        if hits < 2:
+            raise train.ConfigError(
+                f"config.z_samples={cfg.z_samples}: only {hits} of {total} pi_0 samples satisfy "
+                f"the constraint (contain {cfg.word!r}), too few to estimate Z and the divergences "
+                "to the target; raise config.z_samples or choose a more frequent config.word"
+            )
+        self.z = hits / total
         self.z_hits, self.z_total = hits, total
         self.log_z = float(np.log(self.z))
+        self.target_seqs = jnp.asarray(np.concatenate(targets))
+        self._log_prob = jax.jit(backend.log_prob)
+        self.log_p_at_target = backend.base_log_prob(self.target_seqs) - self.log_z
+
+    def kl_from_target(self, params):
+        """``(KL(p || pi), its standard error, log pi at the target samples)`` for the policy
+        with `params`: the mean of ``log p - log pi`` over the fixed exact target samples."""
+        log_pi_at_target = self._log_prob(params, self.target_seqs)
+        kl, se = mc_divergence_from_target_samples(
+            self.log_p_at_target, log_pi_at_target, "forward_kl"
+        )
+        return kl, se, log_pi_at_target
+
+    def proposal_score(self, params, key, divergence: str) -> float:
+        """DPG's criterion for replacing the proposal, generalised to f-DPG: the estimated
+        ``D_f(p || pi)`` of the run's own divergence for the policy with `params` (from the
+        target samples and ``eval_samples`` fresh policy samples). A divergence that is
+        infinite against the exact target whenever pi puts mass outside the constraint
+        (``f(0) = inf``: reverse KL, Neyman) is compared in ``KL(p || .)`` instead."""
+        d = fdivergences.get(divergence)
+        if d.name == "forward_kl" or not math.isfinite(d.f_at_zero):
+            return float(self.kl_from_target(params)[0])
+        seqs, log_pi = self.backend.draw(params, key, self.cfg.eval_samples)
+        ok = self.backend.satisfies(seqs)
+        log_p = jnp.where(ok, self.backend.base_log_prob(seqs) - self.log_z, -jnp.inf)
+        log_pi_at_target = self._log_prob(params, self.target_seqs)
+        estimate, _ = mc_divergence_from_both_samples(
+            self.log_p_at_target, log_pi_at_target, log_p, log_pi, d
+        )
+        return float(estimate)
 
     def evaluate(self, params, key, n: int | None = None) -> tuple[dict, list[str]]:
+        """Metrics of the policy with `params` on `n` fresh samples of it and the fixed target
+        samples (docs/reference.md section 3): KL(p || pi) from the target's samples alone,
+        TV and JS from both (the mixture estimator), so the estimates stay honest when few or
+        none of the policy's samples satisfy the constraint."""
         n = n or self.cfg.eval_samples
         seqs, log_pi = self.backend.draw(params, key, n)
         log_pi0 = self.backend.base_log_prob(seqs)
         ok = self.backend.satisfies(seqs)
         log_p = jnp.where(ok, log_pi0 - self.log_z, -jnp.inf)
-        # E_pi[f(u)] with f shifted by c (u - 1), which changes nothing in expectation (E_pi u = 1,
-        # docs/reference.md section 1) but bounds the per-sample terms of TV (max(0, 1 - u)) and
-        # tames those of JS and KL, whose raw terms grow like u = p/pi ~ 1/Z on the samples that
-        # satisfy the constraint: the raw estimates exceed the divergences' bounds at small n.
-        log_u = log_p - log_pi
-        u = jnp.exp(log_u)
-        kl, _ = mc_divergence_from_model_samples(log_p, log_pi, "forward_kl")
-        kl = kl - jnp.mean(u - 1.0)
-        tv = jnp.mean(jnp.maximum(0.0, 1.0 - u))
-        js_div = fdivergences.get("js")
-        js = jnp.mean(js_div.f(log_u) - js_div.slope_at_infinity * (u - 1.0))
+        kl, kl_se, log_pi_at_target = self.kl_from_target(params)
+        both = (self.log_p_at_target, log_pi_at_target, log_p, log_pi)
+        tv, tv_se = mc_divergence_from_both_samples(*both, "total_variation")
+        js, js_se = mc_divergence_from_both_samples(*both, "js")
         texts = self.backend.decode(seqs)
         metrics = {
             "constraint_rate": float(jnp.mean(ok)),
@@ -439,6 +481,9 @@ class _Problem:
             "kl_pi_pi0": float(jnp.mean(log_pi - log_pi0)),
             "distinct_1": distinct_n(texts, 1),
             "distinct_2": distinct_n(texts, 2),
+            "kl_p_pi_se": float(kl_se),
+            "tv_p_pi_se": float(tv_se),
+            "js_p_pi_se": float(js_se),
         }
         return metrics, texts
 
@@ -532,7 +577,7 @@ def _optimizer(cfg: FDPGConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), optax.adam(cfg.learning_rate))
 
 
-def _align(cfg, problem, step, tx, run, seed: int, workdir, print_fn, base_kl):
+def _align(cfg, problem, step, tx, run, seed: int, workdir, print_fn):
     """One aligned run. `tx` is shared by all runs: the optimiser is part of the state's pytree
     structure, so one object lets every run reuse the compiled update."""
     _, divergence, sampler = run
@@ -551,7 +596,12 @@ def _align(cfg, problem, step, tx, run, seed: int, workdir, print_fn, base_kl):
         rng=jax.random.key(seed),
         nets={"policy": policy},
         proposal=base.params,
-        proposal_score=jnp.asarray(base_kl, jnp.float32),
+        proposal_score=jnp.asarray(
+            problem.proposal_score(base.params, _proposal_key(seed, 0), divergence)
+            if sampler == "proposal"
+            else jnp.inf,
+            jnp.float32,
+        ),
         normalizer=RunningNormalizer.create(),
         baseline=_baseline_state(cfg),
     )
@@ -560,13 +610,18 @@ def _align(cfg, problem, step, tx, run, seed: int, workdir, print_fn, base_kl):
     def step_fn(state, i):
         state, metrics = step(state)
         if sampler == "proposal" and (i + 1) % cfg.proposal_every == 0:
-            # DPG: replace the proposal when the policy is closer to the target in KL(p || .).
-            m, _ = problem.evaluate(state["policy"].params, jax.random.fold_in(eval_key, 10**6 + i))
-            replaced = m["kl_p_pi"] < float(state.proposal_score)
+            # DPG: replace the proposal when the policy is closer to the target, here in the
+            # run's own divergence (`_Problem.proposal_score`: estimated with the fixed target
+            # samples, so a policy that stops satisfying the constraint scores high, not at a
+            # degenerate importance-sampling value).
+            score = problem.proposal_score(
+                state["policy"].params, _proposal_key(seed, i + 1), divergence
+            )
+            replaced = score < float(state.proposal_score)
             if replaced:
                 state = state.replace(
                     proposal=state["policy"].params,
-                    proposal_score=jnp.asarray(m["kl_p_pi"], jnp.float32),
+                    proposal_score=jnp.asarray(score, jnp.float32),
                 )
             metrics = {**metrics, "proposal_replaced": float(replaced)}
         return state, metrics
@@ -591,6 +646,10 @@ def _align(cfg, problem, step, tx, run, seed: int, workdir, print_fn, base_kl):
     if not last_texts:
         eval_fn(state)
     return state, summary, last_texts
+
+
+def _proposal_key(seed: int, step: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 10**6), step)
 
 
 def _eval_key(seed: int) -> jax.Array:
@@ -666,7 +725,8 @@ def _table(stats: dict, settled: dict, seconds: dict, cfg: FDPGConfig, problem) 
             f"word {cfg.word!r}, {cfg.sample_len} {'characters after a newline' if cfg.model == 'char' else 'tokens'}; "
             f"Z = P_pi0(b=1) = {problem.z:.4f} ({problem.z_hits}/{problem.z_total} pi_0 samples); "
             f"{cfg.loop.num_steps} steps x {cfg.batch_size} samples, baseline {cfg.baseline}; "
-            f"metrics on {cfg.eval_samples} fresh policy samples; mean +- std over seeds "
+            f"metrics on {cfg.eval_samples} fresh policy samples and the {problem.z_hits} target "
+            f"samples; mean +- std over seeds "
             f"{', '.join(map(str, cfg.seeds))} (n = {n}); '_proposal': DPG's proposal sampler "
             f"(checked every {cfg.proposal_every} steps). Flat from: the first evaluation step "
             f"after which the seed mean stays within "
@@ -756,7 +816,6 @@ def train_and_evaluate(config: Any, workdir: str, print_fn=None) -> dict:
                 s,
                 _run_dir(workdir, label, s),
                 lambda m, n=f"{label} seed {s}": pf(f"[{n}] {m}"),
-                pi0[s]["kl_p_pi"],
             )
             times.append(time.perf_counter() - t)
             finals[s] = {k: summary["eval"]["eval/" + k] for k in EVAL_KEYS}

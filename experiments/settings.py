@@ -939,7 +939,9 @@ class FDPGConfig:
     baseline_decay: float = 0.9
     baseline_window: int = 1024
     eval_samples: int = 1024
-    z_samples: int = 4096
+    # pi_0 samples for Z; those that satisfy the constraint are the exact target samples of the
+    # metrics (~200 at Z ~ 0.013).
+    z_samples: int = 16384
     show_samples: int = 8
     loop: LoopOptions = LoopOptions(
         num_steps=150,

@@ -35,6 +35,7 @@ from fdiv.discrete import (
 )
 from fdiv.divergences import FDivergence, dual, from_generator, get, names
 from fdiv.montecarlo import (
+    mc_divergence_from_both_samples,
     mc_divergence_from_model_samples,
     mc_divergence_from_target_samples,
     mc_divergence_self_normalized,
@@ -56,6 +57,7 @@ __all__ = [
     "get",
     "kd",
     "kernel",
+    "mc_divergence_from_both_samples",
     "mc_divergence_from_model_samples",
     "mc_divergence_from_target_samples",
     "mc_divergence_self_normalized",

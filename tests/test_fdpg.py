@@ -62,8 +62,17 @@ def test_quick_variant_end_to_end(cache, quick_run):
             values = [per_seed[s][k] for s in ("0", "1")]
             assert m[k] == pytest.approx(np.mean(values))
             assert summary["results_std"][name][k] == pytest.approx(np.std(values, ddof=1))
-    # pi_0 is its own reference: KL(pi_0 || pi_0) = 0 exactly on every sample.
+    # pi_0 is its own reference: KL(pi_0 || pi_0) = 0 exactly on every sample, and on the exact
+    # target samples log p - log pi_0 = -log Z, so KL(p || pi_0) = -log Z to float32.
     assert rows["pi_0"]["kl_pi_pi0"] == 0.0
+    assert rows["pi_0"]["kl_p_pi"] == pytest.approx(-math.log(summary["z"]), rel=1e-5)
+    for name, m in rows.items():
+        # Bounds that hold for every pair of distributions: TV <= 1, JS <= log 2, and since p
+        # lives on the constraint set A, TV >= 1 - pi(A) and KL(p || pi) >= -log pi(A), which
+        # the estimates respect up to their sampling error.
+        assert m["js_p_pi"] <= math.log(2.0) + 1e-6, name
+        assert m["tv_p_pi"] >= 1.0 - m["constraint_rate"] - 0.1, (name, m)
+        assert m["kl_p_pi"] >= -math.log(max(m["constraint_rate"], 1e-3)) - 0.5, (name, m)
     # The stage is cached under the cache dir, keyed by the LM config, with its summary.
     assert summary["lm_dir"].startswith(cache)
     assert os.path.exists(os.path.join(summary["lm_dir"], "summary.json"))
@@ -117,6 +126,12 @@ def test_reuses_cached_lm_and_rejects_bad_settings(cache, quick_run, tmp_path):
             fdpg.train_and_evaluate(
                 _config(cache, **{field: value}), str(tmp_path / field), print_fn=lambda s: None
             )
+    # A constraint pi_0 almost never satisfies stops with one line before any alignment.
+    with pytest.raises(ConfigError, match=r"config.z_samples=256: only [01] of 256 pi_0 samples"):
+        fdpg.train_and_evaluate(
+            _config(cache, word="qzx"), str(tmp_path / "rare"), print_fn=lambda s: None
+        )
+    assert not os.path.exists(tmp_path / "rare" / "js")
     # Every fdpg-specific problem is reported at once, in one line.
     c = _config(cache, sampler="offline", baseline="mean", word="", baseline_decay=1.0)
     with pytest.raises(ConfigError) as e:
@@ -225,10 +240,10 @@ def tiny_llama(monkeypatch):
     return model
 
 
-def test_llama_backend_scores_what_it_samples_and_trains(tiny_llama, cache, tmp_path):
+def test_llama_backend_scores_what_it_samples_and_trains(tiny_llama, cache, tmp_path, monkeypatch):
     # One batch size everywhere: one compiled sampler.
-    c = _config(cache, model="smollm2", word="ab", sample_len=6, batch_size=16, num_steps=2)
-    c.divergences, c.seeds, c.eval_samples, c.z_samples, c.log_every = ("js",), (0,), 16, 16, 1
+    c = _config(cache, model="smollm2", word="a", sample_len=6, batch_size=16, num_steps=2)
+    c.divergences, c.seeds, c.eval_samples, c.z_samples, c.log_every = ("js",), (0,), 16, 64, 1
     cfg = fdpg.read_config(c)
     backend = fdpg._LlamaBackend(cfg, print_fn=lambda s: None)
     seqs, log_pi = backend.draw(backend.base.params, jax.random.key(0), 16)
@@ -240,8 +255,13 @@ def test_llama_backend_scores_what_it_samples_and_trains(tiny_llama, cache, tmp_
         backend.log_prob(backend.base.params, seqs), log_pi, rtol=1e-5, atol=1e-4
     )
     texts = backend.decode(seqs)
-    expected = [re.search(r"\bab\b", t, re.I) is not None for t in texts]
+    expected = [re.search(r"\ba\b", t, re.I) is not None for t in texts]
     np.testing.assert_array_equal(backend.satisfies(seqs), expected)
+    # Whole words are rare in random 6-token answers; for the run the constraint is "contains
+    # the token 'a'" (~40% of answers), so that Z's samples hold target samples.
+    monkeypatch.setattr(
+        fdpg._LlamaBackend, "satisfies", lambda self, seqs: jnp.any(jnp.asarray(seqs) == 0, axis=1)
+    )
     summary = fdpg.train_and_evaluate(c, str(tmp_path / "llm"), print_fn=lambda s: None)
     assert summary["lm_dir"] == "tiny.gguf"
     # Cached sampling and the full forward pass agree to float32 rounding.

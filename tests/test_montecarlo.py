@@ -283,3 +283,100 @@ def test_one_extreme_sample_keeps_estimates_finite(dtype, extreme):
         for name in ("reverse_kl", "js", "alpha"):
             est, se = mc.mc_divergence_self_normalized(cast(lp_hi), cast(lq), name)
             assert np.isfinite(est) and np.isfinite(se), (name, est, se)
+
+
+def _exact_mixture_moments(d, log_p, log_q, a):
+    """Exact means and stds under P and Q of the balance-heuristic term f(u) / (a u + 1 - a)."""
+    u = np.exp(log_p - log_q)
+    with jax.enable_x64(True):
+        terms = np.asarray(d.f(log_p - log_q)) / (a * u + 1 - a)
+    out = []
+    for log_w in (log_p, log_q):
+        w = np.exp(log_w)
+        mean = np.sum(w * terms)
+        out.append((mean, np.sqrt(np.sum(w * (terms - mean) ** 2))))
+    return out
+
+
+@pytest.mark.parametrize("name,params", DIVERGENCES, ids=IDS)
+def test_both_samples_agrees_with_exact(name, params):
+    d = get(name, **params)
+    log_p, log_q = _categorical_problem(num_classes=30, seed=4)
+    n_p, n_q = 3000, 5000  # unequal strata: a = 3/8
+    key_p, key_q = jax.random.split(jax.random.key(5))
+    x_p, x_q = _sample(key_p, log_p, (n_p,)), _sample(key_q, log_q, (n_q,))
+    with jax.enable_x64(True):
+        exact = float(discrete.categorical_divergence(log_p, log_q, d))
+        est, se = mc.mc_divergence_from_both_samples(
+            log_p[x_p], log_q[x_p], log_p[x_q], log_q[x_q], d
+        )
+    assert abs(float(est) - exact) < 4 * float(se), (est, exact, se)
+    # Unbiased: a E_P[g] + (1 - a) E_Q[g] is the divergence exactly; the standard error is the
+    # stratified one.
+    a = n_p / (n_p + n_q)
+    (mean_p, std_p), (mean_q, std_q) = _exact_mixture_moments(d, log_p, log_q, a)
+    np.testing.assert_allclose(a * mean_p + (1 - a) * mean_q, exact, rtol=1e-10)
+    exact_se = np.sqrt(n_p * std_p**2 + n_q * std_q**2) / (n_p + n_q)
+    np.testing.assert_allclose(float(se), exact_se, rtol=0.1)
+
+
+class BothSamplesVariantsTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_disjoint_supports_and_masks(self):
+        # Q puts mass 1e-30 where P lives: a model-only estimate of TV from 1000 samples sees
+        # no P mass (and JS's log 2 only by accident of f(0)); with P's samples every term is
+        # exact. TV = 1 - 1e-30 and JS = log 2 to float32.
+        fn = self.variant(
+            mc.mc_divergence_from_both_samples,
+            static_argnames=("divergence",),
+        )
+        log_p_at_p = jnp.full((500,), -np.log(500.0))
+        log_q_at_p = log_p_at_p - 69.0  # u = e^69 ~ 1e30
+        log_p_at_q = jnp.full((1000,), -jnp.inf)
+        log_q_at_q = jnp.zeros((1000,))
+        for name, exact in (("total_variation", 1.0), ("js", np.log(2.0))):
+            est, se = fn(log_p_at_p, log_q_at_p, log_p_at_q, log_q_at_q, divergence=name)
+            np.testing.assert_allclose(float(est), exact, rtol=1e-6)
+            assert float(se) < 1e-6
+        # Forward KL: the target samples carry it all (f(0) = 0), mean log u = 69.
+        est, _ = fn(log_p_at_p, log_q_at_p, log_p_at_q, log_q_at_q, divergence="forward_kl")
+        np.testing.assert_allclose(float(est), 69.0, rtol=1e-5)
+        # A mask equals slicing, and masked (NaN) entries reach neither value nor gradient.
+        bad = log_q_at_p.at[:100].set(jnp.nan)
+        where_p = jnp.arange(500) >= 100
+
+        def value(lq):
+            return fn(log_p_at_p, lq, log_p_at_q, log_q_at_q, divergence="js", where_p=where_p)[0]
+
+        sliced, _ = fn(log_p_at_p[100:], log_q_at_p[100:], log_p_at_q, log_q_at_q, divergence="js")
+        np.testing.assert_allclose(float(value(bad)), float(sliced), rtol=1e-6)
+        g = jax.grad(value)(bad)
+        assert np.all(np.isfinite(np.asarray(g)))
+        assert np.all(np.asarray(g)[:100] == 0.0)
+
+
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "js", "total_variation", "pearson"])
+def test_both_samples_gradient_matches_finite_differences(name):
+    d = get(name)
+    log_p, log_q = _categorical_problem(num_classes=6, seed=7)
+    x_p = _sample(jax.random.key(8), log_p, (50,))
+    x_q = _sample(jax.random.key(9), log_q, (70,))
+    with jax.enable_x64(True):
+        shift = jnp.linspace(-1.0, 1.0, 50)
+
+        def value(t):
+            return mc.mc_divergence_from_both_samples(
+                log_p[x_p], log_q[x_p] + t * shift, log_p[x_q], log_q[x_q], d
+            )[0]
+
+        h = 1e-6
+        fd = (value(h) - value(-h)) / (2 * h)
+        np.testing.assert_allclose(float(jax.grad(value)(0.0)), float(fd), rtol=1e-6, atol=1e-10)
+
+
+def test_both_samples_errors():
+    x = jnp.zeros((4,))
+    with pytest.raises(ValueError, match="log_p_at_q and log_q_at_q must have the same shape"):
+        mc.mc_divergence_from_both_samples(x, x, x, jnp.zeros((3,)), "js")
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        mc.mc_divergence_from_both_samples(x, x, x[:1], x[:1], "js")
