@@ -106,6 +106,33 @@ def test_quick_variant_end_to_end(cache, quick_run):
     assert again["results_per_seed"]["js"]["1"] == summary["results_per_seed"]["js"]["1"]
 
 
+def test_proposal_score_is_the_runs_own_divergence(cache, quick_run):
+    cfg = fdpg.read_config(_config(cache))
+    backend = fdpg._CharBackend(cfg, print_fn=lambda s: None)
+    problem = fdpg._Problem(cfg, backend, print_fn=lambda s: None)
+    params, key = backend.base.params, jax.random.key(0)
+    # On the exact target samples log p - log pi_0 = -log Z: KL(p || pi_0) = -log Z.
+    kl = problem.proposal_score(params, key, "forward_kl")
+    assert kl == pytest.approx(-math.log(problem.z), rel=1e-5)
+    # Reverse KL is infinite against the exact target: compared in KL(p || .) instead.
+    assert problem.proposal_score(params, key, "reverse_kl") == kl
+    # JS and TV: the mixture estimate from the target samples and fresh policy samples.
+    seqs, log_pi = backend.draw(params, key, cfg.eval_samples)
+    ok = backend.satisfies(seqs)
+    log_p = jnp.where(ok, backend.base_log_prob(seqs) - problem.log_z, -jnp.inf)
+    for name in ("js", "total_variation"):
+        expected, _ = fdpg.mc_divergence_from_both_samples(
+            problem.log_p_at_target,
+            backend.log_prob(params, problem.target_seqs),
+            log_p,
+            log_pi,
+            name,
+        )
+        got = problem.proposal_score(params, key, name)
+        assert got == pytest.approx(float(expected), rel=1e-5)
+        assert 0.0 < got <= (math.log(2.0) if name == "js" else 1.0) + 1e-6
+
+
 def test_reuses_cached_lm_and_rejects_bad_settings(cache, quick_run, tmp_path):
     _, first, _ = quick_run
     lm_dir = first["lm_dir"]
