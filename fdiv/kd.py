@@ -68,6 +68,7 @@ __all__ = [
     "reduce",
     "resolve_divergence",
     "sinkd_loss",
+    "teacher_topk",
     "topk_divergence_loss",
 ]
 
@@ -549,6 +550,38 @@ def sinkd_loss(
     )
 
 
+def teacher_topk(teacher_logits: ArrayLike, k: int) -> tuple[Array, Array, Array]:
+    r"""What to store of a teacher for :func:`topk_divergence_loss`: its top-``k``
+    log-probabilities, their ids and the exact log-mass of every other class.
+
+    The tail is ``logsumexp`` of the log-probabilities outside the top ``k``, computed from the
+    full logits, so it keeps float32 accuracy however close the top mass is to 1 and whatever
+    precision the top-k values are stored in afterwards (``1 - sum`` of stored bfloat16
+    probabilities is off by about ``4e-3`` times the top mass).
+
+    Args:
+      teacher_logits: ``[..., vocab]`` logits (any float dtype; computed in float32).
+      k: number of classes to keep, ``1 <= k <= vocab``.
+
+    Returns:
+      ``(topk_logprobs [..., k] float32, topk_ids [..., k] int32, tail_logprob [...] float32)``;
+      ``tail_logprob`` is ``-inf`` when ``k == vocab``.
+    """
+    logits = _upcast(_check_float(teacher_logits, "teacher_logits"))
+    if logits.ndim == 0:
+        raise ValueError("teacher_logits must be [..., vocab], got a scalar.")
+    vocab = logits.shape[-1]
+    if not isinstance(k, numbers.Integral) or not 1 <= k <= vocab:
+        raise ValueError(f"k must be an integer in [1, vocab = {vocab}], got {k!r}.")
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    values, ids = jax.lax.top_k(log_p, int(k))
+    in_top = jnp.put_along_axis(
+        jnp.zeros(log_p.shape, jnp.bool_), ids, True, axis=-1, inplace=False
+    )
+    tail = jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, log_p), axis=-1)
+    return values, ids.astype(jnp.int32), tail
+
+
 def topk_divergence_loss(
     teacher_topk_logprobs: ArrayLike,
     teacher_topk_ids: ArrayLike,
@@ -558,6 +591,7 @@ def topk_divergence_loss(
     temperature: ArrayLike = 1.0,
     where: ArrayLike | None = None,
     tail_floor: float | None = None,
+    teacher_tail_logprob: ArrayLike | None = None,
 ) -> Array:
     r"""Divergence against an offline teacher stored as its top-k log-probabilities and ids.
 
@@ -583,6 +617,9 @@ def topk_divergence_loss(
       dtype's resolution (about ``1e-7`` in float32) and may round to zero; it is floored at
       ``tail_floor`` (default: the dtype's epsilon) so that divergences infinite where
       ``p = 0 < q`` (reverse KL, Neyman) stay finite. ``tail_floor=0`` disables the floor.
+      Pass ``teacher_tail_logprob`` (from :func:`teacher_topk`, computed where the full logits
+      exist) instead to use the exact tail, which is what float32 accuracy needs when the top-k
+      values are stored in bfloat16 or the top mass is close to 1; no floor is applied to it.
 
     Args:
       teacher_topk_logprobs: ``[..., k]`` the teacher's log-probabilities of its top classes.
@@ -593,9 +630,22 @@ def topk_divergence_loss(
       temperature: temperature of both sides (see above); the result is times ``tau**2``.
       where: optional boolean mask of real positions.
       tail_floor: the least teacher tail mass (see above); ``None`` is the dtype's epsilon.
+      teacher_tail_logprob: optional ``[...]`` log of the teacher's mass outside its top ``k``
+        (at temperature 1), e.g. the third output of :func:`teacher_topk`.
 
     Returns:
       ``[...]`` float32 losses.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from fdiv import kd
+      >>> teacher = jax.random.normal(jax.random.key(0), (4, 1000)) * 3
+      >>> student = jax.random.normal(jax.random.key(1), (4, 1000))
+      >>> logp, ids, tail = kd.teacher_topk(teacher, 64)
+      >>> loss = kd.topk_divergence_loss(
+      ...     logp.astype(jnp.bfloat16), ids, student, "js", teacher_tail_logprob=tail)
+      >>> loss.shape, loss.dtype
+      ((4,), dtype('float32'))
 
     References:
       Anshumann et al., `Sparse Logit Sampling: Accelerating Knowledge Distillation in LLMs
@@ -625,6 +675,14 @@ def topk_divergence_loss(
             f"k = {k} stored teacher classes exceed the student's vocabulary size {vocab}."
         )
     out_shape = student.shape[:-1]
+    tail_given = teacher_tail_logprob is not None
+    if tail_given:
+        given_tail = _upcast(_check_float(teacher_tail_logprob, "teacher_tail_logprob"))
+        if given_tail.shape != out_shape:
+            raise ValueError(
+                f"teacher_tail_logprob must have the leading shape {out_shape} (one value per "
+                f"position), got teacher_tail_logprob.shape={given_tail.shape}."
+            )
     mask = None
     if where is not None:
         mask = _checks.check_mask(where, out_shape, f"the output shape {out_shape}")
@@ -632,6 +690,9 @@ def topk_divergence_loss(
         topk = jnp.where(keep, topk, jnp.zeros((), topk.dtype))
         student = jnp.where(keep, student, jnp.zeros((), student.dtype))
         ids = jnp.where(keep, ids, jnp.arange(k, dtype=ids.dtype))
+        if tail_given:
+            # The masked rows' stand-in top mass is k (log 0 each); any finite tail will do.
+            given_tail = jnp.where(keep[..., 0], given_tail, jnp.zeros((), given_tail.dtype))
     dtype = jnp.result_type(topk.dtype, student.dtype)
     topk, student = topk.astype(dtype), student.astype(dtype)
     tau = jnp.asarray(temperature, dtype)
@@ -648,13 +709,17 @@ def topk_divergence_loss(
         in_top = jnp.zeros(student.shape, jnp.bool_)
         in_top = jnp.put_along_axis(in_top, ids, True, axis=-1, inplace=False)
         s_tail = jax.nn.logsumexp(jnp.where(in_top, -jnp.inf, log_q), axis=-1, keepdims=True)
-        top_mass = jnp.minimum(jax.nn.logsumexp(topk, axis=-1, keepdims=True), 0.0)
-        # log(1 - sum p) with the top mass 1 (tail 0) mapping to -inf without a NaN gradient.
-        full = top_mass >= 0
-        t_tail = jnp.where(full, -jnp.inf, jnp.log(-jnp.expm1(jnp.where(full, -1.0, top_mass))))
-        if tail_floor:
-            t_tail = jnp.maximum(t_tail, math.log(tail_floor))
-            full = jnp.zeros_like(full)
+        if tail_given:
+            t_tail = given_tail.astype(dtype)[..., None]
+            full = jnp.isneginf(t_tail)
+        else:
+            top_mass = jnp.minimum(jax.nn.logsumexp(topk, axis=-1, keepdims=True), 0.0)
+            # log(1 - sum p) with the top mass 1 (tail 0) mapping to -inf without a NaN gradient.
+            full = top_mass >= 0
+            t_tail = jnp.where(full, -jnp.inf, jnp.log(-jnp.expm1(jnp.where(full, -1.0, top_mass))))
+            if tail_floor:
+                t_tail = jnp.maximum(t_tail, math.log(tail_floor))
+                full = jnp.zeros_like(full)
         log_rest = math.log(vocab - k)
         t_tail = jnp.where(
             full, -jnp.inf, (jnp.where(full, 0.0, t_tail) - log_rest) / tau + log_rest

@@ -963,6 +963,9 @@ def test_monte_carlo_estimators_against_gaussian_closed_forms():
         for name in ("forward_kl", "squared_hellinger"):
             est, se = fdiv.mc_divergence_from_target_samples(lpp, lqp, name)
             assert abs(float(est) - table[name]) < 5 * float(se), (name, est, se)
+            # Both sample sets pooled as a mixture (section 3): the same closed forms.
+            est, se = fdiv.mc_divergence_from_both_samples(lpp, lqp, lpq, lqq, name)
+            assert abs(float(est) - table[name]) < 5 * float(se), (name, est, se)
         # An unnormalised target: log Z is recovered and the self-normalised estimate converges.
         log_z, se_z = fdiv.mc_log_normalizer(lpq + 3.0, lqq)
         assert abs(float(log_z) - 3.0) < 5 * float(se_z)
