@@ -11,11 +11,12 @@ curves ``<workdir>/comparison.png``. Run (the whole comparison; finished runs re
 
     python -m experiments.main --config=configs/fdpg.py --workdir=runs/fdpg
 
-Measured on the shared 2-core CPU at the defaults (learning rate 5e-4; README table): about 18
-minutes end to end with pi_0 cached, 25-55 s of training a run (the update compiled once);
-reverse KL aligns best, forward KL on-policy is unstable (one seed in three leaves pi_0 by 107
-nats) and JS with a fixed proposal collapses within 25 steps. At ``--config.learning_rate=1e-3``
-forward KL, JS and TV left pi_0 by 25-130 nats.
+Measured on the shared 2-core CPU at the defaults (learning rate 2.5e-4; README table): 19
+minutes end to end with pi_0 cached and another job running, 51-65 s of training a run (the
+update compiled once); every on-policy divergence is stable and JS has the best balance. At
+``--config.learning_rate=5e-4`` forward KL on-policy is unstable (one seed in three leaves pi_0
+by 107 nats) and JS with the proposal collapses; at 1e-3 forward KL, JS and TV left pi_0 by
+25-130 nats.
 Variants: ``:quick`` (seconds, used by the tests), ``:proposal`` (every divergence with DPG's
 proposal sampler: samples from a proposal that is replaced by the policy when the policy's
 estimated divergence to the target is lower), ``:smollm2`` (below), ``:smollm2_step`` (its one-step timing).
