@@ -449,27 +449,32 @@ class _Problem:
         d = fdivergences.get(divergence)
         if d.name == "forward_kl" or not math.isfinite(d.f_at_zero):
             return float(self.kl_from_target(params)[0])
-        seqs, log_pi = self.backend.draw(params, key, self.cfg.eval_samples)
-        ok = self.backend.satisfies(seqs)
-        log_p = jnp.where(ok, self.backend.base_log_prob(seqs) - self.log_z, -jnp.inf)
+        drawn = self._policy_samples(params, key, self.cfg.eval_samples)
         log_pi_at_target = self._log_prob(params, self.target_seqs)
         estimate, _ = mc_divergence_from_both_samples(
-            self.log_p_at_target, log_pi_at_target, log_p, log_pi, d
+            self.log_p_at_target, log_pi_at_target, drawn["log_p"], drawn["log_pi"], d
         )
         return float(estimate)
+
+    def _policy_samples(self, params, key, n: int) -> dict:
+        """`n` samples of the policy with `params` and their log-densities: ``log_pi`` (the
+        policy), ``log_pi0`` (the base), ``log_p`` (the exact target, -inf off the
+        constraint) and ``ok`` (the constraint)."""
+        seqs, log_pi = self.backend.draw(params, key, n)
+        log_pi0 = self.backend.base_log_prob(seqs)
+        ok = self.backend.satisfies(seqs)
+        log_p = jnp.where(ok, log_pi0 - self.log_z, -jnp.inf)
+        return {"seqs": seqs, "log_pi": log_pi, "log_pi0": log_pi0, "log_p": log_p, "ok": ok}
 
     def evaluate(self, params, key, n: int | None = None) -> tuple[dict, list[str]]:
         """Metrics of the policy with `params` on `n` fresh samples of it and the fixed target
         samples (docs/reference.md section 3): KL(p || pi) from the target's samples alone,
         TV and JS from both (the mixture estimator), so the estimates stay honest when few or
         none of the policy's samples satisfy the constraint."""
-        n = n or self.cfg.eval_samples
-        seqs, log_pi = self.backend.draw(params, key, n)
-        log_pi0 = self.backend.base_log_prob(seqs)
-        ok = self.backend.satisfies(seqs)
-        log_p = jnp.where(ok, log_pi0 - self.log_z, -jnp.inf)
+        drawn = self._policy_samples(params, key, n or self.cfg.eval_samples)
+        seqs, log_pi, log_pi0, ok = (drawn[k] for k in ("seqs", "log_pi", "log_pi0", "ok"))
         kl, kl_se, log_pi_at_target = self.kl_from_target(params)
-        both = (self.log_p_at_target, log_pi_at_target, log_p, log_pi)
+        both = (self.log_p_at_target, log_pi_at_target, drawn["log_p"], log_pi)
         tv, tv_se = mc_divergence_from_both_samples(*both, "total_variation")
         js, js_se = mc_divergence_from_both_samples(*both, "js")
         texts = self.backend.decode(seqs)

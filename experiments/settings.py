@@ -313,21 +313,19 @@ def _estimators_problems(cfg: EstimatorsConfig) -> list[str]:
     for field, values, least in (("sizes", cfg.sizes, 2), ("critic_sizes", cfg.critic_sizes, 16)):
         if not _positive_ints(values) or any(v < least for v in values):
             out.append(f"config.{field}={list(values)} must be ints >= {least}")
-    for field, least in (
-        ("seeds", 1),
-        ("truth_samples", 1),
-        ("block", 1),
-        ("critic_steps", 1),
-        ("critic_batch", 1),
-        ("critic_eval_every", 1),
-        ("checkpoint_every", 1),
-        ("kernel_max_n", 0),
-        ("kernel_large_seeds", 0),
-        ("critic_seeds", 0),
-    ):
-        v = getattr(cfg, field)
-        if not isinstance(v, int) or isinstance(v, bool) or v < least:
-            out.append(f"config.{field}={v!r} must be an int >= {least}")
+    out += _int_problems(
+        cfg,
+        seeds=1,
+        truth_samples=1,
+        block=1,
+        critic_steps=1,
+        critic_batch=1,
+        critic_eval_every=1,
+        checkpoint_every=1,
+        kernel_max_n=0,
+        kernel_large_seeds=0,
+        critic_seeds=0,
+    )
     if not cfg.critic_hidden or not _positive_ints(cfg.critic_hidden):
         out.append(f"config.critic_hidden={list(cfg.critic_hidden)} must be positive ints")
     if not (_is_number(cfg.critic_weight_decay) and 0 <= cfg.critic_weight_decay < math.inf):
@@ -481,6 +479,27 @@ def from_config(cls: type, config: Any) -> Any:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _int_problems(cfg: Any, **least: int) -> list[str]:
+    """One message per field of `cfg` that is not an int >= its least value."""
+    out = []
+    for field, low in least.items():
+        v = getattr(cfg, field)
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            out.append(f"config.{field}={v!r} must be an int >= {low}")
+    return out
+
+
+def _number_problems(cfg: Any, fields: tuple[str, ...], *, zero_allowed: bool) -> list[str]:
+    """One message per field of `cfg` that is not a finite number > 0 (>= 0 if `zero_allowed`)."""
+    out = []
+    for field in fields:
+        v = getattr(cfg, field)
+        if not _is_number(v) or not (v >= 0 if zero_allowed else v > 0) or v == math.inf:
+            bound = ">= 0" if zero_allowed else "> 0"
+            out.append(f"config.{field}={v!r} must be a finite number {bound}")
+    return out
 
 
 def _field_problems(obj: Any, path: str) -> list[str]:
@@ -706,23 +725,9 @@ def kd_fashion_problems(cfg: KDFashionConfig) -> list[str]:
     seeds_ok = all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in cfg.seeds)
     if not cfg.seeds or not seeds_ok or len(set(cfg.seeds)) != len(cfg.seeds):
         out.append(f"config.seeds={list(cfg.seeds)} must be distinct ints >= 0, at least one")
-    for field in ("temperature", "nkd_temperature"):
-        v = getattr(cfg, field)
-        if not _is_number(v) or not 0 < v < math.inf:
-            out.append(f"config.{field}={v!r} must be a finite number > 0")
-    for field in ("distill_weight", "nkd_gamma", "weight_decay"):
-        v = getattr(cfg, field)
-        if not _is_number(v) or not 0 <= v < math.inf:
-            out.append(f"config.{field}={v!r} must be a finite number >= 0")
-    for field, least in (
-        ("warmup_steps", 0),
-        ("max_train_examples", 0),
-        ("max_test_examples", 0),
-        ("ece_bins", 1),
-    ):
-        v = getattr(cfg, field)
-        if not isinstance(v, int) or isinstance(v, bool) or v < least:
-            out.append(f"config.{field}={v!r} must be an int >= {least}")
+    out += _number_problems(cfg, ("temperature", "nkd_temperature"), zero_allowed=False)
+    out += _number_problems(cfg, ("distill_weight", "nkd_gamma", "weight_decay"), zero_allowed=True)
+    out += _int_problems(cfg, warmup_steps=0, max_train_examples=0, max_test_examples=0, ece_bins=1)
     s = cfg.student
     if s.kind not in KD_STUDENT_KINDS:
         out.append(f"config.student.kind={s.kind!r} must be one of {', '.join(KD_STUDENT_KINDS)}")
